@@ -1,0 +1,43 @@
+"""Exact, batched, streaming feature-distance metrics (METRICS.md)."""
+
+from engine.similarity.metrics import (
+    DEFAULT_ALPHA,
+    METRIC_NAMES,
+    DegenerateWhiteningError,
+    DegenerateWhiteningWarning,
+    Metric,
+    cka_distance,
+    parse_metric,
+    parse_metrics,
+    procrustes_distance,
+    pwsm_distance,
+)
+from engine.similarity.streaming import MomentAccumulator
+from engine.similarity.views import (
+    DEFAULT_VIEW,
+    FILTER_VIEWS,
+    VIEWS,
+    LayerDistance,
+    SourceSpectrumCache,
+    layer_distance,
+)
+
+__all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_VIEW",
+    "FILTER_VIEWS",
+    "METRIC_NAMES",
+    "VIEWS",
+    "DegenerateWhiteningError",
+    "DegenerateWhiteningWarning",
+    "LayerDistance",
+    "Metric",
+    "MomentAccumulator",
+    "SourceSpectrumCache",
+    "cka_distance",
+    "layer_distance",
+    "parse_metric",
+    "parse_metrics",
+    "procrustes_distance",
+    "pwsm_distance",
+]

@@ -1,0 +1,270 @@
+"""Feature-distance metrics between two representation matrices (METRICS.md §2).
+
+All three are distances: 0 for identical representations (up to rotation), larger when further
+apart. Inputs are X (m, p) and Y (m, p') with the same m rows (samples), as numpy arrays or torch
+tensors; a leading batch dimension (b, m, p) gives a length-b tensor. Columns are centred first.
+
+* PWSM, angular (Williams et al. 2021):
+      S = XᵀX / s_X,  s_X = ‖X‖²_F / p (mean eigenvalue),  φ_α(X) = X (α I + (1 − α) S^(−1/2))
+      θ_α = arccos( ‖φ_α(X)ᵀ φ_α(Y)‖_* / (‖φ_α(X)‖_F ‖φ_α(Y)‖_F) )          ∈ [0, π/2]
+  ``whitening_scale="netrep"`` whitens with the raw XᵀX as netrep's LinearMetric does.
+* Orthogonal Procrustes (Ding et al. 2021), squared:  X, Y centred and scaled to unit Frobenius norm,
+      d_OP = 2 − 2 ‖XᵀY‖_*                                                     ∈ [0, 2]
+* Linear CKA (Kornblith et al. 2019) as a distance:
+      d_CKA = 1 − ‖XᵀY‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F)                                 ∈ [0, 1]
+
+A side whose centred matrix is zero (a dead or constant feature set) has no representation: its
+distance is NaN here and the layer-level code excludes and counts it (METRICS.md §4).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from engine.similarity.spectral import (
+    WHITENING_SCALES,
+    SideSpectrum,
+    cka_similarity,
+    decompose,
+    double_centre,
+    dual_cross,
+    primal_cross,
+    structural_rank,
+    whitened_cosine,
+)
+
+METRIC_NAMES = ("pwsm", "procrustes", "cka")
+DEFAULT_ALPHA = 0.5
+# Below this α, in the degenerate regime, PWSM values are squeezed towards 0 (METRICS.md §2).
+SMALL_ALPHA = 0.05
+
+
+class DegenerateWhiteningError(ValueError):
+    """Full whitening (α = 0) of a matrix with full row rank makes every pair identical."""
+
+
+class DegenerateWhiteningWarning(UserWarning):
+    """Small α in the degenerate regime compresses every PWSM value towards 0."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric with its parameter: PWSM carries α, the others none."""
+
+    name: str
+    alpha: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"pwsm:{self.alpha:g}" if self.name == "pwsm" else self.name
+
+
+def parse_metric(text: str, default_alpha: float = DEFAULT_ALPHA) -> Metric:
+    """'pwsm' → PWSM at ``default_alpha``; 'pwsm:0' → PWSM at α = 0; 'procrustes'; 'cka'."""
+    name, _, param = text.strip().lower().partition(":")
+    if name not in METRIC_NAMES:
+        raise ValueError(f"unknown metric {text!r}; choose from {', '.join(METRIC_NAMES)} (e.g. pwsm:0.5)")
+    if name != "pwsm":
+        if param:
+            raise ValueError(f"metric {name!r} takes no parameter (got {text!r})")
+        return Metric(name)
+    try:
+        alpha = float(param) if param else float(default_alpha)
+    except ValueError:
+        raise ValueError(f"PWSM α must be a number in [0, 1], got {param!r} in {text!r}") from None
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"PWSM α must lie in [0, 1], got {alpha:g}")
+    return Metric("pwsm", alpha)
+
+
+def parse_metrics(items: Iterable[str | Metric], default_alpha: float = DEFAULT_ALPHA) -> tuple[Metric, ...]:
+    metrics = tuple(m if isinstance(m, Metric) else parse_metric(m, default_alpha) for m in items)
+    if not metrics:
+        raise ValueError("no metric requested; choose from " + ", ".join(METRIC_NAMES))
+    return tuple(dict.fromkeys(metrics))
+
+
+def check_whitening(alpha: float, n_rows: int, n_features: int, where: str = "") -> None:
+    """Refuse α = 0 when the centred matrix can have full row rank (n_rows − 1 ≤ n_features).
+
+    There, full whitening maps every representation onto the same subspace: θ = 0 for any pair,
+    even independent noise. Small α is allowed but flagged.
+    """
+    if n_rows - 1 > n_features:
+        return
+    context = f" ({where})" if where else ""
+    if alpha == 0.0:
+        raise DegenerateWhiteningError(
+            f"PWSM with alpha=0 is meaningless here{context}: {n_rows} samples and {n_features} features "
+            f"(samples − 1 ≤ features), so full whitening makes every pair identical (distance 0). "
+            f"Use more probe images (> {n_features + 1}), the 'positions' view, or alpha > 0 (e.g. 0.5)."
+        )
+    if alpha < SMALL_ALPHA:
+        warnings.warn(
+            f"PWSM alpha={alpha:g} with {n_rows} samples ≤ {n_features} features + 1{context}: near-full "
+            f"whitening compresses every distance towards 0; prefer alpha ≥ {SMALL_ALPHA} or more samples.",
+            DegenerateWhiteningWarning,
+            stacklevel=3,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Pairs of spectra: the shared intermediate of every metric.
+
+
+@dataclass
+class PairedSpectra:
+    """Both sides' spectra, their unit-weight cross term C, and bookkeeping, batched over b."""
+
+    x: SideSpectrum
+    y: SideSpectrum
+    cross: torch.Tensor
+    n_rows: int
+    identical: torch.Tensor  # (b,) bool: the two inputs were bitwise equal → distance exactly 0
+
+    @property
+    def live(self) -> torch.Tensor:
+        """(b,) bool: both centred matrices are non-zero, so every metric is defined."""
+        return (self.x.total_variance > 0) & (self.y.total_variance > 0)
+
+
+def compute_dtype_for(device: torch.device, precision: str | None) -> torch.dtype:
+    """float64 by default on CPU; float32 moments (float64 decompositions) by default on CUDA."""
+    if precision is None:
+        precision = "float64" if device.type == "cpu" else "float32"
+    if precision not in ("float64", "float32"):
+        raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
+    return torch.float64 if precision == "float64" else torch.float32
+
+
+def as_tensor(a, device: torch.device | str | None = None) -> torch.Tensor:
+    t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.asarray(a))
+    if not t.is_floating_point():
+        t = t.to(torch.float64)
+    return t.to(device) if device is not None else t
+
+
+def choose_form(n_rows: int, n_features_x: int, n_features_y: int) -> str:
+    """Dual (m×m Grams) when the feature side is larger, primal (p×p moments) otherwise."""
+    return "dual" if max(n_features_x, n_features_y) > n_rows else "primal"
+
+
+def spectrum_from_gram(gram: torch.Tensor, n_rows: int, n_features: int, source_dtype: torch.dtype) -> SideSpectrum:
+    return decompose(double_centre(gram), n_rows, n_features, "dual", source_dtype)
+
+
+def pair_from_moments(sxx: torch.Tensor, syy: torch.Tensor, sxy: torch.Tensor, n_rows: int,
+                      identical: torch.Tensor, source_dtype: torch.dtype = torch.float64) -> PairedSpectra:
+    """Primal pair from centred second moments (b, p, p) — the streaming views end here."""
+    x = decompose(sxx, n_rows, sxx.shape[-1], "primal", source_dtype)
+    y = decompose(syy, n_rows, syy.shape[-1], "primal", source_dtype)
+    return PairedSpectra(x, y, primal_cross(x, y, sxy), n_rows, identical)
+
+
+def bitwise_equal(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if x.shape != y.shape:
+        return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    return (x == y).flatten(1).all(1)
+
+
+def pair_spectra(x: torch.Tensor, y: torch.Tensor, precision: str | None = None,
+                 form: str | None = None, source: SideSpectrum | None = None) -> PairedSpectra:
+    """Decompose a batch of paired matrices X (b, m, p), Y (b, m, p').
+
+    ``source``, when given, is X's spectrum from an earlier call (dual form only): the source model
+    never changes, so its decomposition is reused and only Y's Gram is formed and decomposed.
+    """
+    if x.ndim != 3 or y.ndim != 3 or x.shape[:2] != y.shape[:2]:
+        raise ValueError(f"X and Y must share their sample dimension; got shapes {tuple(x.shape)} and {tuple(y.shape)}")
+    b, m, px = x.shape
+    py = y.shape[-1]
+    dtype = compute_dtype_for(x.device, precision)
+    form = form or choose_form(m, px, py)
+    xc = x.to(dtype)
+    xc = xc - xc.mean(1, keepdim=True)
+    yc = y.to(dtype)
+    yc = yc - yc.mean(1, keepdim=True)
+    identical = bitwise_equal(x, y)
+    if form == "dual":
+        sx = source if source is not None else spectrum_from_gram(xc @ xc.transpose(1, 2), m, px, dtype)
+        sy = spectrum_from_gram(yc @ yc.transpose(1, 2), m, py, dtype)
+        return PairedSpectra(sx, sy, dual_cross(sx, sy), m, identical)
+    if source is not None:
+        raise ValueError("a cached source spectrum is only reusable in the dual form")
+    xt = xc.transpose(1, 2)
+    return pair_from_moments(xt @ xc, yc.transpose(1, 2) @ yc, xt @ yc, m, identical, dtype)
+
+
+def metric_values(pair: PairedSpectra, metrics: Sequence[Metric],
+                  whitening_scale: str = "mean_eig") -> dict[str, torch.Tensor]:
+    """Every requested metric for every pair in the batch: {label: (b,) float64 tensor}.
+
+    NaN where a side is dead (undefined), exactly 0 where the inputs were identical.
+    """
+    if whitening_scale not in WHITENING_SCALES:
+        raise ValueError(f"unknown whitening_scale {whitening_scale!r}; use one of {WHITENING_SCALES}")
+    out: dict[str, torch.Tensor] = {}
+    cos_by_alpha: dict[float, torch.Tensor] = {}
+
+    def cosine(alpha: float) -> torch.Tensor:
+        if alpha not in cos_by_alpha:
+            cos_by_alpha[alpha] = whitened_cosine(pair.cross, pair.x, pair.y, alpha, whitening_scale)
+        return cos_by_alpha[alpha]
+
+    for metric in metrics:
+        if metric.name == "pwsm":
+            check_whitening(metric.alpha, pair.n_rows, max(pair.x.n_features, pair.y.n_features))
+            value = torch.arccos(cosine(metric.alpha))
+        elif metric.name == "procrustes":
+            value = (2.0 - 2.0 * cosine(1.0)).clamp(0.0, 2.0)
+        elif metric.name == "cka":
+            value = 1.0 - cka_similarity(pair.cross, pair.x, pair.y)
+        else:  # parse_metric guards this; kept for Metric objects built by hand
+            raise ValueError(f"unknown metric {metric.name!r}")
+        value = torch.where(pair.identical, torch.zeros_like(value), value)
+        out[metric.label] = torch.where(pair.live | pair.identical, value, torch.full_like(value, math.nan))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Public matrix-level API.
+
+
+def _distance(metric: Metric, X, Y, whitening_scale: str = "mean_eig", precision: str | None = None):
+    x, y = as_tensor(X), as_tensor(Y)
+    y = y.to(x.device)
+    single = x.ndim == 2
+    if single:
+        x, y = x.unsqueeze(0), y.unsqueeze(0)
+    value = metric_values(pair_spectra(x, y, precision), (metric,), whitening_scale)[metric.label]
+    return float(value[0]) if single else value
+
+
+def pwsm_distance(X, Y, alpha: float = DEFAULT_ALPHA, whitening_scale: str = "mean_eig",
+                  precision: str | None = None):
+    """Angular partial-whitening shape metric θ_α(X, Y) in radians, range [0, π/2].
+
+    α = 1 is angular Procrustes; α = 0 full whitening (arccos of the mean canonical correlation),
+    refused when samples − 1 ≤ features. ``whitening_scale="mean_eig"`` whitens with XᵀX / s_X
+    (scale- and row-repetition-invariant); ``"netrep"`` reproduces netrep's
+    ``LinearMetric(alpha, center_columns=True, score_method="angular")``.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"PWSM α must lie in [0, 1], got {alpha:g}")
+    return _distance(Metric("pwsm", float(alpha)), X, Y, whitening_scale, precision)
+
+
+def procrustes_distance(X, Y, precision: str | None = None):
+    """Squared orthogonal Procrustes distance 2 − 2‖XᵀY‖_* of centred, unit-norm X, Y; range [0, 2]."""
+    return _distance(Metric("procrustes"), X, Y, precision=precision)
+
+
+def cka_distance(X, Y, precision: str | None = None):
+    """1 − linear CKA of the column-centred X, Y; range [0, 1]."""
+    return _distance(Metric("cka"), X, Y, precision=precision)

@@ -1,0 +1,288 @@
+"""Views: how a layer's paired activations (n, c, h, w) become representation matrices (METRICS.md §1),
+and the layer-level entry point :func:`layer_distance`.
+
+| view         | samples (rows)    | features (columns) | values per layer                       |
+|--------------|-------------------|--------------------|----------------------------------------|
+| `positions`  | n·h·w             | c                  | 1, streamed as c×c moments             |
+| `pooled`     | n                 | c (spatial mean)   | 1, streamed as c×c moments             |
+| `flat`       | n                 | c·h·w              | 1, from the n×n Gram                   |
+| `filter`     | n                 | h·w of one filter  | c, layer value = mean over live filters|
+| `filter-map` | w (image columns) | h (image rows)     | c per image, averaged over images      |
+
+`filter-map` reproduces the authors' Procrustes code: each single h×w map is a matrix whose image
+rows are the features and whose columns are the samples, each row centred over its columns (Ding
+et al.'s layout), i.e. our column-centred convention applied to the transposed map.
+
+Dead or constant filters (METRICS.md §4): for the whole-layer views a channel constant over the
+probe set in either model is counted (it is a null direction, harmless to the metric); for the
+filter views a filter whose centred matrix vanishes in either model has no distance: it is
+excluded from the layer mean, counted, and NaN in the per-filter vector. No NaN reaches a layer
+value: a layer with no live filter has value None.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from engine.similarity.metrics import (
+    DEFAULT_ALPHA,
+    Metric,
+    PairedSpectra,
+    as_tensor,
+    check_whitening,
+    compute_dtype_for,
+    metric_values,
+    pair_spectra,
+    parse_metrics,
+    spectrum_from_gram,
+    choose_form,
+)
+from engine.similarity.spectral import SideSpectrum, dual_cross
+from engine.similarity.streaming import MomentAccumulator, pooled_rows, positions_rows
+
+VIEWS = ("positions", "pooled", "flat", "filter", "filter-map")
+FILTER_VIEWS = ("filter", "filter-map")
+DEFAULT_VIEW = "positions"
+# A filter is dead when its centred sum of squares is below this fraction of the layer's largest:
+# roundoff of a constant input, nothing a metric could resolve.
+DEAD_RELATIVE_TOLERANCE = {torch.float64: 1e-20, torch.float32: 1e-10}
+# Memory budget for one chunk of batched per-filter work (float64 Grams and their eigenvectors).
+DEFAULT_CHUNK_BYTES = 256 * 2**20
+
+
+@dataclass
+class LayerDistance:
+    """One layer's distances for one view: the value per metric label, per-filter vectors for
+    filter views (NaN marks a dead filter), and how many filters were dead."""
+
+    view: str
+    values: dict[str, float | None]
+    dead_filters: int
+    n_filters: int
+    per_filter: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class SourceSpectrumCache:
+    """Decompositions of the source model's side, reused every epoch (the source never changes).
+
+    Keyed by the caller's layer key, the view and the filter chunk; only dual-form (per-filter Gram)
+    spectra are kept, since the primal form needs the raw source matrix anyway.
+    """
+
+    def __init__(self):
+        self._store: dict[tuple, SideSpectrum] = {}
+
+    def get(self, key: tuple) -> SideSpectrum | None:
+        return self._store.get(key)
+
+    def put(self, key: tuple, spectrum: SideSpectrum) -> None:
+        self._store[key] = spectrum
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
+def check_view(view: str) -> str:
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
+    return view
+
+
+def view_shape(view: str, n: int, c: int, h: int, w: int) -> tuple[int, int]:
+    """(samples, features) of one representation matrix of ``view``."""
+    return {
+        "positions": (n * h * w, c),
+        "pooled": (n, c),
+        "flat": (n, c * h * w),
+        "filter": (n, h * w),
+        "filter-map": (w, h),
+    }[check_view(view)]
+
+
+def check_metrics_for_view(metrics: Sequence[Metric], view: str, shape: tuple[int, int, int, int]) -> None:
+    """Refuse PWSM α = 0 up front when the view's matrices are in the degenerate regime."""
+    rows, features = view_shape(view, *shape)
+    for metric in metrics:
+        if metric.name == "pwsm":
+            check_whitening(metric.alpha, rows, features, where=f"view '{view}'")
+
+
+def dead_mask(centred_power: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """True where a filter's centred sum of squares is zero up to roundoff of the layer's scale."""
+    largest = centred_power.max() if centred_power.numel() else centred_power.new_tensor(0.0)
+    return centred_power <= DEAD_RELATIVE_TOLERANCE[dtype] * largest
+
+
+def layer_distance(source, tuned, metrics: Sequence[str | Metric] = ("pwsm", "procrustes", "cka"),
+                   view: str = DEFAULT_VIEW, alpha: float = DEFAULT_ALPHA, whitening_scale: str = "mean_eig",
+                   precision: str | None = None, cache: SourceSpectrumCache | None = None,
+                   cache_key: object = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> LayerDistance:
+    """Distances between the source's and the tuned model's activations (n, c, h, w) of one layer.
+
+    ``metrics`` are names ('pwsm', 'pwsm:0', 'procrustes', 'cka'); plain 'pwsm' uses ``alpha``.
+    ``cache`` (with a ``cache_key`` naming the layer) keeps the source-side decompositions of the
+    filter view across calls. ``chunk_bytes`` bounds the memory of batched per-filter work.
+    """
+    metrics = parse_metrics(metrics, alpha)
+    a, b = as_tensor(source), as_tensor(tuned)
+    b = b.to(a.device)
+    if a.ndim == 2:  # fully connected activations: (n, c) → (n, c, 1, 1)
+        a, b = a[:, :, None, None], b[:, :, None, None]
+    if a.ndim != 4 or a.shape != b.shape:
+        raise ValueError(f"expected paired activations of shape (n, c, h, w); got {tuple(a.shape)} and {tuple(b.shape)}")
+    check_view(view)
+    check_metrics_for_view(metrics, view, tuple(a.shape))
+    dtype = compute_dtype_for(a.device, precision)
+    if view in ("positions", "pooled"):
+        accumulator = MomentAccumulator(precision)
+        rows = positions_rows if view == "positions" else pooled_rows
+        step = max(1, int(chunk_bytes // max(1, a[0].numel() * 8 * 2)))
+        for start in range(0, a.shape[0], step):
+            accumulator.update(rows(a[start:start + step]), rows(b[start:start + step]))
+        return whole_layer_result(view, accumulator.paired_spectra(), metrics, whitening_scale,
+                                  channel_dead_count(*accumulator.column_variances(), dtype))
+    if view == "flat":
+        return flat_layer_distance(a, b, metrics, whitening_scale, dtype, chunk_bytes)
+    if view == "filter":
+        return filter_layer_distance(a, b, metrics, whitening_scale, precision, cache, cache_key, chunk_bytes)
+    return filter_map_layer_distance(a, b, metrics, whitening_scale, precision, chunk_bytes)
+
+
+def channel_dead_count(var_x: torch.Tensor, var_y: torch.Tensor, dtype: torch.dtype) -> int:
+    """Channels constant over the probe set in either model."""
+    return int((dead_mask(var_x, dtype) | dead_mask(var_y, dtype)).sum())
+
+
+def whole_layer_result(view: str, pair: PairedSpectra, metrics: Sequence[Metric], whitening_scale: str,
+                       dead: int) -> LayerDistance:
+    values = metric_values(pair, metrics, whitening_scale)
+    n_filters = pair.x.n_features
+    result = {label: (None if torch.isnan(v[0]) else float(v[0])) for label, v in values.items()}
+    return LayerDistance(view, result, dead, n_filters)
+
+
+def flat_layer_distance(a: torch.Tensor, b: torch.Tensor, metrics, whitening_scale: str, dtype: torch.dtype,
+                        chunk_bytes: int) -> LayerDistance:
+    """`flat` view: the n×n Grams built channel-chunk by channel-chunk (no n×c·h·w float64 copy)."""
+    n, c = a.shape[:2]
+    step = max(1, int(chunk_bytes // max(1, n * a[0, 0].numel() * 8 * 2)))
+    gram_x = torch.zeros(n, n, dtype=torch.float64, device=a.device)
+    gram_y = torch.zeros_like(gram_x)
+    var_x = torch.zeros(c, dtype=torch.float64, device=a.device)
+    var_y = torch.zeros_like(var_x)
+    for start in range(0, c, step):
+        for acts, gram, var in ((a, gram_x, var_x), (b, gram_y, var_y)):
+            block = acts[:, start:start + step].to(dtype)
+            block = block - block.mean(0, keepdim=True)
+            var[start:start + step] = block.pow(2).sum((0, 2, 3)).to(torch.float64)
+            flat = block.reshape(n, -1)
+            gram += (flat @ flat.T).to(torch.float64)
+    p = a[0].numel()
+    sx = spectrum_from_gram(gram_x[None], n, p, dtype)
+    sy = spectrum_from_gram(gram_y[None], n, p, dtype)
+    identical = torch.tensor([torch.equal(a, b)], device=a.device)
+    pair = PairedSpectra(sx, sy, dual_cross(sx, sy), n, identical)
+    return whole_layer_result("flat", pair, metrics, whitening_scale, channel_dead_count(var_x, var_y, dtype))
+
+
+def filter_chunk_size(n_items: int, rows: int, features: int, chunk_bytes: int) -> int:
+    """How many per-filter problems fit the memory budget at once."""
+    side = min(rows, features)
+    per_item = 8 * (4 * side * side + 2 * rows * features)
+    return max(1, min(n_items, chunk_bytes // max(1, per_item)))
+
+
+def batched_metric_values(x: torch.Tensor, y: torch.Tensor, metrics, whitening_scale: str,
+                          precision: str | None, chunk: int, cache: SourceSpectrumCache | None = None,
+                          cache_key: tuple | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Metrics for a batch of paired matrices x, y (b, m, p), chunk by chunk.
+
+    Returns {label: (b,)} values plus both sides' centred sums of squares (b,) for dead detection.
+    The source side's dual spectra are taken from / stored in ``cache`` when one is given.
+    """
+    b, m, p = x.shape
+    form = choose_form(m, p, y.shape[-1])
+    workers = cpu_workers(x.device)
+    chunk = max(1, min(chunk, -(-b // workers)))
+    ranges = [(start, min(b, start + chunk)) for start in range(0, b, chunk)]
+
+    def one_chunk(bounds: tuple[int, int]):
+        start, stop = bounds
+        key = None if cache is None or form != "dual" else (cache_key, start, stop)
+        source = cache.get(key) if key is not None else None
+        pair = pair_spectra(x[start:stop], y[start:stop], precision, form, source)
+        if key is not None and source is None:
+            cache.put(key, pair.x)
+        return metric_values(pair, metrics, whitening_scale), pair.x.total_variance, pair.y.total_variance
+
+    results = run_in_parallel(one_chunk, ranges, workers)
+    values = {mt.label: torch.cat([r[0][mt.label] for r in results]) for mt in metrics}
+    return values, torch.cat([r[1] for r in results]), torch.cat([r[2] for r in results])
+
+
+def cpu_workers(device: torch.device) -> int:
+    """Batched eigh/SVD run one matrix at a time on one core in torch's CPU backend, so on CPU the
+    chunks are spread over as many threads as torch may use (they release the GIL)."""
+    return max(1, torch.get_num_threads()) if device.type == "cpu" else 1
+
+
+def run_in_parallel(fn, items: list, workers: int) -> list:
+    if workers == 1 or len(items) == 1:
+        return [fn(item) for item in items]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one core per chunk; matmuls would otherwise oversubscribe
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(fn, items))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def filter_layer_distance(a: torch.Tensor, b: torch.Tensor, metrics, whitening_scale: str,
+                          precision: str | None, cache: SourceSpectrumCache | None, cache_key: object,
+                          chunk_bytes: int) -> LayerDistance:
+    """`filter` view: one (n, h·w) matrix per filter, batched; dual form when h·w > n."""
+    n, c, h, w = a.shape
+    x = a.permute(1, 0, 2, 3).reshape(c, n, h * w)
+    y = b.permute(1, 0, 2, 3).reshape(c, n, h * w)
+    chunk = filter_chunk_size(c, n, h * w, chunk_bytes)
+    # The checksum keeps a changed probe set from ever reusing a stale decomposition.
+    checksum = float(a.sum(dtype=torch.float64))
+    key = None if cache is None else (cache_key, "filter", tuple(a.shape), checksum, chunk)
+    values, power_x, power_y = batched_metric_values(x, y, metrics, whitening_scale, precision, chunk, cache, key)
+    dtype = compute_dtype_for(a.device, precision)
+    dead = dead_mask(power_x, dtype) | dead_mask(power_y, dtype)
+    return filter_view_result("filter", values, dead, c)
+
+
+def filter_map_layer_distance(a: torch.Tensor, b: torch.Tensor, metrics, whitening_scale: str,
+                              precision: str | None, chunk_bytes: int) -> LayerDistance:
+    """`filter-map` view: each image's h×w map of each filter, averaged over the images where it lives."""
+    n, c, h, w = a.shape
+    x = a.transpose(2, 3).reshape(n * c, w, h)
+    y = b.transpose(2, 3).reshape(n * c, w, h)
+    chunk = filter_chunk_size(n * c, w, h, chunk_bytes)
+    values, power_x, power_y = batched_metric_values(x, y, metrics, whitening_scale, precision, chunk)
+    dtype = compute_dtype_for(a.device, precision)
+    live_maps = ~(dead_mask(power_x, dtype) | dead_mask(power_y, dtype)).reshape(n, c)
+    per_filter = {}
+    for label, v in values.items():
+        v = torch.where(live_maps, v.reshape(n, c), torch.zeros_like(v.reshape(n, c)))
+        per_filter[label] = v.sum(0) / live_maps.sum(0).clamp_min(1)
+    return filter_view_result("filter-map", per_filter, live_maps.sum(0) == 0, c)
+
+
+def filter_view_result(view: str, per_filter: dict[str, torch.Tensor], dead: torch.Tensor, n_filters: int) -> LayerDistance:
+    live = ~dead
+    values: dict[str, float | None] = {}
+    vectors: dict[str, np.ndarray] = {}
+    for label, v in per_filter.items():
+        v = torch.where(live, v, torch.full_like(v, float("nan")))
+        vectors[label] = v.detach().cpu().numpy().astype(np.float64)
+        values[label] = float(v[live].mean()) if bool(live.any()) else None
+    return LayerDistance(view, values, int(dead.sum()), n_filters, vectors)
