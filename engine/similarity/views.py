@@ -126,31 +126,102 @@ def layer_distance(source, tuned, metrics: Sequence[str | Metric] = ("pwsm", "pr
 
     ``metrics`` are names ('pwsm', 'pwsm:0', 'procrustes', 'cka'); plain 'pwsm' uses ``alpha``.
     ``cache`` (with a ``cache_key`` naming the layer) keeps the source-side decompositions of the
-    filter view across calls. ``chunk_bytes`` bounds the memory of batched per-filter work.
+    filter view across calls. ``chunk_bytes`` bounds the memory of batched work.
     """
-    metrics = parse_metrics(metrics, alpha)
     a, b = as_tensor(source), as_tensor(tuned)
     b = b.to(a.device)
     if a.ndim == 2:  # fully connected activations: (n, c) → (n, c, 1, 1)
         a, b = a[:, :, None, None], b[:, :, None, None]
     if a.ndim != 4 or a.shape != b.shape:
         raise ValueError(f"expected paired activations of shape (n, c, h, w); got {tuple(a.shape)} and {tuple(b.shape)}")
-    check_view(view)
-    check_metrics_for_view(metrics, view, tuple(a.shape))
-    dtype = compute_dtype_for(a.device, precision)
-    if view in ("positions", "pooled"):
-        accumulator = MomentAccumulator(precision)
-        rows = positions_rows if view == "positions" else pooled_rows
-        step = max(1, int(chunk_bytes // max(1, a[0].numel() * 8 * 2)))
-        for start in range(0, a.shape[0], step):
-            accumulator.update(rows(a[start:start + step]), rows(b[start:start + step]))
-        return whole_layer_result(view, accumulator.paired_spectra(), metrics, whitening_scale,
-                                  channel_dead_count(*accumulator.column_variances(), dtype))
-    if view == "flat":
-        return flat_layer_distance(a, b, metrics, whitening_scale, dtype, chunk_bytes)
-    if view == "filter":
-        return filter_layer_distance(a, b, metrics, whitening_scale, precision, cache, cache_key, chunk_bytes)
-    return filter_map_layer_distance(a, b, metrics, whitening_scale, precision, chunk_bytes)
+    accumulator = LayerAccumulator(view, metrics, alpha, whitening_scale, precision, cache, cache_key, chunk_bytes)
+    check_metrics_for_view(accumulator.metrics, view, tuple(a.shape))
+    step = max(1, int(chunk_bytes // max(1, a[0].numel() * 8 * 2)))
+    for start in range(0, a.shape[0], step):
+        accumulator.update(a[start:start + step], b[start:start + step])
+    return accumulator.result()
+
+
+class LayerAccumulator:
+    """One layer's distances for one view, fed probe batch by probe batch.
+
+    `positions` and `pooled` fold each batch into c×c moments and `filter-map` into per-filter sums
+    (both O(c²) or O(c) memory); `filter` and `flat` compare images with each other, so they keep
+    the batches (on the device they came from) until :meth:`result`.
+    """
+
+    def __init__(self, view: str, metrics: Sequence[str | Metric], alpha: float = DEFAULT_ALPHA,
+                 whitening_scale: str = "mean_eig", precision: str | None = None,
+                 cache: SourceSpectrumCache | None = None, cache_key: object = None,
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+        self.view = check_view(view)
+        self.metrics = parse_metrics(metrics, alpha)
+        self.whitening_scale = whitening_scale
+        self.precision = precision
+        self.cache, self.cache_key = cache, cache_key
+        self.chunk_bytes = chunk_bytes
+        self.shape: tuple[int, ...] | None = None
+        self.moments = MomentAccumulator(precision) if view in ("positions", "pooled") else None
+        self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.map_sums: dict[str, torch.Tensor] = {}
+        self.map_live: torch.Tensor | None = None
+
+    def update(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        if self.shape is not None and a.shape[1:] != self.shape[1:]:
+            raise ValueError(f"batch shape {tuple(a.shape)} does not match earlier batches {self.shape}")
+        n = a.shape[0] + (self.shape[0] if self.shape else 0)
+        self.shape = (n, *a.shape[1:])
+        if self.view == "positions":
+            self.moments.update(positions_rows(a), positions_rows(b))
+        elif self.view == "pooled":
+            self.moments.update(pooled_rows(a), pooled_rows(b))
+        elif self.view == "filter-map":
+            self.add_filter_maps(a, b)
+        else:
+            self.kept.append((a, b))
+
+    def result(self) -> LayerDistance:
+        if self.shape is None:
+            raise ValueError("no activations were added")
+        check_metrics_for_view(self.metrics, self.view, self.shape)
+        dtype = compute_dtype_for(self.device, self.precision)
+        if self.moments is not None:
+            return whole_layer_result(self.view, self.moments.paired_spectra(), self.metrics, self.whitening_scale,
+                                      channel_dead_count(*self.moments.column_variances(), dtype))
+        if self.view == "filter-map":
+            per_filter = {label: v / self.map_live.clamp_min(1) for label, v in self.map_sums.items()}
+            return filter_view_result("filter-map", per_filter, self.map_live == 0, self.shape[1])
+        a = torch.cat([k[0] for k in self.kept])
+        b = torch.cat([k[1] for k in self.kept])
+        if self.view == "flat":
+            return flat_layer_distance(a, b, self.metrics, self.whitening_scale, dtype, self.chunk_bytes)
+        return filter_layer_distance(a, b, self.metrics, self.whitening_scale, self.precision, self.cache,
+                                     self.cache_key, self.chunk_bytes)
+
+    @property
+    def device(self) -> torch.device:
+        if self.moments is not None and self.moments._sxx is not None:
+            return self.moments._sxx.device
+        if self.kept:
+            return self.kept[0][0].device
+        return self.map_live.device if self.map_live is not None else torch.device("cpu")
+
+    def add_filter_maps(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """`filter-map`: each image's h×w map of each filter, in the authors' layout (image rows are
+        features, columns samples); sums over the images where the map is live in both models."""
+        n, c, h, w = a.shape
+        x = a.transpose(2, 3).reshape(n * c, w, h)
+        y = b.transpose(2, 3).reshape(n * c, w, h)
+        chunk = filter_chunk_size(n * c, w, h, self.chunk_bytes)
+        values, power_x, power_y = batched_metric_values(x, y, self.metrics, self.whitening_scale,
+                                                         self.precision, chunk)
+        dtype = compute_dtype_for(a.device, self.precision)
+        live = ~(dead_mask(power_x, dtype) | dead_mask(power_y, dtype)).reshape(n, c)
+        for label, v in values.items():
+            v = torch.where(live, v.reshape(n, c), torch.zeros_like(v.reshape(n, c))).sum(0)
+            self.map_sums[label] = self.map_sums[label] + v if label in self.map_sums else v
+        counts = live.sum(0)
+        self.map_live = counts if self.map_live is None else self.map_live + counts
 
 
 def channel_dead_count(var_x: torch.Tensor, var_y: torch.Tensor, dtype: torch.dtype) -> int:
@@ -258,23 +329,6 @@ def filter_layer_distance(a: torch.Tensor, b: torch.Tensor, metrics, whitening_s
     dtype = compute_dtype_for(a.device, precision)
     dead = dead_mask(power_x, dtype) | dead_mask(power_y, dtype)
     return filter_view_result("filter", values, dead, c)
-
-
-def filter_map_layer_distance(a: torch.Tensor, b: torch.Tensor, metrics, whitening_scale: str,
-                              precision: str | None, chunk_bytes: int) -> LayerDistance:
-    """`filter-map` view: each image's h×w map of each filter, averaged over the images where it lives."""
-    n, c, h, w = a.shape
-    x = a.transpose(2, 3).reshape(n * c, w, h)
-    y = b.transpose(2, 3).reshape(n * c, w, h)
-    chunk = filter_chunk_size(n * c, w, h, chunk_bytes)
-    values, power_x, power_y = batched_metric_values(x, y, metrics, whitening_scale, precision, chunk)
-    dtype = compute_dtype_for(a.device, precision)
-    live_maps = ~(dead_mask(power_x, dtype) | dead_mask(power_y, dtype)).reshape(n, c)
-    per_filter = {}
-    for label, v in values.items():
-        v = torch.where(live_maps, v.reshape(n, c), torch.zeros_like(v.reshape(n, c)))
-        per_filter[label] = v.sum(0) / live_maps.sum(0).clamp_min(1)
-    return filter_view_result("filter-map", per_filter, live_maps.sum(0) == 0, c)
 
 
 def filter_view_result(view: str, per_filter: dict[str, torch.Tensor], dead: torch.Tensor, n_filters: int) -> LayerDistance:

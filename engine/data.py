@@ -1,0 +1,187 @@
+"""Image-folder datasets, the seeded train/held-out split and the stratified probe set.
+
+Layouts accepted for ``--data ROOT``:
+* ``ROOT/train/<class>/*`` with ``ROOT/val/<class>/*`` (or ``ROOT/test/<class>/*``);
+* ``ROOT/<class>/*``, split into train and held-out by a seeded, per-class ``val_fraction``.
+
+Unreadable files (not an image, truncated, corrupt) are skipped and counted — a scan with Pillow's
+``verify`` before training — and listed in the run directory, so one bad file never stops a
+long run half-way and none is silently used.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import transforms
+
+from engine.errors import FtdynError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Split:
+    samples: list[tuple[Path, int]]
+    root: Path
+
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+
+@dataclass
+class ImageData:
+    classes: list[str]
+    train: Split
+    held_out: Split
+    held_out_name: str  # "val", "test" or "val-fraction"
+    skipped: list[str] = field(default_factory=list)
+
+
+class ImageList(Dataset):
+    """(image, label) pairs from a list of files, decoded as RGB."""
+
+    def __init__(self, samples: list[tuple[Path, int]], transform: Callable):
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        with Image.open(path) as image:
+            return self.transform(image.convert("RGB")), label
+
+
+def image_transform(image_size: int, augment: bool) -> Callable:
+    """Training augmentation is a mild random resized crop and flip; evaluation resizes to a
+    square as the authors did (aspect not kept, no crop), then ImageNet normalisation."""
+    resize = [transforms.RandomResizedCrop(image_size, scale=(0.6, 1.0), antialias=True),
+              transforms.RandomHorizontalFlip()] if augment else [transforms.Resize((image_size, image_size), antialias=True)]
+    return transforms.Compose(resize + [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def is_readable_image(path: Path) -> bool:
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        return True
+    except Exception:  # Pillow raises many types for bad files
+        return False
+
+
+def scan_split(root: Path, classes: list[str], skipped: list[str],
+               progress: Callable[[int, int], None] | None = None) -> Split:
+    candidates = []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if folder.is_dir():
+            candidates += [(p, label) for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+    samples = []
+    for i, (path, label) in enumerate(candidates):
+        if path.suffix.lower() in IMAGE_EXTENSIONS and is_readable_image(path):
+            samples.append((path, label))
+        else:
+            skipped.append(str(path))
+        if progress:
+            progress(i + 1, len(candidates))
+    return Split(samples, root)
+
+
+def load_image_data(root: str | Path, val_fraction: float = 0.2, seed: int = 0,
+                    progress: Callable[[int, int], None] | None = None) -> ImageData:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FtdynError(f"data folder '{root}' does not exist; pass --data DIR holding one sub-folder per class "
+                         f"(or train/ and val/ folders of class sub-folders)")
+    held_out_dir = next((root / name for name in ("val", "test") if (root / name).is_dir()), None)
+    skipped: list[str] = []
+    if (root / "train").is_dir() and held_out_dir is not None:
+        classes = [p.name for p in class_folders(root / "train")]
+        check_classes(classes, root / "train")
+        train = scan_split(root / "train", classes, skipped, progress)
+        held_out = scan_split(held_out_dir, classes, skipped, progress)
+        extra = sorted({p.name for p in class_folders(held_out_dir)} - set(classes))
+        if extra:
+            raise FtdynError(f"{held_out_dir} has classes missing from {root / 'train'}: {', '.join(extra[:5])}")
+        data = ImageData(classes, train, held_out, held_out_dir.name, skipped)
+    else:
+        if (root / "train").is_dir():
+            raise FtdynError(f"'{root}' has train/ but no val/ or test/ folder; add one, or point --data at a "
+                             f"single folder of class sub-folders to split it with --val-fraction")
+        if not 0.0 < val_fraction < 1.0:
+            raise FtdynError(f"--val-fraction must be between 0 and 1 (got {val_fraction})")
+        classes = [p.name for p in class_folders(root)]
+        check_classes(classes, root)
+        everything = scan_split(root, classes, skipped, progress)
+        train, held_out = split_by_class(everything, val_fraction, seed)
+        data = ImageData(classes, train, held_out, "val-fraction", skipped)
+    for split, name in ((data.train, "training"), (data.held_out, "held-out")):
+        if not split.samples:
+            raise FtdynError(f"no readable images in the {name} split under '{root}' "
+                             f"({len(skipped)} unreadable files skipped)")
+    return data
+
+
+def check_classes(classes: list[str], folder: Path) -> None:
+    if not classes:
+        raise FtdynError(f"'{folder}' has no class sub-folders; put each class's images in its own folder "
+                         f"(ROOT/cat/*.jpg, ROOT/dog/*.jpg)")
+    if len(classes) < 2:
+        raise FtdynError(f"'{folder}' holds a single class ('{classes[0]}'); classification needs at least two")
+
+
+def split_by_class(split: Split, val_fraction: float, seed: int) -> tuple[Split, Split]:
+    """Seeded per-class split: each class contributes round(val_fraction · size) held-out images (≥ 1)."""
+    rng = random.Random(seed)
+    train, held_out = [], []
+    by_class: dict[int, list[tuple[Path, int]]] = {}
+    for sample in split.samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    for label in sorted(by_class):
+        items = by_class[label][:]
+        rng.shuffle(items)
+        k = max(1, round(val_fraction * len(items))) if len(items) > 1 else 0
+        held_out += items[:k]
+        train += items[k:]
+    return Split(sorted(train, key=str), split.root), Split(sorted(held_out, key=str), split.root)
+
+
+def probe_indices(targets: list[int], probe_size: int, seed: int) -> list[int]:
+    """Indices of a class-stratified probe set: classes take turns, each in a seeded order, so every
+    class is represented as evenly as its size allows. Fixed for the whole run."""
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(targets):
+        by_class.setdefault(label, []).append(index)
+    queues = []
+    for label in sorted(by_class):
+        indices = by_class[label][:]
+        rng.shuffle(indices)
+        queues.append(indices)
+    chosen: list[int] = []
+    while len(chosen) < probe_size and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < probe_size:
+                chosen.append(queue.pop())
+    return sorted(chosen)
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator

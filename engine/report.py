@@ -1,0 +1,131 @@
+"""The paper's summaries from run records (METRICS.md §5), torch-free.
+
+* Table 1 — train / held-out accuracy per run.
+* Table 2 — reusability per run and measure: D_t = mean over the run's layers of the layer distance
+  at epoch t; reusability = mean_t D_t ± std_t D_t over epochs 1…T (population std).
+* Correlation between two measures: for each layer, Pearson r between their epoch series 1…T;
+  summarised as mean ± std over layers and runs (the paper reports 0.83 ± 0.43). A layer whose
+  series is constant (r undefined) is left out and counted.
+* Per-layer distances by epoch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+
+from engine.record import RunSnapshot
+
+
+def run_name(run: RunSnapshot) -> str:
+    return run.path.name
+
+
+def measure_labels(run: RunSnapshot) -> list[str]:
+    return [m["label"] for m in (run.config or {}).get("measures", [])]
+
+
+def layer_names(run: RunSnapshot) -> list[str]:
+    return [layer["name"] for layer in (run.config or {}).get("layers", [])]
+
+
+def layer_value(record: dict[str, Any], layer: str, measure: str) -> float | None:
+    metric, _, view = measure.rpartition("@")
+    return record.get("layers", {}).get(layer, {}).get(view, {}).get("values", {}).get(metric)
+
+
+def layer_series(run: RunSnapshot, layer: str, measure: str, first_epoch: int = 0) -> list[tuple[int, float | None]]:
+    return [(r["epoch"], layer_value(r, layer, measure)) for r in run.epochs if r["epoch"] >= first_epoch]
+
+
+def accuracy_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
+    rows = []
+    for run in runs:
+        epochs = [r for r in run.epochs if r.get("train")]
+        last = epochs[-1] if epochs else None
+        config = run.config or {}
+        held = [r["held_out"]["accuracy"] for r in run.epochs if r.get("held_out")]
+        rows.append({
+            "run": run_name(run), "model": config.get("model", {}).get("name"),
+            "dataset": config.get("dataset", {}).get("root"), "state": run.state,
+            "epochs": f"{last['epoch'] if last else 0}/{(run.status or {}).get('total_epochs', '?')}",
+            "train_accuracy": last["train"]["accuracy"] if last else None,
+            "held_out_accuracy": last["held_out"]["accuracy"] if last else None,
+            "best_held_out_accuracy": max(held) if held else None,
+        })
+    return rows
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), float(array.std())
+
+
+def reusability_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
+    rows = []
+    for run in runs:
+        for measure in measure_labels(run):
+            per_epoch = []
+            for record in run.epochs:
+                if record["epoch"] < 1:
+                    continue
+                values = [layer_value(record, layer, measure) for layer in layer_names(run)]
+                values = [v for v in values if v is not None]
+                if values:
+                    per_epoch.append(float(np.mean(values)))
+            mean, std = mean_std(per_epoch)
+            rows.append({"run": run_name(run), "measure": measure, "mean": mean, "std": std, "epochs": len(per_epoch)})
+    return rows
+
+
+def pearson(x: list[float], y: list[float]) -> float | None:
+    """Pearson r, or None where it is undefined (fewer than 2 points, or a constant series)."""
+    if len(x) < 2:
+        return None
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    denominator = math.sqrt(float(a @ a) * float(b @ b))
+    return float(a @ b) / denominator if denominator > 0 else None
+
+
+def correlation_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
+    """Per pair of measures: Pearson r of the epoch series 1…T per layer, mean ± std over layers and runs."""
+    pairs = sorted({pair for run in runs for pair in itertools.combinations(measure_labels(run), 2)})
+    rows = []
+    for first, second in pairs:
+        rs, undefined = [], 0
+        for run in runs:
+            if first not in measure_labels(run) or second not in measure_labels(run):
+                continue
+            for layer in layer_names(run):
+                points = [(layer_value(r, layer, first), layer_value(r, layer, second)) for r in run.epochs if r["epoch"] >= 1]
+                points = [(a, b) for a, b in points if a is not None and b is not None]
+                r = pearson([a for a, _ in points], [b for _, b in points])
+                if r is None:
+                    undefined += 1
+                else:
+                    rs.append(r)
+        mean, std = mean_std(rs)
+        rows.append({"measures": f"{first} vs {second}", "mean_r": mean, "std_r": std, "layers": len(rs),
+                     "undefined": undefined})
+    return rows
+
+
+def layer_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
+    rows = []
+    for run in runs:
+        for measure in measure_labels(run):
+            for layer in layer_names(run):
+                for epoch, value in layer_series(run, layer, measure):
+                    rows.append({"run": run_name(run), "measure": measure, "layer": layer, "epoch": epoch, "value": value})
+    return rows
+
+
+def build_report(runs: list[RunSnapshot]) -> dict[str, list[dict[str, Any]]]:
+    return {"accuracy": accuracy_table(runs), "reusability": reusability_table(runs),
+            "correlation": correlation_table(runs), "layers": layer_table(runs)}

@@ -1,0 +1,382 @@
+"""Fine-tuning with feature dynamics recorded every epoch (the paper's pipeline, §3–4).
+
+    epoch 0: evaluate the untouched model and record its distances (exactly 0: the anchor)
+    for each epoch t = 1…T:
+        train one pass over the training split (optionally measuring every N steps)
+        evaluate on the held-out split
+        measure every hooked layer against the frozen source model on the probe set
+        save the checkpoint (with the epoch's record inside), then append the record
+
+Resuming continues after the last complete epoch: each epoch's randomness (shuffling,
+augmentation, dropout) is seeded from (seed, epoch), so a resumed run on CPU records the same
+history as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from engine.capture import ProbeAnalysis, as_feature_map, parse_measures
+from engine.data import ImageList, image_transform, load_image_data, probe_indices, seeded_generator
+from engine.errors import FtdynError
+from engine.models import build_model, select_layers
+from engine.record import CONFIG, RunReader, RunWriter
+from engine.similarity.metrics import DegenerateWhiteningError
+from engine.similarity.views import check_metrics_for_view
+
+PAPER_PRESET = {
+    "optimizer": "adam",
+    "lr": 1e-4,
+    "batch_size": 196,
+    "metrics": ["pwsm:0@positions", "procrustes@filter-map"],
+}
+
+
+@dataclass
+class RunConfig:
+    model: str
+    data: str
+    out: str
+    weights: str = "DEFAULT"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-4
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    image_size: int = 224
+    augment: bool = False
+    layers: list[str] | None = None
+    probe_size: int = 256
+    metrics: list[str] = field(default_factory=lambda: ["pwsm", "procrustes", "cka"])
+    view: str = "positions"
+    alpha: float = 0.5
+    every_steps: int = 0
+    device: str = "auto"
+    amp: bool = False
+    workers: int = 2
+    seed: int = 0
+    val_fraction: float = 0.2
+    save_every_epoch: bool = False
+    preset: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def apply_preset(config: RunConfig, explicit: set[str]) -> RunConfig:
+    """`--preset paper`: what the paper reports, for every option the user did not set."""
+    if config.preset is None:
+        return config
+    if config.preset != "paper":
+        raise FtdynError(f"unknown preset '{config.preset}'; the one preset is 'paper'")
+    values = {k: v for k, v in PAPER_PRESET.items() if k not in explicit}
+    return dataclasses.replace(config, **values)
+
+
+class NonFiniteLoss(FtdynError):
+    pass
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FtdynError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise FtdynError(f"unknown device '{name}'; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def seed_epoch(seed: int, epoch: int) -> int:
+    """One seed per (run seed, epoch): what makes an epoch replayable after a resume."""
+    return (seed * 1_000_003 + epoch) % 2**63
+
+
+def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    raise FtdynError(f"unknown optimizer '{config.optimizer}'; use adam or sgd")
+
+
+def source_fingerprint(model: nn.Module) -> float:
+    """A checksum of the source weights, to refuse resuming against a different source model."""
+    with torch.no_grad():
+        return float(sum(p.double().abs().sum() for p in model.state_dict().values() if p.is_floating_point()))
+
+
+Event = Callable[..., None]
+
+
+def quiet(kind: str, **info: Any) -> None:
+    return None
+
+
+class Trainer:
+    """Holds everything one run needs; :meth:`run` is the loop."""
+
+    def __init__(self, config: RunConfig, on_event: Event = quiet):
+        self.config = config
+        self.on_event = on_event
+        self.dir = Path(config.out)
+        self.writer = RunWriter(self.dir)
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        config = self.config
+        self.device = pick_device(config.device)
+        self.on_event("phase", name="scanning images")
+        data = load_image_data(config.data, config.val_fraction, config.seed,
+                               progress=lambda i, n: self.on_event("scan", done=i, total=n))
+        self.data = data
+        if data.skipped:
+            self.on_event("warning", text=f"skipped {len(data.skipped)} unreadable files "
+                                          f"(listed in {self.dir / 'skipped_files.txt'})")
+        train_set = ImageList(data.train.samples, image_transform(config.image_size, config.augment))
+        eval_transform = image_transform(config.image_size, augment=False)
+        held_out = ImageList(data.held_out.samples, eval_transform)
+        probe = Subset(held_out, probe_indices(data.held_out.targets, config.probe_size, config.seed))
+        self.train_set, self.held_out, self.probe = train_set, held_out, probe
+        loader = dict(num_workers=config.workers, pin_memory=self.device.type == "cuda",
+                      persistent_workers=False)
+        self.eval_loader = DataLoader(held_out, batch_size=config.batch_size, shuffle=False, **loader)
+        self.probe_loader = DataLoader(probe, batch_size=min(config.batch_size, 64), shuffle=False, **loader)
+        self.loader_options = loader
+
+        self.on_event("phase", name="building model")
+        model, weights = build_model(config.model, config.weights, len(data.classes), config.seed)
+        self.weights_description = weights
+        self.layers = select_layers(config.model, model, config.layers, config.image_size)
+        self.measures = parse_measures(config.metrics, config.view, config.alpha)
+        self.check_measures()
+        self.source = copy.deepcopy(model).to(self.device).eval()
+        for p in self.source.parameters():
+            p.requires_grad_(False)
+        self.model = model.to(self.device)
+        self.optimizer = make_optimizer(config, self.model)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp and self.device.type == "cuda")
+        self.analysis = ProbeAnalysis(self.source, [layer.name for layer in self.layers], self.measures)
+        self.criterion = nn.CrossEntropyLoss()
+
+    def check_measures(self) -> None:
+        """Refuse a degenerate PWSM α = 0 before any training, with the probe size it would see."""
+        n = len(self.probe)
+        for layer in self.layers:
+            shape = (n, *as_feature_map(torch.empty(1, *layer.shape)).shape[1:])
+            for measure in self.measures:
+                try:
+                    check_metrics_for_view([measure.metric], measure.view, shape)
+                except DegenerateWhiteningError as exc:
+                    raise FtdynError(f"layer {layer.name}: {exc}") from None
+
+    def config_record(self) -> dict[str, Any]:
+        return {
+            "run": self.config.to_json(),
+            "preset_settings": PAPER_PRESET if self.config.preset == "paper" else None,
+            "dataset": {"root": str(Path(self.config.data).resolve()), "classes": self.data.classes,
+                        "train_images": len(self.train_set), "held_out_images": len(self.held_out),
+                        "held_out_split": self.data.held_out_name, "probe_images": len(self.probe),
+                        "skipped_files": len(self.data.skipped)},
+            "model": {"name": self.config.model, "weights": self.weights_description,
+                      "source_fingerprint": source_fingerprint(self.source)},
+            "layers": [{"name": layer.name, "shape": list(layer.shape)} for layer in self.layers],
+            "measures": [{"label": m.label, "metric": m.metric.label, "view": m.view} for m in self.measures],
+            "strategy": {"name": "full"},
+            "device": str(self.device),
+            "torch": torch.__version__,
+        }
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        config = self.config
+        exists = (self.dir / CONFIG).exists()
+        if exists and not self.resume_requested:
+            raise FtdynError(f"run directory '{self.dir}' already holds a run; pass --resume to continue it "
+                             f"or choose another --out")
+        if self.resume_requested and not exists:
+            raise FtdynError(f"nothing to resume in '{self.dir}' (no {CONFIG}); start it without --resume")
+        self.prepare()
+        if self.data.skipped:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "skipped_files.txt").write_text("\n".join(self.data.skipped) + "\n")
+        start_epoch = self.restore() if self.resume_requested else None
+        if start_epoch is None:
+            self.writer.write_config(self.config_record())
+        self.writer.start(config.epochs, epoch=start_epoch or 0)
+        try:
+            if start_epoch is None:
+                self.finish_epoch(0, train=None, train_seconds=0.0)
+                start_epoch = 0
+            for epoch in range(start_epoch + 1, config.epochs + 1):
+                torch.manual_seed(seed_epoch(config.seed, epoch))
+                train, train_seconds = self.train_epoch(epoch)
+                self.finish_epoch(epoch, train, train_seconds)
+        except KeyboardInterrupt:
+            self.writer.finish("interrupted", "stopped by Ctrl-C; continue with --resume")
+            raise
+        except NonFiniteLoss as exc:
+            self.writer.finish("failed", str(exc))
+            raise
+        except torch.cuda.OutOfMemoryError:
+            message = (f"CUDA out of memory at batch size {config.batch_size}; try --batch-size "
+                       f"{max(1, config.batch_size // 2)} (or a smaller --probe-size / --image-size); "
+                       f"recorded epochs are kept, continue with --resume")
+            self.writer.finish("failed", message)
+            raise FtdynError(message) from None
+        except BaseException as exc:
+            self.writer.finish("failed", f"{type(exc).__name__}: {exc}")
+            raise
+        self.writer.finish("finished")
+        return self.dir
+
+    resume_requested = False
+
+    def train_epoch(self, epoch: int) -> tuple[dict[str, float], float]:
+        config = self.config
+        loader = DataLoader(self.train_set, batch_size=config.batch_size, shuffle=True, drop_last=False,
+                            generator=seeded_generator(seed_epoch(config.seed, epoch)), **self.loader_options)
+        self.model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        start = time.perf_counter()
+        analysis_seconds = 0.0
+        self.on_event("epoch", epoch=epoch, total=config.epochs, steps=len(loader))
+        for step, (images, labels) in enumerate(loader, 1):
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(self.device.type, enabled=self.scaler.is_enabled()):
+                logits = self.model(images)
+                loss = self.criterion(logits, labels)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"loss became {float(loss)} at epoch {epoch}, step {step}; lower --lr or set "
+                                    f"--grad-clip (recorded epochs are kept)")
+            self.scaler.scale(loss).backward()
+            if config.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.global_step += 1
+            loss_sum += loss.item() * len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += len(labels)
+            elapsed = time.perf_counter() - start - analysis_seconds
+            self.on_event("step", epoch=epoch, step=step, steps=len(loader), images_per_s=seen / max(elapsed, 1e-9),
+                          loss=loss_sum / seen)
+            if config.every_steps and self.global_step % config.every_steps == 0 and step < len(loader):
+                layers, seconds = self.analysis.run(self.model, self.probe_loader, self.device, config.amp)
+                analysis_seconds += seconds
+                self.writer.append_record({"kind": "step", "epoch": epoch, "step": self.global_step,
+                                           "train": {"loss": loss_sum / seen, "accuracy": correct / seen},
+                                           "layers": layers, "timing": {"analysis_s": seconds}})
+                self.model.train()
+        train_seconds = time.perf_counter() - start - analysis_seconds
+        return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
+                "step_analysis_s": analysis_seconds}, train_seconds
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[dict[str, float], float]:
+        start = time.perf_counter()
+        self.model.eval()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for images, labels in self.eval_loader:
+            images, labels = images.to(self.device), labels.to(self.device)
+            with torch.autocast(self.device.type, enabled=self.scaler.is_enabled()):
+                logits = self.model(images)
+            loss_sum += float(self.criterion(logits.float(), labels)) * len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += len(labels)
+        return {"loss": loss_sum / seen, "accuracy": correct / seen}, time.perf_counter() - start
+
+    def finish_epoch(self, epoch: int, train: dict[str, float] | None, train_seconds: float) -> None:
+        self.on_event("phase", name=f"epoch {epoch}: evaluating and measuring")
+        held_out, eval_seconds = self.evaluate()
+        layers, analysis_seconds = self.analysis.run(self.model, self.probe_loader, self.device, self.config.amp)
+        step_analysis = train.pop("step_analysis_s", 0.0) if train else 0.0
+        record = {
+            "kind": "epoch", "epoch": epoch, "step": self.global_step, "phase": "finetune",
+            "train": train, "held_out": held_out,
+            "lr": [group["lr"] for group in self.optimizer.param_groups],
+            "layers": layers,
+            "timing": {"train_s": train_seconds, "eval_s": eval_seconds, "analysis_s": analysis_seconds,
+                       "step_analysis_s": step_analysis},
+        }
+        self.best_accuracy = max(self.best_accuracy, held_out["accuracy"])
+        self.save_checkpoint(epoch, record, is_best=held_out["accuracy"] >= self.best_accuracy)
+        self.writer.append_record(record)
+        self.writer.update_status(epoch=epoch, best_accuracy=self.best_accuracy)
+        self.on_event("epoch_done", epoch=epoch, record=record)
+
+    global_step = 0
+    best_accuracy = -math.inf
+
+    # -- checkpoints and resume -----------------------------------------------------------------
+
+    def save_checkpoint(self, epoch: int, record: dict[str, Any], is_best: bool) -> None:
+        folder = self.dir / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {"epoch": epoch, "global_step": self.global_step, "best_accuracy": self.best_accuracy,
+                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "record": record}
+        save_atomic(state, folder / "last.pt")
+        if is_best:
+            save_atomic({"epoch": epoch, "model": self.model.state_dict()}, folder / "best.pt")
+        if self.config.save_every_epoch:
+            save_atomic({"epoch": epoch, "model": self.model.state_dict()}, folder / f"epoch-{epoch:03d}.pt")
+
+    def restore(self) -> int | None:
+        """Load the last checkpoint and reconcile the record file with it; returns its epoch
+        (None when the run was killed before its first checkpoint: it starts over)."""
+        saved = RunReader(self.dir).config()
+        if saved["dataset"]["classes"] != self.data.classes:
+            raise FtdynError(f"the data at '{self.config.data}' has classes {self.data.classes[:5]}… but the run "
+                             f"was started with {saved['dataset']['classes'][:5]}…; resume with the same --data")
+        if abs(saved["model"]["source_fingerprint"] - source_fingerprint(self.source)) > 1e-6 * abs(
+                saved["model"]["source_fingerprint"]):
+            raise FtdynError("the source model's weights differ from the ones this run started with; "
+                             "resume with the same --model and --weights")
+        path = self.dir / "checkpoints" / "last.pt"
+        if not path.exists():
+            return None
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.global_step, self.best_accuracy = state["global_step"], state["best_accuracy"]
+        reader = RunReader(self.dir)
+        reader.poll()
+        last = state["epoch"]
+        # Records of the epoch in progress when the run stopped are dropped; it is run again.
+        keep = [r for r in reader.records if r["epoch"] <= last]
+        if not any(r["kind"] == "epoch" and r["epoch"] == last for r in keep):
+            keep.append(state["record"])  # killed between checkpoint and record: the checkpoint holds it
+        self.writer.truncate_records(keep)
+        self.on_event("phase", name=f"resuming after epoch {last}")
+        return last
+
+
+def save_atomic(state: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def run_training(config: RunConfig, resume: bool = False, on_event: Event = quiet) -> Path:
+    trainer = Trainer(config, on_event)
+    trainer.resume_requested = resume
+    return trainer.run()

@@ -1,0 +1,293 @@
+"""The `ftdyn` command. Training commands import the engine (and torch) only when they run, so
+`ftdyn --help` and the report start instantly."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Watch how a pretrained image network's features move while it is fine-tuned: per-layer distance "
+         "to the source model every epoch, next to accuracy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+
+def fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def split_list(values: Optional[list[str]]) -> Optional[list[str]]:
+    """Options may be repeated or comma-separated: --layers a,b --layers c → [a, b, c]."""
+    if not values:
+        return None
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+class Optimizer(str, Enum):
+    adam = "adam"
+    sgd = "sgd"
+
+
+class Preset(str, Enum):
+    paper = "paper"
+
+
+class ReportFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@app.command()
+def run(
+    data: Path = typer.Option(..., "--data", help="ImageFolder root: train/ and val/ (or test/) of class folders, "
+                                                  "or one folder of class folders split by --val-fraction."),
+    out_dir: Path = typer.Option(..., "--out", help="Run directory to create (the record the TUI and report read)."),
+    model: str = typer.Option("resnet50", "--model", help="Any torchvision classification model (vgg19, resnet50, "
+                                                         "densenet121, …)."),
+    weights: str = typer.Option("DEFAULT", "--weights", help="torchvision weights name (IMAGENET1K_V1, DEFAULT), a local "
+                                                            "state-dict file, or none."),
+    epochs: int = typer.Option(10, "--epochs", min=1, help="Fine-tuning epochs T (epoch 0 is the untouched model)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Training batch size [default: 32]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate [default: 1e-4]."),
+    optimizer: Optional[Optimizer] = typer.Option(None, "--optimizer", help="adam or sgd (momentum 0.9) [default: adam]."),
+    weight_decay: float = typer.Option(0.0, "--weight-decay"),
+    grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this value."),
+    image_size: int = typer.Option(224, "--image-size", min=16, help="Images are resized to this square size."),
+    augment: bool = typer.Option(False, "--augment/--no-augment", help="Random resized crops and flips while training."),
+    layers: Optional[list[str]] = typer.Option(None, "--layers", help="Layers to hook, comma-separated "
+                                                                     "[default: the paper's; see `ftdyn layers MODEL`]."),
+    probe_size: int = typer.Option(256, "--probe-size", min=2, help="Held-out images, stratified by class and fixed by "
+                                                                   "seed, on which distances are measured."),
+    metrics: Optional[list[str]] = typer.Option(None, "--metrics", help="pwsm[:α], procrustes, cka, each optionally "
+                                                                       "@view [default: pwsm,procrustes,cka]."),
+    view: str = typer.Option("positions", "--view", help="positions, pooled, flat, filter or filter-map (METRICS.md)."),
+    alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="PWSM α for a plain 'pwsm' metric."),
+    every_steps: int = typer.Option(0, "--every-steps", min=0, help="Also measure every N training steps (0: per epoch only)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    amp: bool = typer.Option(False, "--amp", help="Mixed precision on CUDA."),
+    workers: int = typer.Option(2, "--workers", min=0, help="Data-loading worker processes."),
+    seed: int = typer.Option(0, "--seed"),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Held-out share when --data has no val/ folder."),
+    save_every_epoch: bool = typer.Option(False, "--save-every-epoch", help="Keep a checkpoint of every epoch."),
+    preset: Optional[Preset] = typer.Option(None, "--preset", help="paper: Adam, lr 1e-4, batch 196, PWSM α=0 on "
+                                                                   "positions + Procrustes on filter-map."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last complete epoch."),
+) -> None:
+    """Fine-tune a model and record per-layer feature distances to the source model every epoch."""
+    from engine.errors import FtdynError
+    from engine.training import RunConfig, apply_preset, run_training
+
+    explicit = {name for name, value in (("batch_size", batch_size), ("lr", lr), ("optimizer", optimizer),
+                                        ("metrics", metrics)) if value is not None}
+    try:
+        if resume:
+            config = resumed_config(out_dir, epochs, device, workers)
+        else:
+            config = RunConfig(
+                model=model, data=str(data), out=str(out_dir), weights=weights, epochs=epochs,
+                batch_size=batch_size or 32, lr=lr if lr is not None else 1e-4,
+                optimizer=(optimizer or Optimizer.adam).value, weight_decay=weight_decay, grad_clip=grad_clip,
+                image_size=image_size, augment=augment, layers=split_list(layers), probe_size=probe_size,
+                metrics=split_list(metrics) or ["pwsm", "procrustes", "cka"], view=view, alpha=alpha,
+                every_steps=every_steps, device=device, amp=amp, workers=workers, seed=seed,
+                val_fraction=val_fraction, save_every_epoch=save_every_epoch, preset=preset.value if preset else None)
+            config = apply_preset(config, explicit)
+        with TrainingProgress() as progress:
+            path = run_training(config, resume=resume, on_event=progress.event)
+        console.print(f"[green]finished[/] {path}  (`ftdyn report {path}`)")
+    except FtdynError as exc:
+        fail(str(exc))
+    except ValueError as exc:  # argument checks inside the engine (unknown view or metric)
+        fail(str(exc))
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/]: the run is resumable with `ftdyn run --out {out_dir} --resume`")
+        raise typer.Exit(130)
+
+
+def resumed_config(out_dir: Path, epochs: int, device: str, workers: int):
+    """The run's own configuration; --epochs may extend it, --device and --workers may change."""
+    from engine.errors import FtdynError
+    from engine.record import RunReader
+    from engine.training import RunConfig
+
+    saved = RunReader(out_dir).config()
+    if saved is None:
+        raise FtdynError(f"nothing to resume in '{out_dir}' (no config.json); start it without --resume")
+    settings = dict(saved["run"], epochs=max(epochs, saved["run"]["epochs"]) if epochs != 10 else saved["run"]["epochs"],
+                    device=device, workers=workers, out=str(out_dir))
+    return RunConfig(**settings)
+
+
+class TrainingProgress:
+    """Rich progress bar fed by the engine's events: epoch, step, images/s and ETA."""
+
+    def __init__(self):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=console, transient=False)
+        self.task = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def event(self, kind: str, **info) -> None:
+        if kind == "phase":
+            self.progress.console.print(f"[dim]{info['name']}[/]")
+        elif kind == "warning":
+            self.progress.console.print(f"[yellow]warning:[/] {info['text']}")
+        elif kind == "scan" and info["done"] == info["total"]:
+            self.progress.console.print(f"[dim]checked {info['total']} files[/]")
+        elif kind == "epoch":
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.task = self.progress.add_task(f"epoch {info['epoch']}/{info['total']}", total=info["steps"], info="")
+        elif kind == "step" and self.task is not None:
+            self.progress.update(self.task, completed=info["step"],
+                                 info=f"{info['images_per_s']:.0f} img/s  loss {info['loss']:.3f}")
+        elif kind == "epoch_done":
+            record = info["record"]
+            train = record["train"]
+            self.progress.console.print(
+                f"epoch {record['epoch']}: held-out acc {record['held_out']['accuracy']:.3f}"
+                + (f", train acc {train['accuracy']:.3f}" if train else "")
+                + f"  (train {record['timing']['train_s']:.1f}s, analysis {record['timing']['analysis_s']:.1f}s)")
+
+
+@app.command()
+def layers(
+    model: str = typer.Argument(..., help="torchvision model name"),
+    image_size: int = typer.Option(224, "--image-size", help="Input size used to compute output shapes."),
+    all_modules: bool = typer.Option(False, "--all", help="Also list modules whose output is not a feature map."),
+) -> None:
+    """List a model's hookable layers with their output shapes; * marks the defaults."""
+    import torchvision
+
+    from engine.errors import FtdynError
+    from engine.models import check_model_name, default_layer_names, trace_layers
+
+    try:
+        check_model_name(model)
+    except FtdynError as exc:
+        fail(str(exc))
+    traced = trace_layers(torchvision.models.get_model(model, weights=None), image_size)
+    defaults = set(default_layer_names(model, traced))
+    table = Table(title=f"{model} at {image_size}×{image_size} (* = default; shared modules cannot be hooked)")
+    for column in ("", "layer", "type", "output (c, h, w)", "runs"):
+        table.add_column(column)
+    for layer in traced:
+        if not all_modules and len(layer.shape) != 3:
+            continue
+        table.add_row("*" if layer.name in defaults else "", layer.name, layer.kind, str(tuple(layer.shape)),
+                      str(layer.calls), style="bold" if layer.name in defaults else ("dim" if layer.calls > 1 else None))
+    out.print(table)
+
+
+@app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., help="Run directories (or folders holding runs)."),
+    fmt: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table (terminal), csv or json."),
+) -> None:
+    """The paper's tables: accuracy (Table 1), reusability mean ± std (Table 2), metric correlation,
+    and per-layer distances by epoch."""
+    from engine.record import find_runs, read_run
+    from engine.report import build_report
+
+    snapshots = []
+    for path in runs:
+        if not path.exists():
+            fail(f"'{path}' does not exist")
+        found = list(find_runs(path))
+        if not found:
+            fail(f"no ftdyn run found in '{path}' (a run directory holds config.json)")
+        snapshots += [read_run(p) for p in found]
+    for snapshot in snapshots:
+        if snapshot.problem:
+            fail(snapshot.problem)
+    tables = build_report(snapshots)
+    if fmt == ReportFormat.json:
+        out.print_json(json.dumps(tables))
+    elif fmt == ReportFormat.csv:
+        sys.stdout.write(tables_as_csv(tables))
+    else:
+        print_tables(tables)
+
+
+def tables_as_csv(tables: dict[str, list[dict]]) -> str:
+    """All tables in one CSV stream, each preceded by a '# name' line."""
+    buffer = io.StringIO()
+    for name, rows in tables.items():
+        buffer.write(f"# {name}\n")
+        if rows:
+            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        buffer.write("\n")
+    return buffer.getvalue()
+
+
+def fmt_number(value, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def print_tables(tables: dict[str, list[dict]]) -> None:
+    accuracy = Table(title="Table 1 · accuracy")
+    for column in ("run", "model", "state", "epochs", "train acc", "held-out acc", "best held-out"):
+        accuracy.add_column(column)
+    for row in tables["accuracy"]:
+        accuracy.add_row(row["run"], str(row["model"]), row["state"], row["epochs"], fmt_number(row["train_accuracy"]),
+                         fmt_number(row["held_out_accuracy"]), fmt_number(row["best_held_out_accuracy"]))
+    out.print(accuracy)
+    reuse = Table(title="Table 2 · reusability: mean ± std over epochs 1…T of the mean layer distance")
+    for column in ("run", "measure", "mean ± std", "epochs"):
+        reuse.add_column(column)
+    for row in tables["reusability"]:
+        reuse.add_row(row["run"], row["measure"], f"{fmt_number(row['mean'])} ± {fmt_number(row['std'])}", str(row["epochs"]))
+    out.print(reuse)
+    corr = Table(title="Pearson r between measures (per layer over epochs 1…T; mean ± std over layers and runs)")
+    for column in ("measures", "r mean ± std", "layers", "undefined"):
+        corr.add_column(column)
+    for row in tables["correlation"]:
+        corr.add_row(row["measures"], f"{fmt_number(row['mean_r'], 2)} ± {fmt_number(row['std_r'], 2)}",
+                     str(row["layers"]), str(row["undefined"]))
+    out.print(corr)
+    by_layer: dict[tuple, dict[int, float]] = {}
+    for row in tables["layers"]:
+        by_layer.setdefault((row["run"], row["measure"], row["layer"]), {})[row["epoch"]] = row["value"]
+    epochs = sorted({row["epoch"] for row in tables["layers"]})
+    layers_table = Table(title="Layer distance by epoch (early → deep)")
+    for column in ["run", "measure", "layer"] + [str(e) for e in epochs]:
+        layers_table.add_column(column, justify="right" if column.isdigit() else "left")
+    for (run_name, measure, layer), series in by_layer.items():
+        layers_table.add_row(run_name, measure, layer, *[fmt_number(series.get(e)) for e in epochs])
+    out.print(layers_table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
