@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +68,9 @@ def resolve_weights(model_name: str, weights: str | None):
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a state dict without unpickling arbitrary objects (weights_only=True)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a bad or unsafe file
         raise FtdynError(f"cannot read weights file '{path}' as a state dict ({type(exc).__name__}); "
                          f"save it with torch.save(model.state_dict(), path)") from None

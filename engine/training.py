@@ -158,6 +158,7 @@ class Trainer:
         self.loader_options = loader
 
         self.on_event("phase", name="building model")
+        torch.manual_seed(config.seed)  # with --weights none the backbone's initialisation is the source
         model, weights = build_model(config.model, config.weights, len(data.classes), config.seed)
         self.weights_description = weights
         self.layers = select_layers(config.model, model, config.layers, config.image_size)
@@ -263,7 +264,7 @@ class Trainer:
                 logits = self.model(images)
                 loss = self.criterion(logits, labels)
             if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"loss became {float(loss)} at epoch {epoch}, step {step}; lower --lr or set "
+                raise NonFiniteLoss(f"loss became {loss.item()} at epoch {epoch}, step {step}; lower --lr or set "
                                     f"--grad-clip (recorded epochs are kept)")
             self.scaler.scale(loss).backward()
             if config.grad_clip:

@@ -27,7 +27,7 @@ out = Console()
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -55,14 +55,16 @@ class ReportFormat(str, Enum):
 
 @app.command()
 def run(
-    data: Path = typer.Option(..., "--data", help="ImageFolder root: train/ and val/ (or test/) of class folders, "
-                                                  "or one folder of class folders split by --val-fraction."),
+    data: Optional[Path] = typer.Option(None, "--data", help="ImageFolder root: train/ and val/ (or test/) of class "
+                                                             "folders, or one folder of class folders split by "
+                                                             "--val-fraction. With --resume: the run's own, unless given."),
     out_dir: Path = typer.Option(..., "--out", help="Run directory to create (the record the TUI and report read)."),
     model: str = typer.Option("resnet50", "--model", help="Any torchvision classification model (vgg19, resnet50, "
                                                          "densenet121, …)."),
     weights: str = typer.Option("DEFAULT", "--weights", help="torchvision weights name (IMAGENET1K_V1, DEFAULT), a local "
                                                             "state-dict file, or none."),
-    epochs: int = typer.Option(10, "--epochs", min=1, help="Fine-tuning epochs T (epoch 0 is the untouched model)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Fine-tuning epochs T (epoch 0 is the untouched "
+                                                                      "model) [default: 10; with --resume: the run's]."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Training batch size [default: 32]."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate [default: 1e-4]."),
     optimizer: Optional[Optimizer] = typer.Option(None, "--optimizer", help="adam or sgd (momentum 0.9) [default: adam]."),
@@ -97,10 +99,12 @@ def run(
                                         ("metrics", metrics)) if value is not None}
     try:
         if resume:
-            config = resumed_config(out_dir, epochs, device, workers)
+            config = resumed_config(out_dir, data, epochs, device, workers)
+        elif data is None:
+            fail("--data is required: a folder of class sub-folders (or train/ and val/ of them)")
         else:
             config = RunConfig(
-                model=model, data=str(data), out=str(out_dir), weights=weights, epochs=epochs,
+                model=model, data=str(data), out=str(out_dir), weights=weights, epochs=epochs or 10,
                 batch_size=batch_size or 32, lr=lr if lr is not None else 1e-4,
                 optimizer=(optimizer or Optimizer.adam).value, weight_decay=weight_decay, grad_clip=grad_clip,
                 image_size=image_size, augment=augment, layers=split_list(layers), probe_size=probe_size,
@@ -120,8 +124,9 @@ def run(
         raise typer.Exit(130)
 
 
-def resumed_config(out_dir: Path, epochs: int, device: str, workers: int):
-    """The run's own configuration; --epochs may extend it, --device and --workers may change."""
+def resumed_config(out_dir: Path, data: Optional[Path], epochs: Optional[int], device: str, workers: int):
+    """The run's own configuration; --epochs may extend it; --data (moved data), --device and
+    --workers may change."""
     from engine.errors import FtdynError
     from engine.record import RunReader
     from engine.training import RunConfig
@@ -129,8 +134,8 @@ def resumed_config(out_dir: Path, epochs: int, device: str, workers: int):
     saved = RunReader(out_dir).config()
     if saved is None:
         raise FtdynError(f"nothing to resume in '{out_dir}' (no config.json); start it without --resume")
-    settings = dict(saved["run"], epochs=max(epochs, saved["run"]["epochs"]) if epochs != 10 else saved["run"]["epochs"],
-                    device=device, workers=workers, out=str(out_dir))
+    settings = dict(saved["run"], epochs=epochs or saved["run"]["epochs"], device=device, workers=workers,
+                    out=str(out_dir), data=str(data) if data else saved["run"]["data"])
     return RunConfig(**settings)
 
 

@@ -99,11 +99,12 @@ def check_whitening(alpha: float, n_rows: int, n_features: int, where: str = "")
     if n_rows - 1 > n_features:
         return
     context = f" ({where})" if where else ""
+    other_view = "" if "positions" in where else "the 'positions' view, "
     if alpha == 0.0:
         raise DegenerateWhiteningError(
             f"PWSM with alpha=0 is meaningless here{context}: {n_rows} samples and {n_features} features "
             f"(samples − 1 ≤ features), so full whitening makes every pair identical (distance 0). "
-            f"Use more probe images (> {n_features + 1}), the 'positions' view, or alpha > 0 (e.g. 0.5)."
+            f"Use more probe images (> {n_features + 1} samples), {other_view}or alpha > 0 (e.g. 0.5)."
         )
     if alpha < SMALL_ALPHA:
         warnings.warn(

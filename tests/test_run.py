@@ -1,0 +1,139 @@
+"""`ftdyn run` end to end, resume after a real kill, and the run record it writes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_RUN
+from engine.record import RunReader, read_run
+
+
+def epochs_of(run_dir: Path) -> list[dict]:
+    return read_run(run_dir).epochs
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "timing"} for r in records]
+
+
+def test_end_to_end_run_and_report(tmp_path, shapes_data, cli):
+    run_dir = tmp_path / "run"
+    result = cli("run", "--data", shapes_data, "--out", run_dir, "--epochs", "2", *TINY_RUN,
+                 "--metrics", "pwsm,procrustes,cka,procrustes@filter")
+    assert result.exit_code == 0, result.output
+    snapshot = read_run(run_dir)
+    assert snapshot.state == "finished" and snapshot.status["epoch"] == 2
+    config = snapshot.config
+    assert [layer["name"] for layer in config["layers"]] == ["relu", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]
+    assert config["dataset"]["probe_images"] == 9 and config["dataset"]["classes"] == ["disc", "square", "triangle"]
+    epochs = snapshot.epochs
+    assert [r["epoch"] for r in epochs] == [0, 1, 2]
+    zero, last = epochs[0], epochs[-1]
+    assert zero["train"] is None and zero["held_out"]["accuracy"] >= 0
+    for layer, views in zero["layers"].items():  # epoch 0: the untouched model, exactly 0
+        for view in views.values():
+            assert all(v == 0.0 for v in view["values"].values()), layer
+    moved = [last["layers"][layer]["positions"]["values"]["pwsm:0.5"] for layer in last["layers"]]
+    assert all(v > 0 for v in moved)
+    filter_entry = last["layers"]["layer4.1"]["filter"]
+    assert len(filter_entry["per_filter"]["procrustes"]) == filter_entry["filters"] == 512
+    assert set(last["timing"]) >= {"train_s", "eval_s", "analysis_s"} and last["lr"] == [1e-4]
+    assert (run_dir / "checkpoints" / "last.pt").exists() and (run_dir / "checkpoints" / "best.pt").exists()
+
+    report = cli("report", run_dir, "--format", "json")
+    assert report.exit_code == 0, report.output
+    tables = json.loads(report.output)
+    assert tables["accuracy"][0]["epochs"] == "2/2"
+    reuse = {row["measure"]: row for row in tables["reusability"]}
+    assert reuse["pwsm:0.5@positions"]["epochs"] == 2 and reuse["pwsm:0.5@positions"]["mean"] > 0
+    assert any(row["measures"] == "pwsm:0.5@positions vs procrustes@positions" for row in tables["correlation"])
+    csv_report = cli("report", run_dir, "--format", "csv")
+    assert csv_report.exit_code == 0 and "# reusability" in csv_report.output
+    table_report = cli("report", run_dir)
+    assert "Table 2" in table_report.output
+
+
+def test_paper_preset_is_recorded_and_explicit_options_win(tmp_path, shapes_data, cli):
+    run_dir = tmp_path / "paper"
+    result = cli("run", "--data", shapes_data, "--out", run_dir, "--epochs", "1", "--preset", "paper",
+                 *TINY_RUN, "--lr", "1e-3", "--layers", "relu,layer1.1")
+    assert result.exit_code == 0, result.output
+    config = read_run(run_dir).config
+    assert config["run"]["preset"] == "paper" and config["preset_settings"]["batch_size"] == 196
+    assert config["run"]["batch_size"] == 8 and config["run"]["lr"] == 1e-3  # given explicitly
+    assert config["run"]["optimizer"] == "adam"
+    assert [m["label"] for m in config["measures"]] == ["pwsm:0@positions", "procrustes@filter-map"]
+
+
+def run_command(*args) -> list[str]:
+    return [sys.executable, "-m", "ftdyn_tui.cli", "run", *map(str, args)]
+
+
+def wait_for(predicate, timeout=120.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, shapes_data):
+    common = ["--data", shapes_data, "--epochs", "4", "--every-steps", "2", *TINY_RUN]
+    reference = tmp_path / "reference"
+    subprocess.run(run_command("--out", reference, *common), check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(run_command("--out", killed, *common), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    reader = RunReader(killed)
+    # kill in the middle of epoch 2: after one of its step records, before its epoch record
+    assert wait_for(lambda: any(r["kind"] == "step" and r["epoch"] == 2 for r in reader.poll() + reader.records))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert read_run(killed).status["state"] == "running"  # nobody could write otherwise: shown as stalled later
+
+    subprocess.run(run_command("--out", killed, *common, "--resume"), check=True, capture_output=True)
+    resumed = read_run(killed)
+    assert resumed.state == "finished"
+    assert without_timing(resumed.records) == without_timing(read_run(reference).records)
+
+
+def test_ctrl_c_marks_the_run_interrupted_and_resumable(tmp_path, shapes_data):
+    common = ["--data", shapes_data, "--epochs", "3", *TINY_RUN]
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(run_command("--out", run_dir, *common), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: len(RunReader(run_dir).snapshot().epochs) >= 2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "resumable" in stderr and "Traceback" not in stderr
+    assert read_run(run_dir).status["state"] == "interrupted"
+    subprocess.run(run_command("--out", run_dir, *common, "--resume"), check=True, capture_output=True)
+    assert [r["epoch"] for r in epochs_of(run_dir)] == [0, 1, 2, 3]
+
+
+def test_killed_between_checkpoint_and_record_recovers_the_record(tmp_path, shapes_data, cli):
+    run_dir = tmp_path / "run"
+    assert cli("run", "--data", shapes_data, "--out", run_dir, "--epochs", "2", *TINY_RUN).exit_code == 0
+    full = read_run(run_dir).records
+    lines = (run_dir / "records.jsonl").read_bytes().splitlines(keepends=True)
+    (run_dir / "records.jsonl").write_bytes(b"".join(lines[:-1]) + lines[-1][:20])  # last record half-written
+    result = cli("run", "--data", shapes_data, "--out", run_dir, "--epochs", "2", *TINY_RUN, "--resume")
+    assert result.exit_code == 0, result.output
+    assert without_timing(read_run(run_dir).records) == without_timing(full)
+
+
+def test_resume_can_extend_a_finished_run(tmp_path, shapes_data, cli):
+    run_dir = tmp_path / "run"
+    assert cli("run", "--data", shapes_data, "--out", run_dir, "--epochs", "1", *TINY_RUN).exit_code == 0
+    result = cli("run", "--data", shapes_data, "--out", run_dir, "--epochs", "2", *TINY_RUN, "--resume")
+    assert result.exit_code == 0, result.output
+    assert [r["epoch"] for r in epochs_of(run_dir)] == [0, 1, 2]
+    assert read_run(run_dir).status["total_epochs"] == 2
