@@ -88,8 +88,12 @@ class ProbeAnalysis:
         return by_view
 
     @torch.no_grad()
-    def run(self, model: nn.Module, probe_batches, device: torch.device, amp: bool = False) -> tuple[dict, float]:
-        """{layer: {view: {values, dead, filters, per_filter}}} and the seconds it took."""
+    def run(self, model: nn.Module, probe_batches, device: torch.device, amp: bool = False,
+            observer=None) -> tuple[dict, float]:
+        """{layer: {view: {values, dead, filters, per_filter}}} and the seconds it took.
+
+        ``observer`` (e.g. visualisation evidence) sees every layer's paired batch as well, so one
+        forward pass over the probe set serves both."""
         start = time.perf_counter()
         was_training = model.training
         model.eval()
@@ -108,6 +112,10 @@ class ProbeAnalysis:
                         model(images)
                     for (layer, _view), accumulator in accumulators.items():
                         accumulator.update(source_out[layer].float(), tuned_out[layer].float())
+                    if observer is not None:
+                        for layer in self.layer_names:
+                            observer.update(layer, source_out[layer].float(), tuned_out[layer].float())
+                        observer.batch_done(images.shape[0])
         finally:
             model.train(was_training)
         result: dict[str, dict] = {}

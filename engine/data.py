@@ -71,6 +71,11 @@ def image_transform(image_size: int, augment: bool) -> Callable:
     return transforms.Compose(resize + [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
+def pixel_transform(image_size: int) -> Callable:
+    """The evaluation resize without normalisation, as an RGB PIL image: what visualisations show."""
+    return transforms.Resize((image_size, image_size), antialias=True)
+
+
 def class_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 

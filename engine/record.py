@@ -4,6 +4,7 @@
     RUN/status.json         state, pid, host, start/update times, epoch k of T (replaced atomically)
     RUN/records.jsonl       one JSON object per line, appended and fsync'd per record
     RUN/checkpoints/        last.pt, best.pt, optionally epoch-NNN.pt
+    RUN/vis/                per-filter images, listed in vis/index.jsonl (appended like records)
     RUN/skipped_files.txt   unreadable data files that were skipped
     RUN/train.log           output of a detached run
 
@@ -27,6 +28,7 @@ from typing import Any, Iterator
 
 SCHEMA_VERSION = 1
 CONFIG, STATUS, RECORDS = "config.json", "status.json", "records.jsonl"
+VIS_INDEX = "vis/index.jsonl"
 STATES = ("running", "finished", "failed", "interrupted")
 # A running run whose heartbeat is older than this is shown as stalled.
 STALL_SECONDS = 120.0
@@ -68,6 +70,15 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_directory(path.parent)
+
+
+def append_lines(path: Path, objects: list[Any]) -> None:
+    """Append JSON objects, one per line, flushed and fsync'd: readers see whole lines or none."""
+    data = "".join(json.dumps(clean_json(o), allow_nan=False, separators=(",", ":")) + "\n" for o in objects)
+    with open(path, "ab") as f:
+        f.write(data.encode())
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -119,11 +130,7 @@ class RunWriter:
         self.update_status(state=state, message=message, finished_at=now())
 
     def append_record(self, record: dict[str, Any]) -> None:
-        line = json.dumps(clean_json(record), allow_nan=False, separators=(",", ":")) + "\n"
-        with open(self.dir / RECORDS, "ab") as f:
-            f.write(line.encode())
-            f.flush()
-            os.fsync(f.fileno())
+        append_lines(self.dir / RECORDS, [record])
 
     def truncate_records(self, keep: list[dict[str, Any]]) -> None:
         """Rewrite the record file to exactly ``keep`` (on resume: drop a partial epoch's records)."""
@@ -222,6 +229,16 @@ class RunReader:
         if config is None and status is None:
             problem = f"'{self.dir}' is not an ftdyn run directory (no {CONFIG} or {STATUS})"
         return RunSnapshot(self.dir, config, status, list(self.records), problem)
+
+
+def read_vis_index(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Entries of RUN/vis/index.jsonl (complete lines only): one per written image."""
+    path = Path(run_dir) / VIS_INDEX
+    try:
+        records, _ = parse_records(path.read_bytes())
+    except FileNotFoundError:
+        return []
+    return records
 
 
 def read_run(run_dir: str | Path) -> RunSnapshot:

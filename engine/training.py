@@ -22,17 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from engine.capture import ProbeAnalysis, as_feature_map, parse_measures
-from engine.data import ImageList, image_transform, load_image_data, probe_indices, seeded_generator
+from engine.data import ImageList, image_transform, load_image_data, pixel_transform, probe_indices, seeded_generator
 from engine.errors import FtdynError
 from engine.models import build_model, select_layers
+from engine.receptive import receptive_fields
 from engine.record import CONFIG, RunReader, RunWriter
 from engine.similarity.metrics import DegenerateWhiteningError
 from engine.similarity.views import check_metrics_for_view
+from engine.visualise import FilterEvidence, Visualiser, VisSettings, parse_named_filters
 
 PAPER_PRESET = {
     "optimizer": "adam",
@@ -69,6 +72,10 @@ class RunConfig:
     val_fraction: float = 0.2
     save_every_epoch: bool = False
     preset: str | None = None
+    vis: bool = True
+    vis_epochs: list[int] | None = None  # None: every epoch
+    vis_filters: str | None = None  # 'layer:index,…'
+    vis_k: int = 8
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -172,6 +179,24 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp and self.device.type == "cuda")
         self.analysis = ProbeAnalysis(self.source, [layer.name for layer in self.layers], self.measures)
         self.criterion = nn.CrossEntropyLoss()
+        self.visualiser = self.make_visualiser(model) if config.vis else None
+
+    def make_visualiser(self, model: nn.Module) -> Visualiser:
+        config = self.config
+        try:
+            named = parse_named_filters(config.vis_filters)
+        except ValueError as exc:
+            raise FtdynError(str(exc)) from None
+        fields = receptive_fields(model, [layer.name for layer in self.layers], config.image_size)
+        pixels = ImageList([self.held_out.samples[i] for i in self.probe.indices], pixel_transform(config.image_size))
+        images = np.stack([np.asarray(image) for image, _ in pixels])
+        labels = [label for _, label in (self.held_out.samples[i] for i in self.probe.indices)]
+        filters = {layer.name: as_feature_map(torch.empty(1, *layer.shape)).shape[1] for layer in self.layers}
+        try:
+            return Visualiser(self.dir, fields, filters, images, labels, self.data.classes,
+                              VisSettings(top_k=config.vis_k, random_k=config.vis_k, named=named, seed=config.seed))
+        except ValueError as exc:
+            raise FtdynError(str(exc)) from None
 
     def check_measures(self) -> None:
         """Refuse a degenerate PWSM α = 0 before any training, with the probe size it would see."""
@@ -307,7 +332,11 @@ class Trainer:
     def finish_epoch(self, epoch: int, train: dict[str, float] | None, train_seconds: float) -> None:
         self.on_event("phase", name=f"epoch {epoch}: evaluating and measuring")
         held_out, eval_seconds = self.evaluate()
-        layers, analysis_seconds = self.analysis.run(self.model, self.probe_loader, self.device, self.config.amp)
+        visualise = self.visualiser is not None and (self.config.vis_epochs is None or epoch in self.config.vis_epochs)
+        evidence = FilterEvidence(self.analysis.layer_names, self.visualiser.samples) if visualise else None
+        layers, analysis_seconds = self.analysis.run(self.model, self.probe_loader, self.device, self.config.amp,
+                                                     observer=evidence)
+        vis_seconds = self.visualiser.render(epoch, evidence, per_filter_changes(layers)) if visualise else 0.0
         step_analysis = train.pop("step_analysis_s", 0.0) if train else 0.0
         record = {
             "kind": "epoch", "epoch": epoch, "step": self.global_step, "phase": "finetune",
@@ -315,7 +344,7 @@ class Trainer:
             "lr": [group["lr"] for group in self.optimizer.param_groups],
             "layers": layers,
             "timing": {"train_s": train_seconds, "eval_s": eval_seconds, "analysis_s": analysis_seconds,
-                       "step_analysis_s": step_analysis},
+                       "step_analysis_s": step_analysis, "vis_s": vis_seconds},
         }
         self.best_accuracy = max(self.best_accuracy, held_out["accuracy"])
         self.save_checkpoint(epoch, record, is_best=held_out["accuracy"] >= self.best_accuracy)
@@ -371,10 +400,72 @@ class Trainer:
         return last
 
 
+def per_filter_changes(layers: dict[str, dict]) -> dict[str, np.ndarray]:
+    """Per layer, the per-filter distance of the first filter-view measure (how far each filter
+    moved); layers without one are ranked by the visualiser itself."""
+    changes = {}
+    for layer, views in layers.items():
+        for entry in views.values():
+            if entry.get("per_filter"):
+                first = next(iter(entry["per_filter"].values()))
+                changes[layer] = np.array([np.nan if v is None else v for v in first], dtype=np.float64)
+                break
+    return changes
+
+
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
     tmp.replace(path)
+
+
+def visualise_from_checkpoints(run_dir: str | Path, layer: str, filter_index: int, classes: list[str] | None = None,
+                               epochs: list[int] | None = None, on_event: Event = quiet) -> list[int]:
+    """Draw one filter's class- and sample-based images from saved checkpoints, exactly as the run
+    draws them, into RUN/vis (with its montages). Epoch 0 is the source model. Returns the epochs drawn."""
+    run_dir = Path(run_dir)
+    saved = RunReader(run_dir).config()
+    if saved is None:
+        raise FtdynError(f"'{run_dir}' is not an ftdyn run directory (no {CONFIG})")
+    config = RunConfig(**dict(saved["run"], vis=False, workers=0, out=str(run_dir)))
+    if layer not in [entry["name"] for entry in saved["layers"]]:
+        raise FtdynError(f"layer '{layer}' was not hooked in this run; choose from "
+                         f"{', '.join(entry['name'] for entry in saved['layers'])}")
+    if classes and set(classes) - set(saved["dataset"]["classes"]):
+        raise FtdynError(f"unknown class {sorted(set(classes) - set(saved['dataset']['classes']))[0]!r}; the run's "
+                         f"classes are {', '.join(saved['dataset']['classes'])}")
+    checkpoints = available_checkpoints(run_dir)
+    wanted = sorted(set(epochs) if epochs else {0, *checkpoints})
+    missing = [e for e in wanted if e != 0 and e not in checkpoints]
+    if missing:
+        raise FtdynError(f"no checkpoint for epoch {missing[0]} (available: source 0 and "
+                         f"{', '.join(map(str, sorted(checkpoints))) or 'none'}); run with --save-every-epoch to keep them all")
+    trainer = Trainer(config, on_event)
+    trainer.prepare()
+    filters = trainer.layers[[entry.name for entry in trainer.layers].index(layer)]
+    if not 0 <= filter_index < as_feature_map(torch.empty(1, *filters.shape)).shape[1]:
+        raise FtdynError(f"layer '{layer}' has no filter {filter_index}")
+    visualiser = trainer.make_visualiser(trainer.model)
+    visualiser.settings.classes = classes
+    visualiser.focus(layer, filter_index)
+    for epoch in wanted:
+        state = trainer.source.state_dict() if epoch == 0 else torch.load(
+            checkpoints[epoch], map_location=trainer.device, weights_only=True)["model"]
+        trainer.model.load_state_dict(state)
+        evidence = FilterEvidence([layer], visualiser.samples)
+        trainer.analysis.run(trainer.model, trainer.probe_loader, trainer.device, observer=evidence)
+        visualiser.render(epoch, evidence, {}, redraw=True)
+        on_event("phase", name=f"drew epoch {epoch}")
+    return wanted
+
+
+def available_checkpoints(run_dir: Path) -> dict[int, Path]:
+    """Epoch → checkpoint file, from epoch-NNN.pt, best.pt and last.pt."""
+    found: dict[int, Path] = {}
+    for path in sorted((run_dir / "checkpoints").glob("*.pt")):
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # only the epoch is read
+        found.setdefault(int(state["epoch"]), path)
+    return found
 
 
 def run_training(config: RunConfig, resume: bool = False, on_event: Event = quiet) -> Path:

@@ -90,6 +90,13 @@ def run(
     preset: Optional[Preset] = typer.Option(None, "--preset", help="paper: Adam, lr 1e-4, batch 196, PWSM α=0 on "
                                                                    "positions + Procrustes on filter-map."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last complete epoch."),
+    vis: bool = typer.Option(True, "--vis/--no-vis", help="Draw per-filter class- and sample-based images "
+                                                        "(RUN/vis) at the --vis-epochs."),
+    vis_epochs: Optional[list[str]] = typer.Option(None, "--vis-epochs", help="Epochs to visualise, comma-separated "
+                                                                             "[default: every epoch]."),
+    vis_filters: Optional[str] = typer.Option(None, "--vis-filters", help="Filters to always draw: layer:index,…"),
+    vis_k: int = typer.Option(8, "--vis-k", min=0, help="Per layer, draw the k filters that moved most and k "
+                                                         "seeded random ones."),
 ) -> None:
     """Fine-tune a model and record per-layer feature distances to the source model every epoch."""
     from engine.errors import FtdynError
@@ -110,7 +117,8 @@ def run(
                 image_size=image_size, augment=augment, layers=split_list(layers), probe_size=probe_size,
                 metrics=split_list(metrics) or ["pwsm", "procrustes", "cka"], view=view, alpha=alpha,
                 every_steps=every_steps, device=device, amp=amp, workers=workers, seed=seed,
-                val_fraction=val_fraction, save_every_epoch=save_every_epoch, preset=preset.value if preset else None)
+                val_fraction=val_fraction, save_every_epoch=save_every_epoch, preset=preset.value if preset else None,
+                vis=vis, vis_epochs=parse_epochs(vis_epochs), vis_filters=vis_filters, vis_k=vis_k)
             config = apply_preset(config, explicit)
         with TrainingProgress() as progress:
             path = run_training(config, resume=resume, on_event=progress.event)
@@ -122,6 +130,16 @@ def run(
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/]: the run is resumable with `ftdyn run --out {out_dir} --resume`")
         raise typer.Exit(130)
+
+
+def parse_epochs(values: Optional[list[str]]) -> Optional[list[int]]:
+    items = split_list(values)
+    if items is None:
+        return None
+    try:
+        return sorted({int(item) for item in items})
+    except ValueError:
+        fail(f"epochs must be whole numbers, got {', '.join(items)}")
 
 
 def resumed_config(out_dir: Path, data: Optional[Path], epochs: Optional[int], device: str, workers: int):
@@ -208,6 +226,28 @@ def layers(
         table.add_row("*" if layer.name in defaults else "", layer.name, layer.kind, str(tuple(layer.shape)),
                       str(layer.calls), style="bold" if layer.name in defaults else ("dim" if layer.calls > 1 else None))
     out.print(table)
+
+
+@app.command()
+def vis(
+    run_dir: Path = typer.Argument(..., help="Run directory."),
+    layer: str = typer.Option(..., "--layer", help="A hooked layer of the run."),
+    filter_index: int = typer.Option(..., "--filter", min=0, help="Filter (channel) index."),
+    classes: Optional[list[str]] = typer.Option(None, "--class", help="Only these classes for class-based images."),
+    epochs: Optional[list[str]] = typer.Option(None, "--epochs", help="Epochs to draw (0 = source) "
+                                                                     "[default: every saved checkpoint]."),
+) -> None:
+    """Draw one filter's class- and sample-based images from saved checkpoints into RUN/vis,
+    with a montage across epochs (source, 1…T) like the paper's figures."""
+    from engine.errors import FtdynError
+    from engine.training import visualise_from_checkpoints
+
+    try:
+        drawn = visualise_from_checkpoints(run_dir, layer, filter_index, split_list(classes), parse_epochs(epochs))
+    except FtdynError as exc:
+        fail(str(exc))
+    folder = run_dir / "vis" / layer / f"f{filter_index:04d}"
+    out.print(f"drew epochs {', '.join(map(str, drawn))} → {folder} (montage-class.png, montage-sample.png)")
 
 
 @app.command()

@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 # Small enough for seconds per run on 2 CPU cores, large enough for every default layer of resnet18.
 TINY_RUN = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "8",
-            "--probe-size", "9", "--workers", "0"]
+            "--probe-size", "9", "--workers", "0", "--no-vis"]  # visualisation tests add --vis
 
 
 @pytest.fixture(scope="session")

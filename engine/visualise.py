@@ -1,0 +1,287 @@
+"""What a single filter looks at, epoch by epoch (the paper's §3.3, Figs 5–8), without its defects.
+
+* **Class-based**: for filter f and class c, each probe image of c contributes the input region
+  under the receptive field of f's strongest location, weighted by that maximum activation:
+      A_{f,c} = Σ_i max(a_i, 0) · crop_i / Σ_i max(a_i, 0)
+  Regions reaching outside the image are padded with the ImageNet mean colour — what the network's
+  zero padding sees after normalisation — so every crop has the field's exact size.
+* **Sample-based**: f's map, bilinearly upsampled to the image, drawn over it as a heatmap whose
+  colour scale is [0, max of the *source* model's map] for that (layer, filter, image) at every
+  epoch, so epochs are comparable; growth beyond the source's range shows as saturation.
+* Images stay RGB end to end (the authors showed BGR as RGB).
+
+Filters per layer: the k whose distance to the source is largest at the latest epoch, k seeded
+random ones, and any the user names. Once chosen, a filter is drawn at every later visualised
+epoch, and its source images are drawn from the source model's activations at that moment.
+Everything is written atomically under RUN/vis/ and listed in RUN/vis/index.jsonl.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engine.receptive import LayerFields
+from engine.record import VIS_INDEX, append_lines, read_vis_index, write_atomic
+
+PAD_COLOUR = np.array([124, 116, 104], dtype=np.float64)  # ImageNet mean: zero after normalisation
+HEATMAP_ALPHA = 0.55
+MONTAGE_TILE = 96
+
+
+def jet(values: np.ndarray) -> np.ndarray:
+    """Jet colour map on [0, 1] → uint8 RGB (blue → cyan → yellow → red)."""
+    v = np.clip(values, 0.0, 1.0)
+    r = np.clip(1.5 - np.abs(4 * v - 3), 0, 1)
+    g = np.clip(1.5 - np.abs(4 * v - 2), 0, 1)
+    b = np.clip(1.5 - np.abs(4 * v - 1), 0, 1)
+    return (np.stack([r, g, b], -1) * 255).round().astype(np.uint8)
+
+
+def crop(image: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarray:
+    """image[top:bottom, left:right] with the outside filled by PAD_COLOUR; float64 (h, w, 3)."""
+    top, left, bottom, right = region
+    out = np.empty((bottom - top, right - left, 3), dtype=np.float64)
+    out[:] = PAD_COLOUR
+    h, w = image.shape[:2]
+    t, l, b, r = max(top, 0), max(left, 0), min(bottom, h), min(right, w)
+    if t < b and l < r:
+        out[t - top:b - top, l - left:r - left] = image[t:b, l:r]
+    return out
+
+
+def class_average(images: np.ndarray, locations: np.ndarray, activations: np.ndarray,
+                  fields: LayerFields, f: int) -> np.ndarray | None:
+    """Activation-weighted mean of the receptive-field crops at each image's strongest location.
+    ``images`` (n, H, W, 3) uint8, ``locations`` (n, 2) map coordinates, ``activations`` (n,)."""
+    weights = np.maximum(activations.astype(np.float64), 0.0)
+    if weights.sum() <= 0:
+        return None  # the filter never fires on this class
+    rf = fields.for_filter(f)
+    total = np.zeros((*rf.size, 3))
+    for image, (i, j), weight in zip(images, locations, weights):
+        if weight > 0:
+            total += weight * crop(image, rf.region(int(i), int(j)))
+    return total / weights.sum()
+
+
+def overlay(image: np.ndarray, feature_map: np.ndarray, scale: float) -> np.ndarray:
+    """Heat map of ``feature_map`` on [0, scale], upsampled to the image and blended over it."""
+    h, w = image.shape[:2]
+    upsampled = torch.nn.functional.interpolate(torch.as_tensor(feature_map, dtype=torch.float64)[None, None],
+                                                size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+    heat = jet(upsampled / scale if scale > 0 else np.zeros_like(upsampled)).astype(np.float64)
+    return (HEATMAP_ALPHA * heat + (1 - HEATMAP_ALPHA) * image.astype(np.float64)).round().astype(np.uint8)
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(array, 0, 255).round().astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def montage(rows: list[list[Path | None]], tile: int = MONTAGE_TILE, gap: int = 2) -> np.ndarray:
+    """Tiles in a grid (rows × epochs), each scaled to ``tile`` px; missing tiles stay dark."""
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    sheet = np.full((n_rows * (tile + gap) - gap, n_cols * (tile + gap) - gap, 3), 24, dtype=np.uint8)
+    for r, row in enumerate(rows):
+        for c, path in enumerate(row):
+            if path is not None and path.exists():
+                with Image.open(path) as image:
+                    scaled = image.convert("RGB").resize((tile, tile), Image.NEAREST)
+                sheet[r * (tile + gap):r * (tile + gap) + tile, c * (tile + gap):c * (tile + gap) + tile] = np.asarray(scaled)
+    return sheet
+
+
+class FilterEvidence:
+    """What visualisation needs from one probe pass, gathered batch by batch (an analysis observer):
+    per (image, filter) the strongest location and its activation in both models, the full maps of
+    a few sample images, and per-filter moments for a correlation-based ranking."""
+
+    def __init__(self, layers: list[str], sample_indices: list[int]):
+        self.layers = layers
+        self.sample_indices = sample_indices
+        self.seen = 0
+        self.peak: dict[tuple[str, str], list] = {}  # (layer, side) → [(values (b, c), locations (b, c, 2))]
+        self.samples: dict[tuple[str, str], dict[int, np.ndarray]] = {}
+        self.moments: dict[str, torch.Tensor] = {}
+
+    def update(self, layer: str, source: torch.Tensor, tuned: torch.Tensor) -> None:
+        width = source.shape[-1]
+        for side, acts in (("source", source), ("tuned", tuned)):
+            values, flat_index = acts.flatten(2).max(2)
+            locations = torch.stack([flat_index // width, flat_index % width], -1)
+            self.peak.setdefault((layer, side), []).append((values.cpu().numpy(), locations.cpu().numpy()))
+            for k in range(acts.shape[0]):
+                if self.seen + k in self.sample_indices:
+                    self.samples.setdefault((layer, side), {})[self.seen + k] = acts[k].float().cpu().numpy()
+        x = source.transpose(0, 1).flatten(1).double()
+        y = tuned.transpose(0, 1).flatten(1).double()
+        sums = torch.stack([x.sum(1), y.sum(1), (x * x).sum(1), (y * y).sum(1), (x * y).sum(1),
+                            torch.full_like(x[:, 0], x.shape[1])])
+        self.moments[layer] = self.moments.get(layer, 0) + sums.cpu()
+
+    def batch_done(self, batch_size: int) -> None:
+        self.seen += batch_size
+
+    def peaks(self, layer: str, side: str) -> tuple[np.ndarray, np.ndarray]:
+        parts = self.peak[(layer, side)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def decorrelation(self, layer: str) -> np.ndarray:
+        """1 − Pearson r per filter between source and tuned activations (NaN where constant)."""
+        sx, sy, sxx, syy, sxy, n = self.moments[layer].numpy()
+        cov = sxy - sx * sy / n
+        var = (sxx - sx * sx / n) * (syy - sy * sy / n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(var > 0, 1 - cov / np.sqrt(np.where(var > 0, var, 1)), np.nan)
+
+
+@dataclass
+class VisSettings:
+    top_k: int = 8
+    random_k: int = 8
+    named: dict[str, list[int]] = field(default_factory=dict)
+    samples: int = 4
+    seed: int = 0
+    classes: list[str] | None = None  # draw class-based images for these classes only
+
+
+def parse_named_filters(text: str | None) -> dict[str, list[int]]:
+    """'layer4.1:3,layer4.1:17,relu:0' → {'layer4.1': [3, 17], 'relu': [0]}."""
+    named: dict[str, list[int]] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        layer, sep, index = item.strip().rpartition(":")
+        if not sep or not index.isdigit():
+            raise ValueError(f"--vis-filters takes layer:index pairs, e.g. layer4.1:3 (got '{item}')")
+        named.setdefault(layer, []).append(int(index))
+    return named
+
+
+def sample_indices(labels: list[int], count: int) -> list[int]:
+    """The first probe image of each of the first ``count`` classes."""
+    chosen: dict[int, int] = {}
+    for index, label in enumerate(labels):
+        if label not in chosen and len(chosen) < count:
+            chosen[label] = index
+    return sorted(chosen.values())
+
+
+class Visualiser:
+    """Chooses filters and writes their class- and sample-based images for an epoch."""
+
+    def __init__(self, run_dir: Path, fields: dict[str, LayerFields], filters: dict[str, int],
+                 probe_images: np.ndarray, probe_labels: list[int], classes: list[str], settings: VisSettings):
+        self.dir = Path(run_dir) / "vis"
+        self.fields, self.filters = fields, filters
+        self.images, self.labels = probe_images, np.asarray(probe_labels)
+        self.classes, self.settings = classes, settings
+        self.samples = sample_indices(probe_labels, settings.samples)
+        self.chosen: dict[str, dict[int, str]] = {layer: {} for layer in fields}
+        self.drawn: set[tuple[str, int, int]] = set()  # (layer, filter, epoch)
+        self.listed: set[str] = set()  # image paths already in the index
+        for layer, indices in settings.named.items():
+            if layer not in fields:
+                raise ValueError(f"--vis-filters names layer '{layer}', which is not hooked ({', '.join(fields)})")
+            for f in indices:
+                if not 0 <= f < filters[layer]:
+                    raise ValueError(f"--vis-filters: layer '{layer}' has {filters[layer]} filters, not {f + 1}")
+        self.load_index()
+
+    def focus(self, layer: str, f: int) -> None:
+        """Draw only filter ``f`` of ``layer`` (what `ftdyn vis` asks for)."""
+        self.fields = {layer: self.fields[layer]}
+        self.chosen = {layer: {f: "named"}}
+        self.settings = VisSettings(top_k=0, random_k=0, named={layer: [f]}, samples=self.settings.samples,
+                                    seed=self.settings.seed, classes=self.settings.classes)
+
+    def load_index(self) -> None:
+        """Pick up what a previous (interrupted) process already chose and drew."""
+        for entry in read_vis_index(self.dir.parent):
+            self.listed.add(entry["path"])
+            if entry["layer"] in self.chosen:
+                self.chosen[entry["layer"]].setdefault(entry["filter"], entry["chosen_by"])
+                self.drawn.add((entry["layer"], entry["filter"], entry["epoch"]))
+
+    def choose(self, layer: str, change: np.ndarray) -> dict[int, str]:
+        chosen = self.chosen[layer]
+        for f in self.settings.named.get(layer, []):
+            chosen.setdefault(f, "named")
+        rng = random.Random(f"{self.settings.seed}:{layer}")
+        for f in rng.sample(range(self.filters[layer]), min(self.settings.random_k, self.filters[layer])):
+            chosen.setdefault(f, "random")
+        finite = np.where(np.isfinite(change), change, -np.inf)
+        for f in np.argsort(-finite, kind="stable")[: self.settings.top_k]:
+            if np.isfinite(finite[f]) and finite[f] > 0:
+                chosen.setdefault(int(f), "top-change")
+        return chosen
+
+    def render(self, epoch: int, evidence: FilterEvidence, changes: dict[str, np.ndarray], redraw: bool = False) -> float:
+        """Write this epoch's images (and the source images of newly chosen filters); seconds taken.
+        ``redraw`` draws images again even where the index already lists them."""
+        start = time.perf_counter()
+        entries = []
+        for layer in self.fields:
+            change = changes.get(layer)
+            chosen = self.choose(layer, change if change is not None else evidence.decorrelation(layer))
+            for f, reason in sorted(chosen.items()):
+                for drawn_epoch, side in ((0, "source"), (epoch, "tuned")):
+                    if redraw or (layer, f, drawn_epoch) not in self.drawn:
+                        entries += self.draw(layer, f, drawn_epoch, evidence, side, reason)
+                        self.drawn.add((layer, f, drawn_epoch))
+                self.write_montages(layer, f)
+        entries = [e for e in entries if e["path"] not in self.listed]
+        if entries:
+            append_lines(self.dir.parent / VIS_INDEX, entries)
+            self.listed.update(e["path"] for e in entries)
+        return time.perf_counter() - start
+
+    def filter_dir(self, layer: str, f: int) -> Path:
+        return self.dir / layer / f"f{f:04d}"
+
+    def draw(self, layer: str, f: int, epoch: int, evidence: FilterEvidence, side: str, reason: str) -> list[dict]:
+        folder = self.filter_dir(layer, f)
+        folder.mkdir(parents=True, exist_ok=True)
+        values, locations = evidence.peaks(layer, side)
+        entries = []
+        base = {"layer": layer, "filter": f, "epoch": epoch, "chosen_by": reason}
+        for c, name in enumerate(self.classes):
+            members = self.labels == c
+            if not members.any() or (self.settings.classes is not None and name not in self.settings.classes):
+                continue
+            average = class_average(self.images[members], locations[members, f], values[members, f],
+                                    self.fields[layer], f)
+            if average is None:
+                continue
+            path = folder / f"class-{c:03d}-e{epoch:03d}.png"
+            write_atomic(path, png_bytes(average))
+            entries.append({**base, "kind": "class", "class": name, "path": str(path.relative_to(self.dir))})
+        for index in self.samples:
+            source_map = evidence.samples[(layer, "source")][index][f]
+            feature_map = evidence.samples[(layer, side)][index][f]
+            scale = float(source_map.max())
+            path = folder / f"sample-{index:04d}-e{epoch:03d}.png"
+            write_atomic(path, png_bytes(overlay(self.images[index], feature_map, scale)))
+            entries.append({**base, "kind": "sample", "image": index, "class": self.classes[self.labels[index]],
+                            "scale": [0.0, scale], "path": str(path.relative_to(self.dir))})
+        return entries
+
+    def write_montages(self, layer: str, f: int) -> None:
+        """Rows: classes (or sample images); columns: source, then every visualised epoch."""
+        folder = self.filter_dir(layer, f)
+        epochs = sorted(e for (l, g, e) in self.drawn if l == layer and g == f)
+        class_rows = [[folder / f"class-{c:03d}-e{e:03d}.png" for e in epochs] for c in range(len(self.classes))]
+        sample_rows = [[folder / f"sample-{i:04d}-e{e:03d}.png" for e in epochs] for i in self.samples]
+        for name, rows in (("montage-class.png", class_rows), ("montage-sample.png", sample_rows)):
+            rows = [row for row in rows if any(p.exists() for p in row)]
+            if rows:
+                write_atomic(folder / name, png_bytes(montage(rows)))
