@@ -47,6 +47,13 @@ class Preset(str, Enum):
     paper = "paper"
 
 
+class ImageMode(str, Enum):
+    halfcell = "halfcell"
+    sixel = "sixel"
+    kitty = "kitty"
+    auto = "auto"
+
+
 class ReportFormat(str, Enum):
     table = "table"
     csv = "csv"
@@ -64,20 +71,20 @@ def run(
     weights: str = typer.Option("DEFAULT", "--weights", help="torchvision weights name (IMAGENET1K_V1, DEFAULT), a local "
                                                             "state-dict file, or none."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Fine-tuning epochs T (epoch 0 is the untouched "
-                                                                      "model) [default: 10; with --resume: the run's]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Training batch size [default: 32]."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate [default: 1e-4]."),
-    optimizer: Optional[Optimizer] = typer.Option(None, "--optimizer", help="adam or sgd (momentum 0.9) [default: adam]."),
+                                                                      "model) (default: 10; with --resume: the run's)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Training batch size (default: 32)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: 1e-4)."),
+    optimizer: Optional[Optimizer] = typer.Option(None, "--optimizer", help="adam or sgd (momentum 0.9) (default: adam)."),
     weight_decay: float = typer.Option(0.0, "--weight-decay"),
     grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this value."),
     image_size: int = typer.Option(224, "--image-size", min=16, help="Images are resized to this square size."),
     augment: bool = typer.Option(False, "--augment/--no-augment", help="Random resized crops and flips while training."),
     layers: Optional[list[str]] = typer.Option(None, "--layers", help="Layers to hook, comma-separated "
-                                                                     "[default: the paper's; see `ftdyn layers MODEL`]."),
+                                                                     "(default: the paper's; see `ftdyn layers MODEL`)."),
     probe_size: int = typer.Option(256, "--probe-size", min=2, help="Held-out images, stratified by class and fixed by "
                                                                    "seed, on which distances are measured."),
     metrics: Optional[list[str]] = typer.Option(None, "--metrics", help="pwsm[:α], procrustes, cka, each optionally "
-                                                                       "@view [default: pwsm,procrustes,cka]."),
+                                                                       "@view (default: pwsm,procrustes,cka)."),
     view: str = typer.Option("positions", "--view", help="positions, pooled, flat, filter or filter-map (METRICS.md)."),
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="PWSM α for a plain 'pwsm' metric."),
     every_steps: int = typer.Option(0, "--every-steps", min=0, help="Also measure every N training steps (0: per epoch only)."),
@@ -93,12 +100,23 @@ def run(
     vis: bool = typer.Option(True, "--vis/--no-vis", help="Draw per-filter class- and sample-based images "
                                                         "(RUN/vis) at the --vis-epochs."),
     vis_epochs: Optional[list[str]] = typer.Option(None, "--vis-epochs", help="Epochs to visualise, comma-separated "
-                                                                             "[default: every epoch]."),
+                                                                             "(default: every epoch)."),
     vis_filters: Optional[str] = typer.Option(None, "--vis-filters", help="Filters to always draw: layer:index,…"),
     vis_k: int = typer.Option(8, "--vis-k", min=0, help="Per layer, draw the k filters that moved most and k "
                                                          "seeded random ones."),
+    tui: bool = typer.Option(False, "--tui", help="Train in the background (log: RUN/train.log) and open the "
+                                                  "TUI on the run; quitting the TUI leaves training running."),
 ) -> None:
     """Fine-tune a model and record per-layer feature distances to the source model every epoch."""
+    if tui:
+        child_args = [arg for arg in sys.argv[1:] if arg != "--tui"]
+        process = start_detached(child_args, out_dir)
+        if wait_for_run(out_dir, process):
+            open_tui([out_dir], ImageMode.halfcell)
+            console.print(f"training continues in the background (pid {process.pid}); `ftdyn tui {out_dir}` "
+                          f"re-attaches, {out_dir / 'train.log'} has its output")
+            return
+        fail(f"training stopped before it started: {last_line(out_dir / 'train.log')}")
     from engine.errors import FtdynError
     from engine.training import RunConfig, apply_preset, run_training
 
@@ -130,6 +148,48 @@ def run(
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/]: the run is resumable with `ftdyn run --out {out_dir} --resume`")
         raise typer.Exit(130)
+
+
+def start_detached(args: list[str], out_dir: Path):
+    """`ftdyn ARGS` in its own session (immune to the terminal's hang-up and Ctrl-C), output to
+    RUN/train.log."""
+    import subprocess
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = open(out_dir / "train.log", "ab")
+    return subprocess.Popen([sys.executable, "-m", "ftdyn_tui.cli", *args], stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for_run(out_dir: Path, process, timeout: float = 600.0) -> bool:
+    """Until the run has a status (it started) or the process ended without one."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (out_dir / "status.json").exists():
+            return True
+        if process.poll() is not None:
+            return (out_dir / "status.json").exists()
+        time.sleep(0.2)
+    return False
+
+
+def last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except FileNotFoundError:
+        return "no log"
+    return lines[-1] if lines else "no output"
+
+
+def open_tui(paths: list[Path], images: ImageMode) -> None:
+    # textual-image asks the terminal what it can draw when imported: before Textual takes over.
+    import textual_image.widget  # noqa: F401
+
+    from ftdyn_tui.app import create_app
+
+    create_app(paths, images=images.value).run()
 
 
 def parse_epochs(values: Optional[list[str]]) -> Optional[list[int]]:
@@ -229,13 +289,24 @@ def layers(
 
 
 @app.command()
+def tui(
+    runs: Optional[list[Path]] = typer.Argument(None, help="Run directories or folders holding runs (default: ./runs)."),
+    images: ImageMode = typer.Option(ImageMode.halfcell, "--images", help="How images are drawn: halfcell colour "
+                                                                         "cells (any terminal, tmux, SSH), sixel, kitty, "
+                                                                         "or auto-detect."),
+) -> None:
+    """Follow runs live: status, per-layer distance curves, tables and per-filter images."""
+    open_tui(runs or [Path("runs")], images)
+
+
+@app.command()
 def vis(
     run_dir: Path = typer.Argument(..., help="Run directory."),
     layer: str = typer.Option(..., "--layer", help="A hooked layer of the run."),
     filter_index: int = typer.Option(..., "--filter", min=0, help="Filter (channel) index."),
     classes: Optional[list[str]] = typer.Option(None, "--class", help="Only these classes for class-based images."),
     epochs: Optional[list[str]] = typer.Option(None, "--epochs", help="Epochs to draw (0 = source) "
-                                                                     "[default: every saved checkpoint]."),
+                                                                     "(default: every saved checkpoint)."),
 ) -> None:
     """Draw one filter's class- and sample-based images from saved checkpoints into RUN/vis,
     with a montage across epochs (source, 1…T) like the paper's figures."""

@@ -1,0 +1,577 @@
+"""The ftdyn terminal app: follow runs live, plot layer distances, open per-filter images.
+
+Screens: runs (every run found, live status) → dynamics (per-layer distance curves of the
+selected runs, accuracy, reusability and correlation tables) → filters (a layer's filters ranked
+by how far they moved, with their images, source beside the chosen epoch). ``?`` shows the keys;
+every action is also in the command palette (ctrl+p). Reading happens in a worker thread that
+never overlaps itself; the screens only draw. No torch is imported here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from textual import on
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import DataTable, Footer, Header, Input, Markdown, OptionList, Static
+from textual_plotext import PlotextPlot
+
+from ftdyn_tui.model import (
+    SMOOTHING_STEPS,
+    TrackedRun,
+    Workspace,
+    accuracy_series,
+    correlation_rows,
+    distance_series,
+    export_csv,
+    filter_images,
+    filter_rows,
+    layer_colour,
+    positive_only,
+    reusability_rows,
+    run_colour,
+    smooth,
+)
+
+IMAGE_MODES = ("halfcell", "sixel", "kitty", "auto")
+STATE_STYLE = {"running": "green", "finished": "bold", "failed": "red", "interrupted": "yellow",
+               "stalled": "magenta", "corrupt": "red", "unknown": "dim"}
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def image_widget_class(mode: str):
+    """The textual-image widget for ``mode``. textual-image asks the terminal about its graphics
+    support when imported, so the CLI imports it before the app starts (see ``ftdyn tui``)."""
+    from textual_image import widget
+
+    return {"halfcell": widget.HalfcellImage, "sixel": widget.SixelImage, "kitty": widget.TGPImage,
+            "auto": widget.Image}[mode]
+
+
+# ------------------------------------------------------------------------------------------------
+# Runs
+
+
+class RunsScreen(Screen):
+    AUTO_FOCUS = "#runs"
+    BINDINGS = [
+        Binding("enter", "open_dynamics", "Curves"),
+        Binding("space", "mark", "Mark for overlay"),
+        Binding("f", "open_filters", "Filters"),
+        Binding("slash", "search", "Filter runs"),
+        Binding("escape", "clear_search", "Clear filter", show=False),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Input(placeholder="filter runs by name, model, data or status…", id="search")
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Static(id="message")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.marked: set[Path] = set()
+        self.query_one("#search").display = False
+        table = self.query_one("#runs", DataTable)
+        table.add_columns("", "run", "status", "model", "data", "strategy", "epoch", "best acc")
+        self.refresh_runs()
+
+    def on_screen_resume(self) -> None:
+        self.refresh_runs()
+
+    def visible_runs(self) -> list[TrackedRun]:
+        text = self.query_one("#search", Input).value.strip().lower()
+        runs = self.app.workspace.ordered()
+        if text:
+            runs = [r for r in runs if text in " ".join([r.name, r.model_name, r.dataset_name, r.state]).lower()]
+        return runs
+
+    def refresh_runs(self) -> None:
+        table = self.query_one("#runs", DataTable)
+        keep = table.cursor_row
+        table.clear()
+        runs = self.visible_runs()
+        for run in runs:
+            style = STATE_STYLE.get(run.state, "")
+            table.add_row("●" if run.path in self.marked else "", run.name, f"[{style}]{run.state}[/]",
+                          run.model_name, run.dataset_name, run.strategy, run.progress, fmt(run.best_accuracy),
+                          key=str(run.path))
+        if runs:
+            table.move_cursor(row=min(keep, len(runs) - 1))
+        self.query_one("#message", Static).update(self.message_text(runs))
+
+    def message_text(self, runs: list[TrackedRun]) -> str:
+        workspace = self.app.workspace
+        missing = workspace.missing()
+        if missing:
+            return f"[red]{', '.join(map(str, missing))} does not exist[/] — start a run with `ftdyn run … --out DIR`"
+        if not workspace.runs:
+            where = ", ".join(map(str, workspace.paths))
+            return f"No ftdyn runs under {where} yet — they appear here as soon as `ftdyn run --out …` starts one."
+        current = self.current_run()
+        if current is not None and current.problem:
+            return f"[red]{current.problem}[/]"
+        if current is not None and current.status and current.status.get("message"):
+            return f"{current.name}: {current.status['message']}"
+        return f"{len(runs)} run(s) · space marks runs to overlay · enter opens curves · f opens filters"
+
+    def current_run(self) -> TrackedRun | None:
+        table = self.query_one("#runs", DataTable)
+        if table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return self.app.workspace.runs.get(Path(key))
+
+    def runs_changed(self) -> None:
+        self.refresh_runs()
+
+    @on(DataTable.RowHighlighted)
+    def highlighted(self) -> None:
+        self.query_one("#message", Static).update(self.message_text(self.visible_runs()))
+
+    @on(DataTable.RowSelected)
+    def selected(self) -> None:
+        self.action_open_dynamics()
+
+    @on(Input.Changed, "#search")
+    def search_changed(self) -> None:
+        self.refresh_runs()
+
+    @on(Input.Submitted, "#search")
+    def search_done(self) -> None:
+        self.query_one("#runs").focus()
+
+    def action_search(self) -> None:
+        search = self.query_one("#search", Input)
+        search.display = True
+        search.focus()
+
+    def action_clear_search(self) -> None:
+        search = self.query_one("#search", Input)
+        search.value = ""
+        search.display = False
+        self.query_one("#runs").focus()
+
+    def action_mark(self) -> None:
+        run = self.current_run()
+        if run is not None:
+            self.marked ^= {run.path}
+            self.refresh_runs()
+
+    def chosen_runs(self) -> list[TrackedRun]:
+        marked = [run for run in self.app.workspace.ordered() if run.path in self.marked]
+        current = self.current_run()
+        return marked or ([current] if current is not None else [])
+
+    def action_open_dynamics(self) -> None:
+        runs = [run for run in self.chosen_runs() if run.config is not None and not run.problem]
+        if runs:
+            self.app.push_screen(DynamicsScreen(runs))
+        else:
+            self.notify("Nothing to plot yet: the run has no readable record.", severity="warning")
+
+    def action_open_filters(self) -> None:
+        run = self.current_run()
+        if run is not None and run.config is not None and not run.problem:
+            self.app.push_screen(FilterScreen(run))
+
+
+# ------------------------------------------------------------------------------------------------
+# Dynamics
+
+
+class DynamicsScreen(Screen):
+    BINDINGS = [
+        Binding("m", "next_metric", "Metric"),
+        Binding("v", "next_view", "View"),
+        Binding("l", "toggle_log", "Log y"),
+        Binding("s", "cycle_smoothing", "Smooth"),
+        Binding("x", "toggle_x", "x: epoch/step"),
+        Binding("e", "export", "Export CSV"),
+        Binding("f", "open_filters", "Filters"),
+        Binding("escape", "app.pop_screen", "Back"),
+    ]
+    DEFAULT_CSS = """
+    DynamicsScreen #distance { width: 2fr; }
+    DynamicsScreen #side { width: 1fr; min-width: 30; }
+    DynamicsScreen #accuracy { height: 12; }
+    DynamicsScreen DataTable { height: auto; max-height: 12; }
+    """
+
+    def __init__(self, runs: list[TrackedRun]):
+        super().__init__()
+        self.runs = runs
+        measures = [m for m in runs[0].measures if all(m in r.measures for r in runs)] or runs[0].measures
+        self.measures = measures
+        self.measure = measures[0]
+        self.log_y = False
+        self.smoothing = 0
+        self.x_axis = "epoch"
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal():
+            yield PlotextPlot(id="distance")
+            with VerticalScroll(id="side"):
+                yield PlotextPlot(id="accuracy")
+                yield DataTable(id="reuse", cursor_type="none")
+                yield DataTable(id="corr", cursor_type="none")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#reuse", DataTable).add_columns("run", "reusability (mean ± std)")
+        self.query_one("#corr", DataTable).add_columns("measures", "r", "layers")
+        self.redraw()
+
+    def on_screen_resume(self) -> None:
+        self.redraw()
+
+    def runs_changed(self) -> None:
+        self.redraw()
+
+    def redraw(self) -> None:
+        self.draw_distances()
+        self.draw_accuracy()
+        self.fill_tables()
+
+    def draw_distances(self) -> None:
+        """One line per (run, layer), early → deep; x = epoch or step; safe log-y; smoothing."""
+        widget = self.query_one("#distance", PlotextPlot)
+        plt = widget.plt
+        plt.clear_data()
+        plt.clear_figure()
+        overlay = len(self.runs) > 1
+        points = 0
+        for run in self.runs:
+            hue = run_colour(run) if overlay else None
+            for depth, layer in enumerate(run.layers):
+                xs, ys = distance_series(run, self.measure, layer, self.x_axis)
+                ys = smooth(ys, SMOOTHING_STEPS[self.smoothing])
+                if self.log_y:
+                    xs, ys = positive_only(xs, ys)
+                if xs:
+                    label = f"{run.name} · {layer}" if overlay else layer
+                    plt.plot(xs, ys, label=label, color=layer_colour(hue, depth, len(run.layers)),
+                             marker="braille")
+                    points += len(xs)
+        plt.yscale("log" if self.log_y else "linear")
+        options = [self.measure]
+        if self.log_y:
+            options.append("log y (epoch 0 = 0 not drawn)")
+        if self.smoothing:
+            options.append(f"smoothing {SMOOTHING_STEPS[self.smoothing]}")
+        plt.title(" · ".join(options))
+        plt.xlabel(self.x_axis)
+        self.points_drawn = points
+        widget.refresh()
+
+    def draw_accuracy(self) -> None:
+        widget = self.query_one("#accuracy", PlotextPlot)
+        plt = widget.plt
+        plt.clear_data()
+        plt.clear_figure()
+        for run in self.runs:
+            hue = run_colour(run) if len(self.runs) > 1 else 0.33
+            for split, depth in (("held_out", 1), ("train", 0)):
+                xs, ys = accuracy_series(run, split, "accuracy")
+                if xs:
+                    name = "held-out" if split == "held_out" else "train"
+                    label = f"{run.name} {name}" if len(self.runs) > 1 else name
+                    plt.plot(xs, ys, label=label, color=layer_colour(hue, depth, 2), marker="braille")
+        plt.title("accuracy")
+        plt.ylim(0, 1)
+        widget.refresh()
+
+    def fill_tables(self) -> None:
+        reuse = self.query_one("#reuse", DataTable)
+        reuse.clear()
+        for row in reusability_rows(self.runs, self.measure):
+            reuse.add_row(*row)
+        corr = self.query_one("#corr", DataTable)
+        corr.clear()
+        for row in correlation_rows(self.runs):
+            corr.add_row(*row)
+
+    def action_next_metric(self) -> None:
+        view = self.measure.rpartition("@")[2]
+        same_view = [m for m in self.measures if m.endswith("@" + view)]
+        self.measure = same_view[(same_view.index(self.measure) + 1) % len(same_view)]
+        self.redraw()
+
+    def action_next_view(self) -> None:
+        views = list(dict.fromkeys(m.rpartition("@")[2] for m in self.measures))
+        view = views[(views.index(self.measure.rpartition("@")[2]) + 1) % len(views)]
+        self.measure = next(m for m in self.measures if m.endswith("@" + view))
+        self.redraw()
+
+    def action_toggle_log(self) -> None:
+        self.log_y = not self.log_y
+        self.draw_distances()
+
+    def action_cycle_smoothing(self) -> None:
+        self.smoothing = (self.smoothing + 1) % len(SMOOTHING_STEPS)
+        self.draw_distances()
+
+    def action_toggle_x(self) -> None:
+        self.x_axis = "step" if self.x_axis == "epoch" else "epoch"
+        self.draw_distances()
+
+    def action_export(self) -> None:
+        target = self.runs[0].path / f"export-{self.measure.replace('@', '_').replace(':', '')}.csv"
+        target.write_text(export_csv(self.runs, self.measure))
+        self.notify(f"wrote {target}")
+
+    def action_open_filters(self) -> None:
+        self.app.push_screen(FilterScreen(self.runs[0]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Filters
+
+
+class FilterScreen(Screen):
+    AUTO_FOCUS = "#filters"
+    BINDINGS = [
+        Binding("left", "epoch(-1)", "Epoch −"),
+        Binding("right", "epoch(1)", "Epoch +"),
+        Binding("c", "next_class", "Class"),
+        Binding("k", "next_kind", "Class/sample"),
+        Binding("p", "write_path", "Path"),
+        Binding("escape", "app.pop_screen", "Back"),
+    ]
+    DEFAULT_CSS = """
+    FilterScreen #pickers { width: 36; }
+    FilterScreen #layers { height: 9; }
+    FilterScreen #images Horizontal { height: 1fr; }
+    FilterScreen .picture { width: 1fr; height: auto; max-height: 100%; }
+    FilterScreen #caption { height: 3; }
+    """
+
+    def __init__(self, run: TrackedRun):
+        super().__init__()
+        self.tracked = run
+        self.current_layer = run.layers[0] if run.layers else None
+        self.filter_index: int | None = None
+        self.kind = "class"
+        self.label_index = 0
+        self.epoch: int | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal():
+            with Vertical(id="pickers"):
+                yield OptionList(*self.tracked.layers, id="layers")
+                yield DataTable(id="filters", cursor_type="row")
+            with Vertical(id="images"):
+                yield Static(id="caption")
+                with Horizontal():
+                    image_class = image_widget_class(self.app.images)
+                    yield image_class(id="source", classes="picture")
+                    yield image_class(id="current", classes="picture")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#filters", DataTable).add_columns("filter", "distance", "chosen", "img")
+        self.fill_filters()
+
+    def runs_changed(self) -> None:
+        self.fill_filters(keep=True)
+
+    @on(OptionList.OptionHighlighted, "#layers")
+    def layer_chosen(self, event: OptionList.OptionHighlighted) -> None:
+        self.current_layer = self.tracked.layers[event.option_index]
+        self.fill_filters()
+
+    def fill_filters(self, keep: bool = False) -> None:
+        table = self.query_one("#filters", DataTable)
+        cursor = table.cursor_row
+        table.clear()
+        rows, dead, measure = filter_rows(self.tracked, self.current_layer) if self.current_layer else ([], None, None)
+        for row in rows:
+            table.add_row(str(row.index), fmt(row.distance), row.chosen_by or "", str(row.images), key=str(row.index))
+        table.border_title = f"{self.current_layer} · {measure or 'no filter view'} · dead {dead if dead is not None else '?'}"
+        if rows:
+            table.move_cursor(row=min(cursor, len(rows) - 1) if keep else 0)
+            self.filter_index = int(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        else:
+            self.filter_index = None
+        self.show_images()
+
+    @on(DataTable.RowHighlighted, "#filters")
+    def filter_chosen(self, event: DataTable.RowHighlighted) -> None:
+        self.filter_index = int(event.row_key.value)
+        self.show_images()
+
+    def labels(self) -> list[str]:
+        found = filter_images(self.tracked, self.current_layer, self.filter_index) if self.filter_index is not None else {}
+        return sorted(label for kind, label in found if kind == self.kind)
+
+    def shown(self) -> tuple[dict[int, Path], str | None]:
+        if self.filter_index is None or self.current_layer is None:
+            return {}, None
+        labels = self.labels()
+        if not labels:
+            return {}, None
+        label = labels[self.label_index % len(labels)]
+        return filter_images(self.tracked, self.current_layer, self.filter_index)[(self.kind, label)], label
+
+    def show_images(self) -> None:
+        by_epoch, label = self.shown()
+        caption = self.query_one("#caption", Static)
+        source, current = self.query_one("#source"), self.query_one("#current")
+        if not by_epoch:
+            source.image = current.image = None
+            caption.update("No images for this filter. Runs draw them with --vis (the default); "
+                           f"`ftdyn vis {self.tracked.path} --layer {self.current_layer} --filter N` draws any filter.")
+            return
+        epochs = sorted(by_epoch)
+        if self.epoch not in epochs:
+            self.epoch = epochs[-1]
+        source.image = str(by_epoch[epochs[0]]) if epochs[0] == 0 else None
+        current.image = str(by_epoch[self.epoch])
+        caption.update(f"filter {self.filter_index} · {self.kind}-based · {label}\n"
+                       f"left: source (epoch 0)   right: epoch {self.epoch}  [{epochs[0]}…{epochs[-1]}]")
+
+    def action_epoch(self, step: int) -> None:
+        by_epoch, _ = self.shown()
+        if by_epoch:
+            epochs = sorted(by_epoch)
+            position = epochs.index(self.epoch) if self.epoch in epochs else len(epochs) - 1
+            self.epoch = epochs[max(0, min(len(epochs) - 1, position + step))]
+            self.show_images()
+
+    def action_next_class(self) -> None:
+        self.label_index += 1
+        self.show_images()
+
+    def action_next_kind(self) -> None:
+        self.kind = "sample" if self.kind == "class" else "class"
+        self.label_index = 0
+        self.show_images()
+
+    def action_write_path(self) -> None:
+        by_epoch, _ = self.shown()
+        if not by_epoch:
+            self.notify("No image shown.", severity="warning")
+            return
+        path = str(by_epoch[self.epoch].resolve())
+        self.app.copy_to_clipboard(path)  # OSC 52: reaches the local clipboard over SSH where the terminal allows
+        self.notify(f"{path}\n(copied to the clipboard where the terminal allows; scp it off the box)")
+        self.last_written_path = path
+
+
+# ------------------------------------------------------------------------------------------------
+# Help and the app
+
+
+HELP = """\
+# ftdyn — keys
+
+| where | key | action |
+|---|---|---|
+| everywhere | `?` | this help |
+| | `ctrl+p` | command palette (every action) |
+| | `q` | quit (a run started with `--tui` keeps training) |
+| runs | `enter` | curves of the marked runs (or the highlighted one) |
+| | `space` | mark a run for overlay |
+| | `f` | filters of the highlighted run |
+| | `/` | filter the list; `escape` clears |
+| curves | `m` / `v` | next metric / next view |
+| | `l` | log y (the exact zeros of epoch 0 are left out) |
+| | `s` | smoothing 0 → 0.6 → 0.9 |
+| | `x` | x axis: epoch or optimiser step |
+| | `e` | export the curves as CSV into the run directory |
+| | `f` | filters of the first run |
+| filters | `←` `→` | epoch |
+| | `c` | next class (or sample image) |
+| | `k` | class-based / sample-based |
+| | `p` | show the image's path (and copy it) |
+| | `escape` | back |
+
+Runs are re-read every half second; a run whose heartbeat stopped shows as *stalled*.
+"""
+
+
+class HelpScreen(ModalScreen):
+    BINDINGS = [Binding("escape", "app.pop_screen", "Close"), Binding("question_mark", "app.pop_screen", "Close")]
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > VerticalScroll { width: 80; max-width: 100%; height: 90%; border: round $accent; background: $surface; }
+    """
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield Markdown(HELP)
+
+
+class FtdynApp(App):
+    TITLE = "ftdyn"
+    SUB_TITLE = "feature dynamics during fine-tuning"
+    BINDINGS = [Binding("q", "quit", "Quit"), Binding("question_mark", "help", "Help")]
+
+    def __init__(self, paths: list[Path], images: str = "halfcell", poll_seconds: float = 0.5):
+        super().__init__()
+        if images not in IMAGE_MODES:
+            raise ValueError(f"--images must be one of {', '.join(IMAGE_MODES)}")
+        self.workspace = Workspace(paths)
+        self.images = images
+        self.poll_seconds = poll_seconds
+        self.polling = False
+        self.polls = 0
+
+    def on_mount(self) -> None:
+        self.workspace.poll()  # the first frame already shows what is on disk
+        self.push_screen(RunsScreen())
+        self.set_interval(self.poll_seconds, self.schedule_poll)
+
+    def schedule_poll(self) -> None:
+        """Start a background read unless the previous one is still going (slow NFS)."""
+        if self.polling:
+            return
+        self.polling = True
+        self.run_worker(self.poll_in_thread, thread=True, group="poll", exit_on_error=False)
+
+    def poll_in_thread(self) -> None:
+        try:
+            changed = self.workspace.poll()
+            error = None
+        except OSError as exc:  # a vanished or unreadable directory: say so, keep going
+            changed, error = set(), f"cannot read runs: {exc}"
+        self.call_from_thread(self.poll_done, changed, error)
+
+    def poll_done(self, changed: set[Path], error: str | None) -> None:
+        self.polling = False
+        self.polls += 1
+        if error:
+            self.notify(error, severity="error")
+        if changed and hasattr(self.screen, "runs_changed"):
+            self.screen.runs_changed()
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Help", "Show the keys", self.action_help)
+        for binding in getattr(screen, "BINDINGS", []):
+            if binding.action.startswith("app.") or binding.key in ("left", "right"):
+                continue
+            action = binding.action
+            yield SystemCommand(binding.description, f"{type(screen).__name__.removesuffix('Screen')}: {binding.key}",
+                                lambda action=action: self.run_action(action, screen))
+        if isinstance(screen, FilterScreen):
+            yield SystemCommand("Previous epoch", "Filters: ←", lambda: screen.action_epoch(-1))
+            yield SystemCommand("Next epoch", "Filters: →", lambda: screen.action_epoch(1))
+
+
+def create_app(paths: list[Path | str], images: str = "halfcell", poll_seconds: float = 0.5) -> FtdynApp:
+    """The app factory the command and the tests share."""
+    return FtdynApp([Path(p) for p in paths], images=images, poll_seconds=poll_seconds)
