@@ -186,14 +186,44 @@ def parse_records(data: bytes) -> tuple[list[dict[str, Any]], int]:
     return records, consumed
 
 
+class JsonlFollower:
+    """Follows an append-only JSON-lines file: :meth:`poll` returns only the complete lines added
+    since the last call, and starts over if the file was replaced or truncated (a resume)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.items: list[dict[str, Any]] = []
+        self._offset = 0
+        self._inode: int | None = None
+
+    def poll(self) -> list[dict[str, Any]]:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return []
+        if self._inode is not None and (stat.st_ino != self._inode or stat.st_size < self._offset):
+            self.items, self._offset = [], 0
+        self._inode = stat.st_ino
+        if stat.st_size == self._offset:
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            new, consumed = parse_records(f.read())
+        self._offset += consumed
+        self.items += new
+        return new
+
+
 class RunReader:
     """Follows one run directory: :meth:`poll` returns only what is new since the last call."""
 
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir)
-        self.records: list[dict[str, Any]] = []
-        self._offset = 0
-        self._inode: int | None = None
+        self._records = JsonlFollower(self.dir / RECORDS)
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self._records.items
 
     def config(self) -> dict[str, Any] | None:
         return read_json(self.dir / CONFIG)
@@ -203,20 +233,7 @@ class RunReader:
 
     def poll(self) -> list[dict[str, Any]]:
         """New complete records since the last poll (the file may also have been rewritten on resume)."""
-        path = self.dir / RECORDS
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            return []
-        if self._inode is not None and (stat.st_ino != self._inode or stat.st_size < self._offset):
-            self.records, self._offset = [], 0  # replaced by a resume: read it again from the start
-        self._inode = stat.st_ino
-        with open(path, "rb") as f:
-            f.seek(self._offset)
-            new, consumed = parse_records(f.read())
-        self._offset += consumed
-        self.records += new
-        return new
+        return self._records.poll()
 
     def snapshot(self) -> RunSnapshot:
         try:
@@ -233,12 +250,9 @@ class RunReader:
 
 def read_vis_index(run_dir: str | Path) -> list[dict[str, Any]]:
     """Entries of RUN/vis/index.jsonl (complete lines only): one per written image."""
-    path = Path(run_dir) / VIS_INDEX
-    try:
-        records, _ = parse_records(path.read_bytes())
-    except FileNotFoundError:
-        return []
-    return records
+    follower = JsonlFollower(Path(run_dir) / VIS_INDEX)
+    follower.poll()
+    return follower.items
 
 
 def read_run(run_dir: str | Path) -> RunSnapshot:

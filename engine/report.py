@@ -66,20 +66,51 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return float(array.mean()), float(array.std())
 
 
+def distance_matrix(epochs: list[dict[str, Any]], layers: list[str], measure: str) -> np.ndarray:
+    """(epochs × layers) layer distances of ``measure``; NaN where a layer had no live filter."""
+    matrix = np.full((len(epochs), len(layers)), np.nan)
+    for i, record in enumerate(epochs):
+        for j, layer in enumerate(layers):
+            value = layer_value(record, layer, measure)
+            if value is not None:
+                matrix[i, j] = value
+    return matrix
+
+
+def reusability(epoch_numbers: np.ndarray, matrix: np.ndarray) -> tuple[float | None, float | None, int]:
+    """mean_t D_t ± std_t D_t over epochs ≥ 1, D_t the mean over layers; and how many epochs."""
+    rows = matrix[(epoch_numbers >= 1) & ~np.isnan(matrix).all(axis=1)] if matrix.size else matrix
+    per_epoch = [float(np.nanmean(row)) for row in rows]
+    mean, std = mean_std(per_epoch)
+    return mean, std, len(per_epoch)
+
+
+def layer_correlations(epoch_numbers: np.ndarray, first: np.ndarray, second: np.ndarray) -> tuple[list[float], int]:
+    """Per layer (column), Pearson r between two measures' series over epochs ≥ 1; plus the number
+    of layers where r is undefined."""
+    rs, undefined = [], 0
+    later = epoch_numbers >= 1
+    for j in range(first.shape[1]):
+        a, b = first[later, j], second[later, j]
+        both = ~np.isnan(a) & ~np.isnan(b)
+        r = pearson(list(a[both]), list(b[both]))
+        if r is None:
+            undefined += 1
+        else:
+            rs.append(r)
+    return rs, undefined
+
+
+def epoch_numbers(run: RunSnapshot) -> np.ndarray:
+    return np.array([r["epoch"] for r in run.epochs], dtype=np.int64)
+
+
 def reusability_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         for measure in measure_labels(run):
-            per_epoch = []
-            for record in run.epochs:
-                if record["epoch"] < 1:
-                    continue
-                values = [layer_value(record, layer, measure) for layer in layer_names(run)]
-                values = [v for v in values if v is not None]
-                if values:
-                    per_epoch.append(float(np.mean(values)))
-            mean, std = mean_std(per_epoch)
-            rows.append({"run": run_name(run), "measure": measure, "mean": mean, "std": std, "epochs": len(per_epoch)})
+            mean, std, count = reusability(epoch_numbers(run), distance_matrix(run.epochs, layer_names(run), measure))
+            rows.append({"run": run_name(run), "measure": measure, "mean": mean, "std": std, "epochs": count})
     return rows
 
 
@@ -93,26 +124,29 @@ def pearson(x: list[float], y: list[float]) -> float | None:
     return float(a @ b) / denominator if denominator > 0 else None
 
 
+def measure_pairs(runs: list[RunSnapshot]) -> list[tuple[str, str]]:
+    return sorted({pair for run in runs for pair in itertools.combinations(measure_labels(run), 2)})
+
+
+def correlation_row(first: str, second: str, rs: list[float], undefined: int) -> dict[str, Any]:
+    mean, std = mean_std(rs)
+    return {"measures": f"{first} vs {second}", "mean_r": mean, "std_r": std, "layers": len(rs),
+            "undefined": undefined}
+
+
 def correlation_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
     """Per pair of measures: Pearson r of the epoch series 1…T per layer, mean ± std over layers and runs."""
-    pairs = sorted({pair for run in runs for pair in itertools.combinations(measure_labels(run), 2)})
     rows = []
-    for first, second in pairs:
+    for first, second in measure_pairs(runs):
         rs, undefined = [], 0
         for run in runs:
-            if first not in measure_labels(run) or second not in measure_labels(run):
-                continue
-            for layer in layer_names(run):
-                points = [(layer_value(r, layer, first), layer_value(r, layer, second)) for r in run.epochs if r["epoch"] >= 1]
-                points = [(a, b) for a, b in points if a is not None and b is not None]
-                r = pearson([a for a, _ in points], [b for _, b in points])
-                if r is None:
-                    undefined += 1
-                else:
-                    rs.append(r)
-        mean, std = mean_std(rs)
-        rows.append({"measures": f"{first} vs {second}", "mean_r": mean, "std_r": std, "layers": len(rs),
-                     "undefined": undefined})
+            if first in measure_labels(run) and second in measure_labels(run):
+                layers = layer_names(run)
+                r, u = layer_correlations(epoch_numbers(run), distance_matrix(run.epochs, layers, first),
+                                          distance_matrix(run.epochs, layers, second))
+                rs += r
+                undefined += u
+        rows.append(correlation_row(first, second, rs, undefined))
     return rows
 
 

@@ -17,7 +17,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
-from textual.widgets import DataTable, Footer, Header, Input, Markdown, OptionList, Static
+from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static
 from textual_plotext import PlotextPlot
 
 from ftdyn_tui.model import (
@@ -226,8 +226,8 @@ class DynamicsScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#reuse", DataTable).add_columns("run", "reusability (mean ± std)")
-        self.query_one("#corr", DataTable).add_columns("measures", "r", "layers")
+        self.query_one("#reuse", DataTable).add_columns("run", "reusability")
+        self.query_one("#corr", DataTable).add_columns("Pearson r", "mean ± std", "layers")
         self.redraw()
 
     def on_screen_resume(self) -> None:
@@ -237,7 +237,11 @@ class DynamicsScreen(Screen):
         self.redraw()
 
     def redraw(self) -> None:
+        """The curves first; the side panel after that frame, so a new epoch shows at once."""
         self.draw_distances()
+        self.call_after_refresh(self.draw_side)
+
+    def draw_side(self) -> None:
         self.draw_accuracy()
         self.fill_tables()
 
@@ -429,7 +433,8 @@ class FilterScreen(Screen):
         if not by_epoch:
             source.image = current.image = None
             caption.update("No images for this filter. Runs draw them with --vis (the default); "
-                           f"`ftdyn vis {self.tracked.path} --layer {self.current_layer} --filter N` draws any filter.")
+                           f"`ftdyn vis RUN --layer {self.current_layer} --filter {self.filter_index}` draws any filter "
+                           "from saved checkpoints.")
             return
         epochs = sorted(by_epoch)
         if self.epoch not in epochs:
@@ -507,6 +512,8 @@ class HelpScreen(ModalScreen):
     """
 
     def compose(self) -> ComposeResult:
+        from textual.widgets import Markdown  # pulls in pygments: only when help is asked for
+
         with VerticalScroll():
             yield Markdown(HELP)
 

@@ -15,8 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.record import RunReader, RunSnapshot, effective_state, find_runs, read_vis_index
-from engine.report import correlation_table, layer_value, reusability_table
+import numpy as np
+
+from engine.record import VIS_INDEX, JsonlFollower, RunReader, RunSnapshot, effective_state, find_runs
+from engine.report import (
+    correlation_row,
+    distance_matrix,
+    layer_correlations,
+    layer_value,
+    measure_pairs,
+    reusability,
+)
 
 SMOOTHING_STEPS = (0.0, 0.6, 0.9)
 
@@ -28,19 +37,42 @@ class TrackedRun:
     config: dict[str, Any] | None = None
     status: dict[str, Any] | None = None
     problem: str | None = None
-    vis: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self):
         self.reader = RunReader(self.path)
+        self._vis = JsonlFollower(self.path / VIS_INDEX)
+        self._matrices: dict[str, tuple[int, np.ndarray]] = {}
 
     def refresh(self) -> bool:
-        """Read what changed; True when anything did."""
-        snapshot = self.reader.snapshot()
+        """Read what changed (only new lines of the record and image index); True when anything did."""
         before = (self.config is None, self.status, len(self.records), self.problem, len(self.vis))
-        self.config, self.status, self.problem = snapshot.config, snapshot.status, snapshot.problem
-        if self.config is not None:
-            self.vis = read_vis_index(self.path) if (self.path / "vis").exists() else []
+        try:
+            if self.config is None:
+                self.config = self.reader.config()  # written once, atomically: read until it is there
+            self.status = self.reader.status()
+            self.reader.poll()
+            if self.config is not None:
+                self._vis.poll()
+            self.problem = None if (self.config or self.status) else (
+                f"'{self.path}' is not an ftdyn run directory (no config.json or status.json)")
+        except (ValueError, UnicodeDecodeError, OSError) as exc:
+            self.problem = f"'{self.path}' is not a readable ftdyn run ({type(exc).__name__}: {exc})"
         return before != (self.config is None, self.status, len(self.records), self.problem, len(self.vis))
+
+    @property
+    def vis(self) -> list[dict[str, Any]]:
+        return self._vis.items
+
+    def matrix(self, measure: str) -> tuple[np.ndarray, np.ndarray]:
+        """(epoch numbers, epochs × layers distances) of ``measure``, extended as epochs arrive."""
+        epochs = self.epochs
+        cached_rows, matrix = self._matrices.get(measure, (0, np.empty((0, len(self.layers)))))
+        if cached_rows > len(epochs):  # the record was rewritten by a resume: start over
+            cached_rows, matrix = 0, np.empty((0, len(self.layers)))
+        if cached_rows < len(epochs):
+            matrix = np.vstack([matrix, distance_matrix(epochs[cached_rows:], self.layers, measure)])
+            self._matrices[measure] = (len(epochs), matrix)
+        return np.array([r["epoch"] for r in epochs], dtype=np.int64), matrix
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -127,12 +159,16 @@ class Workspace:
 def distance_series(run: TrackedRun, measure: str, layer: str, x_axis: str = "epoch") -> tuple[list[float], list[float]]:
     """The layer's distance over epochs (x = epoch), or over optimiser steps including the
     every-N-steps records (x = step). Points where the layer had no live filter are skipped."""
-    records = run.epochs if x_axis == "epoch" else run.records
+    if x_axis == "epoch":
+        epochs, matrix = run.matrix(measure)
+        column = matrix[:, run.layers.index(layer)]
+        live = ~np.isnan(column)
+        return epochs[live].astype(float).tolist(), column[live].tolist()
     xs, ys = [], []
-    for record in records:
+    for record in run.records:
         value = layer_value(record, layer, measure)
         if value is not None:
-            xs.append(float(record["epoch"] if x_axis == "epoch" else record["step"]))
+            xs.append(float(record["step"]))
             ys.append(float(value))
     return xs, ys
 
@@ -156,8 +192,10 @@ def positive_only(xs: list[float], ys: list[float]) -> tuple[list[float], list[f
 
 
 def run_colour(run: TrackedRun) -> float:
-    """A stable hue per run (from its path), so overlays keep their colours across sessions."""
-    return (zlib.crc32(str(run.path.resolve()).encode()) % 360) / 360.0
+    """A stable hue per run, from its folder and its parent's name, so a run keeps its colour across
+    sessions and machines (wherever the runs folder is mounted)."""
+    key = "/".join(run.path.resolve().parts[-2:])
+    return (zlib.crc32(key.encode()) % 360) / 360.0
 
 
 def layer_colour(hue: float | None, depth: int, layers: int) -> tuple[int, int, int]:
@@ -177,19 +215,38 @@ def accuracy_series(run: TrackedRun, split: str, key: str) -> tuple[list[float],
 
 
 def reusability_rows(runs: list[TrackedRun], measure: str) -> list[tuple[str, str]]:
+    """Paper Table 2 for ``measure``: (run, 'mean ± std') from the cached distance matrices."""
     rows = []
-    for row in reusability_table([run.snapshot() for run in runs]):
-        if row["measure"] == measure and row["mean"] is not None:
-            rows.append((row["run"], f"{row['mean']:.3f} ± {row['std']:.3f}"))
+    for run in runs:
+        if measure in run.measures:
+            mean, std, _ = reusability(*run.matrix(measure))
+            if mean is not None:
+                rows.append((run.name, f"{mean:.3f} ± {std:.3f}"))
     return rows
 
 
 def correlation_rows(runs: list[TrackedRun]) -> list[tuple[str, str, str]]:
+    """Pearson r between each pair of measures, per layer over epochs, pooled over the runs."""
     rows = []
-    for row in correlation_table([run.snapshot() for run in runs]):
+    for first, second in measure_pairs([run.snapshot() for run in runs]):
+        rs, undefined = [], 0
+        for run in runs:
+            if first in run.measures and second in run.measures:
+                epochs, a = run.matrix(first)
+                r, u = layer_correlations(epochs, a, run.matrix(second)[1])
+                rs += r
+                undefined += u
+        row = correlation_row(first, second, rs, undefined)
         r = "—" if row["mean_r"] is None else f"{row['mean_r']:.2f} ± {row['std_r']:.2f}"
-        rows.append((row["measures"], r, str(row["layers"])))
+        rows.append((short_pair(row["measures"]), r, str(row["layers"])))
     return rows
+
+
+def short_pair(pair: str) -> str:
+    """'pwsm:0.5@positions vs cka@positions' → 'pwsm:0.5 ~ cka @positions' (narrow terminals)."""
+    first, _, second = pair.partition(" vs ")
+    (m1, _, v1), (m2, _, v2) = first.rpartition("@"), second.rpartition("@")
+    return f"{m1} ~ {m2} @{v1}" if v1 == v2 else f"{first} ~ {second}"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,88 @@
+"""Deterministic run directories written through the real RunWriter, for the TUI tests, snapshot
+tests and the TUI benchmark: no training, fixed numbers, so screens render the same every time."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from engine.record import VIS_INDEX, RunWriter, append_lines
+
+MEASURES = ["pwsm:0.5@positions", "procrustes@positions", "procrustes@filter"]
+CLASSES = ["disc", "square", "triangle"]
+
+
+def layer_names(count: int) -> list[str]:
+    return [f"block{i}" for i in range(count)]
+
+
+def epoch_record(epoch: int, layers: list[str], filters: int, step_per_epoch: int = 10) -> dict:
+    """Distances that grow with depth and saturate over epochs, like the paper's curves."""
+    entries = {}
+    for depth, layer in enumerate(layers):
+        scale = 0.1 + 0.6 * depth / max(1, len(layers) - 1)
+        d = scale * (1 - math.exp(-epoch / 3))
+        per_filter = [round(d * (0.5 + (f * 37 % filters) / filters), 6) for f in range(filters)]
+        per_filter[-1] = None  # one dead filter
+        entries[layer] = {
+            "positions": {"values": {"pwsm:0.5": d, "procrustes": 0.8 * d}, "dead": 0, "filters": filters},
+            "filter": {"values": {"procrustes": float(np.mean([v for v in per_filter if v is not None]))},
+                       "dead": 1, "filters": filters, "per_filter": {"procrustes": per_filter}},
+        }
+    return {"kind": "epoch", "epoch": epoch, "step": epoch * step_per_epoch, "phase": "finetune",
+            "train": None if epoch == 0 else {"loss": 1.0 / (epoch + 1), "accuracy": 1 - 0.5 / (epoch + 1)},
+            "held_out": {"loss": 1.2 / (epoch + 1), "accuracy": 0.9 - 0.6 / (epoch + 1)},
+            "lr": [1e-4], "layers": entries, "timing": {"train_s": 1.0, "eval_s": 0.1, "analysis_s": 0.1}}
+
+
+def write_fake_run(path: Path, epochs: int = 5, layers: int = 4, filters: int = 12, total: int | None = None,
+                   state: str = "finished", model: str = "resnet18", vis: bool = True) -> RunWriter:
+    names = layer_names(layers)
+    writer = RunWriter(path)
+    writer.write_config({
+        "run": {"epochs": total or epochs, "seed": 0}, "preset_settings": None,
+        "dataset": {"root": "/data/shapes", "classes": CLASSES, "probe_images": 9},
+        "model": {"name": model, "weights": "none"},
+        "layers": [{"name": n, "shape": [filters, 8, 8]} for n in names],
+        "measures": [{"label": m, "metric": m.split("@")[0], "view": m.split("@")[1]} for m in MEASURES],
+        "strategy": {"name": "full"},
+    })
+    writer.status = {"state": "running", "pid": 1, "host": "test", "started_at": 0.0, "epoch": epochs,
+                     "total_epochs": total or epochs, "message": ""}
+    for epoch in range(epochs + 1):
+        writer.append_record(epoch_record(epoch, names, filters))
+        if vis:
+            write_fake_images(path, names[0], [0, 3], epoch)
+    if state == "running":
+        writer.update_status()
+    else:
+        writer.update_status(state=state, message="" if state != "failed" else "loss became nan at epoch 3")
+    return writer
+
+
+def write_fake_images(path: Path, layer: str, filters: list[int], epoch: int) -> None:
+    entries = []
+    for f in filters:
+        folder = path / "vis" / layer / f"f{f:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for c, name in enumerate(CLASSES):
+            image = np.zeros((8, 8, 3), dtype=np.uint8)
+            image[..., c] = (40 * epoch + 30 * f + 40) % 256
+            file = folder / f"class-{c:03d}-e{epoch:03d}.png"
+            Image.fromarray(image).save(file)
+            entries.append({"layer": layer, "filter": f, "epoch": epoch, "chosen_by": "random", "kind": "class",
+                            "class": name, "path": str(file.relative_to(path / "vis"))})
+    append_lines(path / VIS_INDEX, entries)
+
+
+def backdate_heartbeat(path: Path, seconds: float = 3600) -> None:
+    """Make a 'running' run look abandoned (its process killed without a word)."""
+    import json
+
+    status = json.loads((path / "status.json").read_text())
+    status["updated_at"] = time.time() - seconds
+    (path / "status.json").write_text(json.dumps(status))

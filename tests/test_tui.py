@@ -1,0 +1,218 @@
+"""The TUI: Pilot tests that press keys on every screen, live follow, snapshots, and no torch."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+import textual_image.widget  # noqa: F401  (textual-image queries the terminal on import: before any app)
+from run_factory import backdate_heartbeat, epoch_record, layer_names, write_fake_run
+from ftdyn_tui.app import DynamicsScreen, FilterScreen, HelpScreen, RunsScreen, create_app
+from ftdyn_tui.model import smooth
+
+SIZE = (100, 30)
+
+
+@pytest.fixture()
+def runs_dir(tmp_path):
+    root = tmp_path / "runs"
+    write_fake_run(root / "alpha", epochs=5)
+    write_fake_run(root / "beta", epochs=3, total=6, state="failed", model="vgg19")
+    write_fake_run(root / "gamma", epochs=2, total=8, state="running")
+    backdate_heartbeat(root / "gamma")
+    return root
+
+
+def test_importing_the_tui_leaves_torch_out():
+    code = "import sys, ftdyn_tui.app, ftdyn_tui.cli, ftdyn_tui.model; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def table_rows(screen, selector):
+    table = screen.query_one(selector)
+    return [[str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+async def test_runs_screen_lists_runs_with_live_status_and_filters(runs_dir):
+    app = create_app([runs_dir])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert isinstance(app.screen, RunsScreen)
+        rows = table_rows(app.screen, "#runs")
+        assert [r[1] for r in rows] == ["alpha", "beta", "gamma"]
+        states = [r[2] for r in rows]
+        assert "finished" in states[0] and "failed" in states[1] and "stalled" in states[2]
+        assert rows[0][6] == "5/5" and rows[1][3] == "vgg19" and rows[0][7] == "0.800"
+        await pilot.press("slash", *"vgg", "enter")
+        assert [r[1] for r in table_rows(app.screen, "#runs")] == ["beta"]
+        assert "loss became nan" in str(app.screen.query_one("#message").render())
+        await pilot.press("escape")
+        assert len(table_rows(app.screen, "#runs")) == 3
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert isinstance(app.screen, RunsScreen)
+
+
+async def test_dynamics_screen_keys_and_overlay(runs_dir):
+    app = create_app([runs_dir])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("space", "down", "space", "enter")  # mark alpha and beta, overlay them
+        screen = app.screen
+        assert isinstance(screen, DynamicsScreen) and [r.name for r in screen.runs] == ["alpha", "beta"]
+        assert screen.points_drawn == 4 * 6 + 4 * 4  # every layer of both runs, epochs 0…T
+        assert screen.measure == "pwsm:0.5@positions"
+        await pilot.press("m")
+        assert screen.measure == "procrustes@positions"
+        await pilot.press("v")
+        assert screen.measure == "procrustes@filter"
+        await pilot.press("l")
+        assert screen.log_y and screen.points_drawn == 4 * 5 + 4 * 3  # epoch 0's exact zeros left out
+        await pilot.press("l", "s")
+        assert screen.smoothing == 1 and screen.points_drawn == 4 * 6 + 4 * 4
+        await pilot.press("x")
+        assert screen.x_axis == "step"
+        reuse = table_rows(screen, "#reuse")
+        assert [r[0] for r in reuse] == ["alpha", "beta"] and "±" in reuse[0][1]
+        assert table_rows(screen, "#corr")
+        await pilot.press("e")
+        exported = runs_dir / "alpha" / "export-procrustes_filter.csv"
+        assert exported.read_text().startswith("run,measure,layer,epoch")
+        await pilot.press("f")
+        assert isinstance(app.screen, FilterScreen)
+        await pilot.press("escape", "escape")
+        assert isinstance(app.screen, RunsScreen)
+
+
+async def test_filter_screen_ranks_filters_and_steps_through_images(runs_dir):
+    app = create_app([runs_dir])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("f")
+        screen = app.screen
+        assert isinstance(screen, FilterScreen) and screen.current_layer == "block0"
+        rows = table_rows(screen, "#filters")
+        distances = [float(r[1]) for r in rows if r[1] != "—"]
+        assert distances == sorted(distances, reverse=True) and rows[-1][1] == "—"  # the dead filter last
+        assert "dead 1" in screen.query_one("#filters").border_title
+        await pilot.press(*["down"] * [r[0] for r in rows].index("3"))
+        assert screen.filter_index == 3 and screen.epoch == 5
+        assert screen.query_one("#current").image.endswith("class-000-e005.png")
+        assert screen.query_one("#source").image.endswith("class-000-e000.png")
+        await pilot.press("left", "left")
+        assert screen.epoch == 3 and screen.query_one("#current").image.endswith("e003.png")
+        await pilot.press("c")
+        assert screen.query_one("#current").image.endswith("class-001-e003.png")
+        await pilot.press("p")
+        assert screen.last_written_path.endswith("class-001-e003.png")
+        await pilot.press("k")  # no sample-based images in this run: says how to get them
+        assert "ftdyn vis" in str(screen.query_one("#caption").render())
+        screen.query_one("#layers").highlighted = 2
+        await pilot.pause()
+        assert screen.current_layer == "block2" and screen.filter_index is not None
+
+
+async def test_live_follow_adds_points_without_blocking(tmp_path):
+    root = tmp_path / "runs"
+    writer = write_fake_run(root / "live", epochs=1, total=4, state="running", vis=False)
+    app = create_app([root], poll_seconds=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("enter")
+        screen = app.screen
+        before = screen.points_drawn
+        assert before == 4 * 2
+        names = layer_names(4)
+        for epoch in (2, 3):
+            writer.append_record(epoch_record(epoch, names, 12))
+            with open(root / "live" / "records.jsonl", "ab") as f:
+                f.write(b'{"kind": "epoch", "epo')  # a writer caught mid-line: ignored until complete
+            deadline = time.monotonic() + 5
+            while screen.points_drawn < 4 * (epoch + 1) and time.monotonic() < deadline:
+                await pilot.pause(0.05)
+            assert screen.points_drawn == 4 * (epoch + 1)
+            lines = (root / "live" / "records.jsonl").read_bytes().splitlines(keepends=True)
+            (root / "live" / "records.jsonl").write_bytes(b"".join(lines[:-1]))  # drop the partial line
+        await pilot.press("m")  # input still answered while polling
+        assert screen.measure == "procrustes@positions"
+        assert app.polls > 3
+
+
+async def test_new_runs_appear_and_foreign_directories_are_explained(tmp_path):
+    root = tmp_path / "runs"
+    root.mkdir()
+    (root / "notes").mkdir()
+    app = create_app([root, tmp_path / "missing"], poll_seconds=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert "missing does not exist" in str(app.screen.query_one("#message").render())
+    app = create_app([root], poll_seconds=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert "No ftdyn runs" in str(app.screen.query_one("#message").render())
+        write_fake_run(root / "fresh", epochs=1)
+        corrupt = root / "corrupt"
+        corrupt.mkdir()
+        (corrupt / "config.json").write_text("{ not json")
+        deadline = time.monotonic() + 5
+        while app.screen.query_one("#runs").row_count < 2 and time.monotonic() < deadline:
+            await pilot.pause(0.05)
+        rows = table_rows(app.screen, "#runs")
+        assert [r[1] for r in rows] == ["corrupt", "fresh"] and "corrupt" in rows[0][2]
+        assert "not a readable ftdyn run" in str(app.screen.query_one("#message").render())
+        await pilot.press("enter")  # refuses to plot a corrupt run, with a notice, no traceback
+        assert isinstance(app.screen, RunsScreen)
+
+
+def test_smoothing_is_debiased():
+    assert smooth([1.0, 1.0, 1.0], 0.9) == pytest.approx([1.0, 1.0, 1.0])
+    assert smooth([0.0, 1.0], 0.0) == [0.0, 1.0]
+
+
+def test_run_with_tui_trains_in_its_own_session(tmp_path, shapes_data):
+    from conftest import TINY_RUN
+    from engine.record import read_run
+    from ftdyn_tui.cli import start_detached, wait_for_run
+
+    out = tmp_path / "run"
+    process = start_detached(["run", "--data", str(shapes_data), "--out", str(out), "--epochs", "1", *TINY_RUN], out)
+    assert wait_for_run(out, process)
+    import os
+
+    assert os.getsid(process.pid) != os.getsid(0)  # the terminal's hang-up and Ctrl-C do not reach it
+    process.wait(timeout=120)
+    assert read_run(out).state == "finished"
+    assert "finished" in (out / "train.log").read_text()
+
+
+# ------------------------------------------------------------------------------------------------
+# Snapshots (halfcell images pinned: textual-image would otherwise pick by terminal)
+
+
+@pytest.fixture()
+def snapshot_runs(tmp_path):
+    root = tmp_path / "runs"
+    write_fake_run(root / "alpha", epochs=5)
+    write_fake_run(root / "beta", epochs=3, total=6, state="failed", model="vgg19")
+    return root
+
+
+def test_snapshot_runs_screen(snap_compare, snapshot_runs):
+    assert snap_compare(create_app([snapshot_runs], images="halfcell"), terminal_size=SIZE)
+
+
+def test_snapshot_dynamics_screen(snap_compare, snapshot_runs):
+    assert snap_compare(create_app([snapshot_runs], images="halfcell"), press=["enter"], terminal_size=SIZE)
+
+
+def test_snapshot_filter_screen(snap_compare, snapshot_runs):
+    assert snap_compare(create_app([snapshot_runs], images="halfcell"), press=["f"] + ["down"] * 7,
+                        terminal_size=SIZE)  # filter 3, which has images
+
+
+def test_snapshot_at_80_by_24(snap_compare, snapshot_runs):
+    assert snap_compare(create_app([snapshot_runs], images="halfcell"), press=["space", "down", "space", "enter"],
+                        terminal_size=(80, 24))
