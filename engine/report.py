@@ -50,6 +50,7 @@ def accuracy_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
         held = [r["held_out"]["accuracy"] for r in run.epochs if r.get("held_out")]
         rows.append({
             "run": run_name(run), "model": config.get("model", {}).get("name"),
+            "strategy": config.get("strategy", {}).get("name"),
             "dataset": config.get("dataset", {}).get("root"), "state": run.state,
             "epochs": f"{last['epoch'] if last else 0}/{(run.status or {}).get('total_epochs', '?')}",
             "train_accuracy": last["train"]["accuracy"] if last else None,

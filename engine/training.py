@@ -34,8 +34,28 @@ from engine.models import build_model, select_layers
 from engine.receptive import receptive_fields
 from engine.record import CONFIG, RunReader, RunWriter
 from engine.similarity.metrics import DegenerateWhiteningError
+from engine.strategies import (
+    LP_C_GRID,
+    RGN_BATCHES,
+    StrategyConfig,
+    check_strategy,
+    fit_linear_probe,
+    load_head,
+    make_optimizer,
+    penultimate_features,
+    plan_parameters,
+    relative_gradient_norms,
+    rgn_multipliers,
+    set_train_mode,
+    warmup_factor,
+)
 from engine.similarity.views import check_metrics_for_view
 from engine.visualise import FilterEvidence, Visualiser, VisSettings, parse_named_filters
+
+LP_SETTINGS = {"method": "multinomial logistic regression, L2, L-BFGS (scipy), max 200 iterations",
+               "standardisation": "one scalar mean and std over all features",
+               "C_grid": list(LP_C_GRID), "C_selection": "accuracy on a seeded 20% split of the training features",
+               "finetune_batchnorm": "frozen (eval mode), as Kumar et al."}
 
 PAPER_PRESET = {
     "optimizer": "adam",
@@ -72,6 +92,10 @@ class RunConfig:
     val_fraction: float = 0.2
     save_every_epoch: bool = False
     preset: str | None = None
+    strategy: str = "full"
+    train_blocks: list[str] = field(default_factory=list)
+    layer_decay: float = 0.9
+    warmup_epochs: float = 1.0
     vis: bool = True
     vis_epochs: list[int] | None = None  # None: every epoch
     vis_filters: str | None = None  # 'layer:index,…'
@@ -108,15 +132,6 @@ def pick_device(name: str) -> torch.device:
 def seed_epoch(seed: int, epoch: int) -> int:
     """One seed per (run seed, epoch): what makes an epoch replayable after a resume."""
     return (seed * 1_000_003 + epoch) % 2**63
-
-
-def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
-    raise FtdynError(f"unknown optimizer '{config.optimizer}'; use adam or sgd")
 
 
 def source_fingerprint(model: nn.Module) -> float:
@@ -175,7 +190,12 @@ class Trainer:
         for p in self.source.parameters():
             p.requires_grad_(False)
         self.model = model.to(self.device)
-        self.optimizer = make_optimizer(config, self.model)
+        self.strategy = StrategyConfig(config.strategy, list(config.train_blocks), config.layer_decay,
+                                       config.warmup_epochs)
+        check_strategy(self.strategy)
+        self.plan = plan_parameters(config.model, self.model, self.strategy, config.lr)
+        self.optimizer = make_optimizer(config.optimizer, self.model, self.plan, config.weight_decay)
+        self.total_epochs = config.epochs + (1 if config.strategy == "lp-ft" else 0)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp and self.device.type == "cuda")
         self.analysis = ProbeAnalysis(self.source, [layer.name for layer in self.layers], self.measures)
         self.criterion = nn.CrossEntropyLoss()
@@ -221,7 +241,12 @@ class Trainer:
                       "source_fingerprint": source_fingerprint(self.source)},
             "layers": [{"name": layer.name, "shape": list(layer.shape)} for layer in self.layers],
             "measures": [{"label": m.label, "metric": m.metric.label, "view": m.view} for m in self.measures],
-            "strategy": {"name": "full"},
+            "strategy": {"name": self.strategy.name, "train_blocks": self.strategy.train_blocks,
+                         "layer_decay": self.strategy.layer_decay, "warmup_epochs": self.strategy.warmup_epochs,
+                         "frozen_batchnorm": self.plan.frozen_batchnorm,
+                         "groups": [{"name": g["name"], "lr": g["lr"], "tensors": len(g["params"])}
+                                    for g in self.plan.groups],
+                         "probe": LP_SETTINGS if self.strategy.name == "lp-ft" else None},
             "device": str(self.device),
             "torch": torch.__version__,
         }
@@ -243,15 +268,19 @@ class Trainer:
         start_epoch = self.restore() if self.resume_requested else None
         if start_epoch is None:
             self.writer.write_config(self.config_record())
-        self.writer.start(config.epochs, epoch=start_epoch or 0)
+        self.writer.start(self.total_epochs, epoch=start_epoch or 0)
         try:
             if start_epoch is None:
                 self.finish_epoch(0, train=None, train_seconds=0.0)
                 start_epoch = 0
-            for epoch in range(start_epoch + 1, config.epochs + 1):
+            for epoch in range(start_epoch + 1, self.total_epochs + 1):
                 torch.manual_seed(seed_epoch(config.seed, epoch))
-                train, train_seconds = self.train_epoch(epoch)
-                self.finish_epoch(epoch, train, train_seconds)
+                if config.strategy == "lp-ft" and epoch == 1:
+                    train, train_seconds = self.fit_probe()
+                    self.finish_epoch(epoch, train, train_seconds, phase="linear-probe")
+                else:
+                    train, train_seconds = self.train_epoch(epoch)
+                    self.finish_epoch(epoch, train, train_seconds)
         except KeyboardInterrupt:
             self.writer.finish("interrupted", "stopped by Ctrl-C; continue with --resume")
             raise
@@ -276,15 +305,20 @@ class Trainer:
         config = self.config
         loader = DataLoader(self.train_set, batch_size=config.batch_size, shuffle=True, drop_last=False,
                             generator=seeded_generator(seed_epoch(config.seed, epoch)), **self.loader_options)
-        self.model.train()
+        if config.strategy == "autorgn":
+            self.start_autorgn_epoch(epoch)
+        set_train_mode(self.model, self.plan.frozen_batchnorm)
+        warmup_steps = round(config.warmup_epochs * len(loader)) if config.strategy == "discriminative" else 0
         loss_sum, correct, seen = 0.0, 0, 0
         start = time.perf_counter()
         analysis_seconds = 0.0
-        self.on_event("epoch", epoch=epoch, total=config.epochs, steps=len(loader))
+        self.on_event("epoch", epoch=epoch, total=self.total_epochs, steps=len(loader))
         for step, (images, labels) in enumerate(loader, 1):
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
+            for group in self.optimizer.param_groups:  # linear warm-up (discriminative); factor 1 otherwise
+                group["lr"] = group["initial_lr"] * warmup_factor(self.global_step + 1, warmup_steps)
             with torch.autocast(self.device.type, enabled=self.scaler.is_enabled()):
                 logits = self.model(images)
                 loss = self.criterion(logits, labels)
@@ -303,14 +337,14 @@ class Trainer:
             seen += len(labels)
             elapsed = time.perf_counter() - start - analysis_seconds
             self.on_event("step", epoch=epoch, step=step, steps=len(loader), images_per_s=seen / max(elapsed, 1e-9),
-                          loss=loss_sum / seen)
+                          loss=loss_sum / seen, lrs=[group["lr"] for group in self.optimizer.param_groups])
             if config.every_steps and self.global_step % config.every_steps == 0 and step < len(loader):
                 layers, seconds = self.analysis.run(self.model, self.probe_loader, self.device, config.amp)
                 analysis_seconds += seconds
                 self.writer.append_record({"kind": "step", "epoch": epoch, "step": self.global_step,
                                            "train": {"loss": loss_sum / seen, "accuracy": correct / seen},
                                            "layers": layers, "timing": {"analysis_s": seconds}})
-                self.model.train()
+                set_train_mode(self.model, self.plan.frozen_batchnorm)
         train_seconds = time.perf_counter() - start - analysis_seconds
         return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
                 "step_analysis_s": analysis_seconds}, train_seconds
@@ -329,7 +363,37 @@ class Trainer:
             seen += len(labels)
         return {"loss": loss_sum / seen, "accuracy": correct / seen}, time.perf_counter() - start
 
-    def finish_epoch(self, epoch: int, train: dict[str, float] | None, train_seconds: float) -> None:
+    def start_autorgn_epoch(self, epoch: int) -> None:
+        """AutoRGN: relative gradient norms over the epoch's first batches set each tensor's rate for
+        this epoch (from the base rate: not compounded), and a fresh optimiser is built, as in the
+        official code. The batches come from a loader seeded like the epoch's, so resuming replays them."""
+        config = self.config
+        loader = DataLoader(self.train_set, batch_size=config.batch_size, shuffle=True,
+                            generator=seeded_generator(seed_epoch(config.seed, epoch) + 1), **self.loader_options)
+        batches = [batch for batch, _ in zip(loader, range(RGN_BATCHES))]
+        set_train_mode(self.model, self.plan.frozen_batchnorm)
+        names = [g["name"] for g in self.plan.groups]
+        self.rgn = rgn_multipliers(relative_gradient_norms(self.model, batches, self.criterion, self.device, names))
+        for group in self.plan.groups:
+            group["lr"] = config.lr * self.rgn[group["name"]]
+        self.optimizer = make_optimizer(config.optimizer, self.model, self.plan, config.weight_decay)
+
+    def fit_probe(self) -> tuple[dict[str, Any], float]:
+        """LP-FT's first phase: the head fitted by logistic regression on frozen features."""
+        start = time.perf_counter()
+        self.on_event("phase", name="linear probe: extracting frozen features")
+        plain = ImageList(self.train_set.samples, image_transform(self.config.image_size, augment=False))
+        loader = DataLoader(plain, batch_size=self.config.batch_size, shuffle=False, **self.loader_options)
+        features, labels = penultimate_features(self.model, loader, self.device)
+        self.on_event("phase", name=f"linear probe: logistic regression on {features.shape[1]} features")
+        fit = fit_linear_probe(features, labels, len(self.data.classes), self.config.seed)
+        load_head(self.model, fit)
+        return {"accuracy": fit.train_accuracy, "loss": None, "probe_C": fit.C,
+                "probe_validation_accuracy": fit.validation_accuracy, "probe_iterations": fit.iterations}, \
+            time.perf_counter() - start
+
+    def finish_epoch(self, epoch: int, train: dict[str, float] | None, train_seconds: float,
+                     phase: str = "finetune") -> None:
         self.on_event("phase", name=f"epoch {epoch}: evaluating and measuring")
         held_out, eval_seconds = self.evaluate()
         visualise = self.visualiser is not None and (self.config.vis_epochs is None or epoch in self.config.vis_epochs)
@@ -339,9 +403,11 @@ class Trainer:
         vis_seconds = self.visualiser.render(epoch, evidence, per_filter_changes(layers)) if visualise else 0.0
         step_analysis = train.pop("step_analysis_s", 0.0) if train else 0.0
         record = {
-            "kind": "epoch", "epoch": epoch, "step": self.global_step, "phase": "finetune",
+            "kind": "epoch", "epoch": epoch, "step": self.global_step, "phase": "source" if epoch == 0 else phase,
             "train": train, "held_out": held_out,
             "lr": [group["lr"] for group in self.optimizer.param_groups],
+            "lr_groups": {group["name"]: group["lr"] for group in self.optimizer.param_groups},
+            "rgn": dict(self.rgn) if self.config.strategy == "autorgn" and epoch > 0 else None,
             "layers": layers,
             "timing": {"train_s": train_seconds, "eval_s": eval_seconds, "analysis_s": analysis_seconds,
                        "step_analysis_s": step_analysis, "vis_s": vis_seconds},
@@ -354,6 +420,7 @@ class Trainer:
 
     global_step = 0
     best_accuracy = -math.inf
+    rgn: dict[str, float] = {}
 
     # -- checkpoints and resume -----------------------------------------------------------------
 

@@ -47,6 +47,15 @@ class Preset(str, Enum):
     paper = "paper"
 
 
+class Strategy(str, Enum):
+    full = "full"
+    linear_probe = "linear-probe"
+    lp_ft = "lp-ft"
+    surgical = "surgical"
+    discriminative = "discriminative"
+    autorgn = "autorgn"
+
+
 class ImageMode(str, Enum):
     halfcell = "halfcell"
     sixel = "sixel"
@@ -104,6 +113,15 @@ def run(
     vis_filters: Optional[str] = typer.Option(None, "--vis-filters", help="Filters to always draw: layer:index,…"),
     vis_k: int = typer.Option(8, "--vis-k", min=0, help="Per layer, draw the k filters that moved most and k "
                                                          "seeded random ones."),
+    strategy: Strategy = typer.Option(Strategy.full, "--strategy", help="full; linear-probe (head only); lp-ft "
+                                      "(logistic-regression head, then everything); surgical (--train-blocks and the "
+                                      "head); discriminative (rates decaying towards the input, warm-up); autorgn "
+                                      "(per-tensor rates from relative gradient norms, each epoch)."),
+    train_blocks: Optional[list[str]] = typer.Option(None, "--train-blocks", help="surgical: block groups to train, "
+                                                     "e.g. layer2 or stem+layer1 (see `ftdyn layers MODEL`)."),
+    layer_decay: float = typer.Option(0.9, "--layer-decay", help="discriminative: rate factor per group below the head."),
+    warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", min=0.0, help="discriminative: linear warm-up "
+                                                                             "from 0 over this many epochs."),
     tui: bool = typer.Option(False, "--tui", help="Train in the background (log: RUN/train.log) and open the "
                                                   "TUI on the run; quitting the TUI leaves training running."),
 ) -> None:
@@ -136,7 +154,9 @@ def run(
                 metrics=split_list(metrics) or ["pwsm", "procrustes", "cka"], view=view, alpha=alpha,
                 every_steps=every_steps, device=device, amp=amp, workers=workers, seed=seed,
                 val_fraction=val_fraction, save_every_epoch=save_every_epoch, preset=preset.value if preset else None,
-                vis=vis, vis_epochs=parse_epochs(vis_epochs), vis_filters=vis_filters, vis_k=vis_k)
+                vis=vis, vis_epochs=parse_epochs(vis_epochs), vis_filters=vis_filters, vis_k=vis_k,
+                strategy=strategy.value, train_blocks=split_list(train_blocks) or [], layer_decay=layer_decay,
+                warmup_epochs=warmup_epochs)
             config = apply_preset(config, explicit)
         with TrainingProgress() as progress:
             path = run_training(config, resume=resume, on_event=progress.event)
@@ -243,6 +263,9 @@ class TrainingProgress:
             self.progress.console.print(f"[yellow]warning:[/] {info['text']}")
         elif kind == "scan" and info["done"] == info["total"]:
             self.progress.console.print(f"[dim]checked {info['total']} files[/]")
+        elif kind == "sweep":
+            verb = "resuming" if info["resume"] else "starting"
+            self.progress.console.print(f"[bold]sweep {info['index']}/{info['total']}[/]: {verb} {info['name']}")
         elif kind == "epoch":
             if self.task is not None:
                 self.progress.remove_task(self.task)
@@ -257,6 +280,62 @@ class TrainingProgress:
                 f"epoch {record['epoch']}: held-out acc {record['held_out']['accuracy']:.3f}"
                 + (f", train acc {train['accuracy']:.3f}" if train else "")
                 + f"  (train {record['timing']['train_s']:.1f}s, analysis {record['timing']['analysis_s']:.1f}s)")
+
+
+@app.command()
+def sweep(
+    out_dir: Path = typer.Option(..., "--out", help="Folder for the grid's run directories."),
+    models: list[str] = typer.Option(..., "--models", help="Models, comma-separated."),
+    datasets: list[str] = typer.Option(..., "--data", help="Dataset folders, comma-separated."),
+    strategies: list[str] = typer.Option(["full"], "--strategies", help="Strategies, comma-separated: "
+                                         "full, linear-probe, lp-ft, surgical, discriminative, autorgn."),
+    weights: str = typer.Option("DEFAULT", "--weights"),
+    epochs: int = typer.Option(10, "--epochs", min=1),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    lr: float = typer.Option(1e-4, "--lr"),
+    optimizer: Optimizer = typer.Option(Optimizer.adam, "--optimizer"),
+    image_size: int = typer.Option(224, "--image-size", min=16),
+    probe_size: int = typer.Option(256, "--probe-size", min=2),
+    metrics: Optional[list[str]] = typer.Option(None, "--metrics", help="As for `ftdyn run`."),
+    view: str = typer.Option("positions", "--view"),
+    train_blocks: Optional[list[str]] = typer.Option(None, "--train-blocks", help="Block groups for the surgical cells."),
+    layer_decay: float = typer.Option(0.9, "--layer-decay"),
+    warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", min=0.0),
+    vis: bool = typer.Option(True, "--vis/--no-vis"),
+    device: str = typer.Option("auto", "--device"),
+    workers: int = typer.Option(2, "--workers", min=0),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Run models × datasets × strategies one after another; run it again to resume. Compare them
+    with `ftdyn report DIR`."""
+    from engine.errors import FtdynError
+    from engine.strategies import STRATEGIES
+    from engine.sweep import plan_sweep, run_sweep
+    from engine.training import RunConfig
+
+    chosen = split_list(strategies) or ["full"]
+    unknown = [s for s in chosen if s not in STRATEGIES]
+    if unknown:
+        fail(f"unknown strategy '{unknown[0]}'; choose from {', '.join(STRATEGIES)}")
+    if "surgical" in chosen and not train_blocks:
+        fail("a sweep with surgical needs --train-blocks (see `ftdyn layers MODEL` for the groups)")
+    template = RunConfig(model="", data="", out="", weights=weights, epochs=epochs, batch_size=batch_size, lr=lr,
+                         optimizer=optimizer.value, image_size=image_size, probe_size=probe_size,
+                         metrics=split_list(metrics) or ["pwsm", "procrustes", "cka"], view=view,
+                         train_blocks=split_list(train_blocks) or [], layer_decay=layer_decay,
+                         warmup_epochs=warmup_epochs, vis=vis, device=device, workers=workers, seed=seed)
+    cells = plan_sweep(template, split_list(models), split_list(datasets), chosen, out_dir)
+    try:
+        with TrainingProgress() as progress:
+            outcome = run_sweep(cells, on_event=progress.event)
+    except FtdynError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/]: run the same command again to resume the sweep")
+        raise typer.Exit(130)
+    for name, what in outcome:
+        console.print(f"{name}: {what}")
+    console.print(f"compare them: `ftdyn report {out_dir}`")
 
 
 @app.command()
@@ -275,7 +354,8 @@ def layers(
         check_model_name(model)
     except FtdynError as exc:
         fail(str(exc))
-    traced = trace_layers(torchvision.models.get_model(model, weights=None), image_size)
+    network = torchvision.models.get_model(model, weights=None)
+    traced = trace_layers(network, image_size)
     defaults = set(default_layer_names(model, traced))
     table = Table(title=f"{model} at {image_size}×{image_size} (* = default; shared modules cannot be hooked)")
     for column in ("", "layer", "type", "output (c, h, w)", "runs"):
@@ -286,6 +366,14 @@ def layers(
         table.add_row("*" if layer.name in defaults else "", layer.name, layer.kind, str(tuple(layer.shape)),
                       str(layer.calls), style="bold" if layer.name in defaults else ("dim" if layer.calls > 1 else None))
     out.print(table)
+    from engine.strategies import block_groups
+
+    groups = Table(title="block groups, input → output (--train-blocks; discriminative rates)")
+    for column in ("group", "tensors", "first", "last"):
+        groups.add_column(column)
+    for name, params in block_groups(model, network).items():
+        groups.add_row(name, str(len(params)), params[0], params[-1])
+    out.print(groups)
 
 
 @app.command()
@@ -370,10 +458,11 @@ def fmt_number(value, digits: int = 3) -> str:
 
 def print_tables(tables: dict[str, list[dict]]) -> None:
     accuracy = Table(title="Table 1 · accuracy")
-    for column in ("run", "model", "state", "epochs", "train acc", "held-out acc", "best held-out"):
+    for column in ("run", "model", "strategy", "state", "epochs", "train acc", "held-out acc", "best held-out"):
         accuracy.add_column(column)
     for row in tables["accuracy"]:
-        accuracy.add_row(row["run"], str(row["model"]), row["state"], row["epochs"], fmt_number(row["train_accuracy"]),
+        accuracy.add_row(row["run"], str(row["model"]), str(row["strategy"]), row["state"], row["epochs"],
+                         fmt_number(row["train_accuracy"]),
                          fmt_number(row["held_out_accuracy"]), fmt_number(row["best_held_out_accuracy"]))
     out.print(accuracy)
     reuse = Table(title="Table 2 · reusability: mean ± std over epochs 1…T of the mean layer distance")
