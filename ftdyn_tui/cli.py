@@ -248,6 +248,7 @@ class TrainingProgress:
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                  console=console, transient=False)
         self.task = None
+        self.tasks: dict = {}
 
     def __enter__(self):
         self.progress.__enter__()
@@ -263,6 +264,11 @@ class TrainingProgress:
             self.progress.console.print(f"[yellow]warning:[/] {info['text']}")
         elif kind == "scan" and info["done"] == info["total"]:
             self.progress.console.print(f"[dim]checked {info['total']} files[/]")
+        elif kind == "generate":
+            key = ("generate", info["domain"])
+            if key not in self.tasks:
+                self.tasks[key] = self.progress.add_task(f"generating {info['domain']}", total=info["total"], info="")
+            self.progress.update(self.tasks[key], completed=info["done"])
         elif kind == "sweep":
             verb = "resuming" if info["resume"] else "starting"
             self.progress.console.print(f"[bold]sweep {info['index']}/{info['total']}[/]: {verb} {info['name']}")
@@ -280,6 +286,48 @@ class TrainingProgress:
                 f"epoch {record['epoch']}: held-out acc {record['held_out']['accuracy']:.3f}"
                 + (f", train acc {train['accuracy']:.3f}" if train else "")
                 + f"  (train {record['timing']['train_s']:.1f}s, analysis {record['timing']['analysis_s']:.1f}s)")
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Where the three runs go (a previous demo there "
+                                                                 "is replaced)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Fine-tuning epochs per target (default: 5)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the generated data, the source model and the runs."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    no_tui: bool = typer.Option(False, "--no-tui", help="Print the report instead of opening the TUI."),
+) -> None:
+    """The paper's experiment in minutes, offline: generated source and target domains (similar,
+    different task, white background), a source model pretrained once and cached, three
+    fine-tuning runs, and the paper's findings checked on the result."""
+    import dataclasses
+
+    from engine.demo import DemoSettings, findings, run_demo
+    from engine.errors import FtdynError
+    from engine.record import read_run, write_json_atomic
+    from engine.report import build_report
+
+    settings = DemoSettings()
+    if epochs:
+        settings = dataclasses.replace(settings, epochs=epochs)
+    try:
+        with TrainingProgress() as progress:
+            runs = run_demo(out_dir, settings, seed=seed, device=device, on_event=progress.event)
+    except FtdynError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: run `ftdyn demo` again (the cache keeps what is done)")
+        raise typer.Exit(130)
+    result = findings(runs)
+    write_json_atomic(out_dir / "findings.json", result.as_json())
+    if not no_tui and sys.stdin.isatty() and sys.stdout.isatty():
+        open_tui([out_dir], ImageMode.halfcell)
+    else:
+        print_tables(build_report([read_run(path) for path in runs]))
+    out.print("[bold]The paper's findings on this demo[/]")
+    for line in result.lines():
+        out.print(line, highlight=False)
+    out.print(f"runs: {out_dir} · `ftdyn tui {out_dir}` to explore · `ftdyn report {out_dir}` for the tables")
 
 
 @app.command()

@@ -1,0 +1,89 @@
+"""`ftdyn demo`: generated domains, the cached source model, and the paper's findings (a)–(c)."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from engine import demo as demo_module
+from engine.demo import DemoSettings, cached_source, findings, prepare_data, source_model
+from engine.domains import DOMAINS, LAYOUTS, NEW_SHAPES, SHAPES, write_domain
+from engine.errors import FtdynError
+
+# A reduced configuration that still shows the paper's findings, in about a minute on 2 cores. Its
+# probe (72 held-out images a class × 2) keeps even layer4's 2×2 maps out of PWSM's whitening regime.
+SMALL = DemoSettings(image_size=64, source_classes=6, source_per_class=150, source_epochs=8, target_classes=4,
+                     target_per_class=72, target_val_fraction=0.5, epochs=3, probe_size=144, vis_k=1, workers=0)
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTDYN_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_domains_are_deterministic_image_folders(tmp_path):
+    for name in DOMAINS:
+        a = write_domain(tmp_path / "a" / name, name, 3, 4, 32, seed=5)
+        b = write_domain(tmp_path / "b" / name, name, 3, 4, 32, seed=5)
+        files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
+        assert len(files) == 12 and {p.parts[0] for p in files} == {"train", "val"}
+        assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    c = write_domain(tmp_path / "c", "source", 3, 4, 32, seed=6)
+    assert (c / "train/disc/0001.png").read_bytes() != (tmp_path / "a/source/train/disc/0001.png").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "a/similar/train").iterdir()) == sorted(NEW_SHAPES[:3])
+    assert not set(NEW_SHAPES) & set(SHAPES)  # the similar target's classes are new
+    assert sorted(p.name for p in (tmp_path / "a/task/train").iterdir()) == sorted(LAYOUTS[:3])
+    with pytest.raises(ValueError, match="classes"):
+        write_domain(tmp_path / "d", "white", 9, 1, 32, seed=0)
+
+
+def test_source_model_is_cached_verified_and_rebuilt(cache):
+    settings = dataclasses.replace(SMALL, image_size=32, source_per_class=24, source_epochs=1, target_per_class=4)
+    data = prepare_data(settings, seed=0)
+    events = []
+    record = lambda kind, **info: events.append((kind, info))  # noqa: E731
+    first = source_model(settings, data, 0, "cpu", record)
+    assert any("pretraining" in info.get("name", "") for kind, info in events)
+    meta = json.loads(first.with_suffix(".json").read_text())
+    assert meta["sha256"] and first.exists()
+
+    events.clear()
+    assert source_model(settings, data, 0, "cpu", record) == first
+    assert not any("pretraining" in info.get("name", "") for _, info in events)  # reused, not retrained
+
+    first.write_bytes(first.read_bytes()[:-100] + b"x" * 100)  # corrupt the cached file
+    events.clear()
+    rebuilt = source_model(settings, data, 0, "cpu", record)
+    assert any(kind == "warning" and "corrupt" in info["text"] for kind, info in events)
+    assert json.loads(rebuilt.with_suffix(".json").read_text())["sha256"] == demo_module.file_sha256(rebuilt)
+
+    stale = dataclasses.replace(settings, source_epochs=2)  # other settings: another key, another file
+    assert cached_source(stale, 0)[0] != first
+
+
+def test_demo_refuses_a_directory_it_does_not_own(cache, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FtdynError, match="not a demo directory"):
+        demo_module.run_demo(tmp_path / "mine", SMALL)
+    assert (tmp_path / "mine" / "notes.txt").exists()
+
+
+def test_demo_reproduces_the_papers_findings(cache, tmp_path, cli, monkeypatch):
+    monkeypatch.setattr(demo_module, "DemoSettings", lambda: SMALL)
+    result = cli("demo", "--out", tmp_path / "demo", "--no-tui", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    runs = [tmp_path / "demo" / name for name in ("similar", "task", "white")]
+    found = findings(runs)
+    # (a) early layers stay closer to the source than deep layers, in every run
+    assert found.early_layers_closer, found.early_vs_deep
+    # (b) the white-background target moves features more than the similar target
+    assert found.white_moves_more, found.reusability
+    # (c) PWSM and Procrustes layer series correlate positively on average
+    assert found.metrics_agree, found.correlation
+    assert "✓ (a)" in result.output and "✓ (b)" in result.output and "✓ (c)" in result.output
+    assert json.loads((tmp_path / "demo" / "findings.json").read_text())["white_moves_more"] is True
+    again = cli("demo", "--out", tmp_path / "demo", "--no-tui", "--device", "cpu")  # warm: the demo replaces itself
+    assert again.exit_code == 0 and "pretraining" not in again.output
