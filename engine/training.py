@@ -296,6 +296,9 @@ class Trainer:
         except BaseException as exc:
             self.writer.finish("failed", f"{type(exc).__name__}: {exc}")
             raise
+        if self.visualiser is not None:
+            self.on_event("phase", name="writing the visualisation montages")
+            self.visualiser.write_all_montages()
         self.writer.finish("finished")
         return self.dir
 
@@ -523,6 +526,7 @@ def visualise_from_checkpoints(run_dir: str | Path, layer: str, filter_index: in
         trainer.analysis.run(trainer.model, trainer.probe_loader, trainer.device, observer=evidence)
         visualiser.render(epoch, evidence, {}, redraw=True)
         on_event("phase", name=f"drew epoch {epoch}")
+    visualiser.write_montages(layer, filter_index)
     return wanted
 
 

@@ -13,7 +13,8 @@
 Filters per layer: the k whose distance to the source is largest at the latest epoch, k seeded
 random ones, and any the user names. Once chosen, a filter is drawn at every later visualised
 epoch, and its source images are drawn from the source model's activations at that moment.
-Everything is written atomically under RUN/vis/ and listed in RUN/vis/index.jsonl.
+Everything is written atomically under RUN/vis/ and listed in RUN/vis/index.jsonl; the montages
+(source, 1…T per filter) are written when the run finishes, and by `ftdyn vis`.
 """
 
 from __future__ import annotations
@@ -50,25 +51,40 @@ def crop(image: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarray:
     top, left, bottom, right = region
     out = np.empty((bottom - top, right - left, 3), dtype=np.float64)
     out[:] = PAD_COLOUR
-    h, w = image.shape[:2]
-    t, l, b, r = max(top, 0), max(left, 0), min(bottom, h), min(right, w)
-    if t < b and l < r:
+    window = inside(image.shape[:2], region)
+    if window is not None:
+        (t, b, l, r) = window
         out[t - top:b - top, l - left:r - left] = image[t:b, l:r]
     return out
+
+
+def inside(shape: tuple[int, int], region: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+    """The part (top, bottom, left, right) of ``region`` that lies in an image of ``shape``."""
+    top, left, bottom, right = region
+    t, l, b, r = max(top, 0), max(left, 0), min(bottom, shape[0]), min(right, shape[1])
+    return (t, b, l, r) if t < b and l < r else None
 
 
 def class_average(images: np.ndarray, locations: np.ndarray, activations: np.ndarray,
                   fields: LayerFields, f: int) -> np.ndarray | None:
     """Activation-weighted mean of the receptive-field crops at each image's strongest location.
-    ``images`` (n, H, W, 3) uint8, ``locations`` (n, 2) map coordinates, ``activations`` (n,)."""
+    ``images`` (n, H, W, 3) uint8, ``locations`` (n, 2) map coordinates, ``activations`` (n,).
+
+    Deep fields can be far larger than the image, so instead of materialising each padded crop the
+    padding's share is added once (Σw · PAD) and each image adds w · (pixels − PAD) where it
+    overlaps: the same sum, at the cost of the overlap only."""
     weights = np.maximum(activations.astype(np.float64), 0.0)
     if weights.sum() <= 0:
         return None  # the filter never fires on this class
     rf = fields.for_filter(f)
-    total = np.zeros((*rf.size, 3))
+    total = np.empty((*rf.size, 3))
+    total[:] = weights.sum() * PAD_COLOUR
     for image, (i, j), weight in zip(images, locations, weights):
-        if weight > 0:
-            total += weight * crop(image, rf.region(int(i), int(j)))
+        region = rf.region(int(i), int(j))
+        window = inside(image.shape[:2], region)
+        if weight > 0 and window is not None:
+            t, b, l, r = window
+            total[t - region[0]:b - region[0], l - region[1]:r - region[1]] += weight * (image[t:b, l:r] - PAD_COLOUR)
     return total / weights.sum()
 
 
@@ -238,7 +254,6 @@ class Visualiser:
                     if redraw or (layer, f, drawn_epoch) not in self.drawn:
                         entries += self.draw(layer, f, drawn_epoch, evidence, side, reason)
                         self.drawn.add((layer, f, drawn_epoch))
-                self.write_montages(layer, f)
         entries = [e for e in entries if e["path"] not in self.listed]
         if entries:
             append_lines(self.dir.parent / VIS_INDEX, entries)
@@ -274,6 +289,14 @@ class Visualiser:
             entries.append({**base, "kind": "sample", "image": index, "class": self.classes[self.labels[index]],
                             "scale": [0.0, scale], "path": str(path.relative_to(self.dir))})
         return entries
+
+    def write_all_montages(self) -> float:
+        """Every chosen filter's montages (at the end of a run: they read every epoch's images)."""
+        start = time.perf_counter()
+        for layer, chosen in self.chosen.items():
+            for f in chosen:
+                self.write_montages(layer, f)
+        return time.perf_counter() - start
 
     def write_montages(self, layer: str, f: int) -> None:
         """Rows: classes (or sample images); columns: source, then every visualised epoch."""
