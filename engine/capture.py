@@ -16,6 +16,7 @@ from torch import nn
 
 from engine.similarity import LayerAccumulator, SourceSpectrumCache, parse_metric
 from engine.similarity.metrics import Metric
+from engine.similarity.views import check_view
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,6 @@ class Measure:
 
 def parse_measures(metrics: list[str], default_view: str, alpha: float) -> list[Measure]:
     """'pwsm,procrustes@filter-map' with default view V → [pwsm:α@V, procrustes@filter-map]."""
-    from engine.similarity.views import check_view
-
     measures = []
     for item in metrics:
         name, _, view = item.partition("@")

@@ -150,11 +150,15 @@ def quiet(kind: str, **info: Any) -> None:
 class Trainer:
     """Holds everything one run needs; :meth:`run` is the loop."""
 
-    def __init__(self, config: RunConfig, on_event: Event = quiet):
+    def __init__(self, config: RunConfig, on_event: Event = quiet, resume: bool = False):
         self.config = config
         self.on_event = on_event
+        self.resume_requested = resume
         self.dir = Path(config.out)
         self.writer = RunWriter(self.dir)
+        self.global_step = 0
+        self.best_accuracy = -math.inf
+        self.rgn: dict[str, float] = {}
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -302,8 +306,6 @@ class Trainer:
         self.writer.finish("finished")
         return self.dir
 
-    resume_requested = False
-
     def train_epoch(self, epoch: int) -> tuple[dict[str, float], float]:
         config = self.config
         loader = DataLoader(self.train_set, batch_size=config.batch_size, shuffle=True, drop_last=False,
@@ -421,10 +423,6 @@ class Trainer:
         self.writer.update_status(epoch=epoch, best_accuracy=self.best_accuracy)
         self.on_event("epoch_done", epoch=epoch, record=record)
 
-    global_step = 0
-    best_accuracy = -math.inf
-    rgn: dict[str, float] = {}
-
     # -- checkpoints and resume -----------------------------------------------------------------
 
     def save_checkpoint(self, epoch: int, record: dict[str, Any], is_best: bool) -> None:
@@ -540,6 +538,4 @@ def available_checkpoints(run_dir: Path) -> dict[int, Path]:
 
 
 def run_training(config: RunConfig, resume: bool = False, on_event: Event = quiet) -> Path:
-    trainer = Trainer(config, on_event)
-    trainer.resume_requested = resume
-    return trainer.run()
+    return Trainer(config, on_event, resume).run()

@@ -200,8 +200,8 @@ class LayerAccumulator:
 
     @property
     def device(self) -> torch.device:
-        if self.moments is not None and self.moments._sxx is not None:
-            return self.moments._sxx.device
+        if self.moments is not None and self.moments.device is not None:
+            return self.moments.device
         if self.kept:
             return self.kept[0][0].device
         return self.map_live.device if self.map_live is not None else torch.device("cpu")
