@@ -161,6 +161,27 @@ def layer_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
     return rows
 
 
+def strategy_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
+    """Per run: the strategy, its parameters, and each block group's learning rate at the last epoch."""
+    rows = []
+    for run in runs:
+        strategy = (run.config or {}).get("strategy", {})
+        last = run.epochs[-1] if run.epochs else {}
+        params = {k: strategy.get(k) for k in ("train_blocks", "layer_decay", "warmup_epochs") if strategy.get(k)}
+        if strategy.get("name") not in ("surgical",):
+            params.pop("train_blocks", None)
+        if strategy.get("name") != "discriminative":
+            params.pop("layer_decay", None)
+            params.pop("warmup_epochs", None)
+        lrs = last.get("lr_groups") or {}
+        if strategy.get("name") == "autorgn" and lrs:  # one group per tensor: summarise
+            values = list(lrs.values())
+            lrs = {"tensors": len(values), "min": min(values), "max": max(values)}
+        rows.append({"run": run_name(run), "strategy": strategy.get("name"), "parameters": params,
+                     "phase": last.get("phase"), "epoch": last.get("epoch"), "learning_rates": lrs})
+    return rows
+
+
 def build_report(runs: list[RunSnapshot]) -> dict[str, list[dict[str, Any]]]:
     return {"accuracy": accuracy_table(runs), "reusability": reusability_table(runs),
-            "correlation": correlation_table(runs), "layers": layer_table(runs)}
+            "correlation": correlation_table(runs), "strategies": strategy_table(runs), "layers": layer_table(runs)}

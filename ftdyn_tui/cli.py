@@ -488,14 +488,15 @@ def report(
 
 
 def tables_as_csv(tables: dict[str, list[dict]]) -> str:
-    """All tables in one CSV stream, each preceded by a '# name' line."""
+    """All tables in one CSV stream, each preceded by a '# name' line (nested cells as JSON)."""
     buffer = io.StringIO()
     for name, rows in tables.items():
         buffer.write(f"# {name}\n")
         if rows:
             writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()}
+                             for row in rows)
         buffer.write("\n")
     return buffer.getvalue()
 
@@ -526,6 +527,15 @@ def print_tables(tables: dict[str, list[dict]]) -> None:
         corr.add_row(row["measures"], f"{fmt_number(row['mean_r'], 2)} ± {fmt_number(row['std_r'], 2)}",
                      str(row["layers"]), str(row["undefined"]))
     out.print(corr)
+    strategies = Table(title="Strategies: parameters and per-group learning rates at the last epoch")
+    for column in ("run", "strategy", "parameters", "learning rates"):
+        strategies.add_column(column)
+    for row in tables["strategies"]:
+        params = ", ".join(f"{k}={v}" for k, v in row["parameters"].items()) or "—"
+        rates = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in row["learning_rates"].items()) or "—"
+        strategies.add_row(row["run"], str(row["strategy"]), params, rates)
+    out.print(strategies)
     by_layer: dict[tuple, dict[int, float]] = {}
     for row in tables["layers"]:
         by_layer.setdefault((row["run"], row["measure"], row["layer"]), {})[row["epoch"]] = row["value"]

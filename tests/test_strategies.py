@@ -173,6 +173,9 @@ def test_sweep_command_and_report(cli, tmp_path, shapes_data):
     report = cli("report", tmp_path / "grid", "--format", "json")
     import json
 
-    rows = json.loads(report.output)["accuracy"]
-    assert sorted(r["strategy"] for r in rows) == ["full", "linear-probe"]
+    tables = json.loads(report.output)
+    assert sorted(r["strategy"] for r in tables["accuracy"]) == ["full", "linear-probe"]
+    rates = {r["strategy"]: r["learning_rates"] for r in tables["strategies"]}
+    assert rates == {"full": {"all": 1e-4}, "linear-probe": {"head": 1e-4}}
+    assert "per-group learning rates" in cli("report", tmp_path / "grid").output
     assert cli(*args[:-1], "--strategies", "surgical").exit_code == 2  # surgical needs --train-blocks
