@@ -505,47 +505,41 @@ def fmt_number(value, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="right" if column.isdigit() else "left")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
 def print_tables(tables: dict[str, list[dict]]) -> None:
-    accuracy = Table(title="Table 1 · accuracy")
-    for column in ("run", "model", "strategy", "state", "epochs", "train acc", "held-out acc", "best held-out"):
-        accuracy.add_column(column)
-    for row in tables["accuracy"]:
-        accuracy.add_row(row["run"], str(row["model"]), str(row["strategy"]), row["state"], row["epochs"],
-                         fmt_number(row["train_accuracy"]),
-                         fmt_number(row["held_out_accuracy"]), fmt_number(row["best_held_out_accuracy"]))
-    out.print(accuracy)
-    reuse = Table(title="Table 2 · reusability: mean ± std over epochs 1…T of the mean layer distance")
-    for column in ("run", "measure", "mean ± std", "epochs"):
-        reuse.add_column(column)
-    for row in tables["reusability"]:
-        reuse.add_row(row["run"], row["measure"], f"{fmt_number(row['mean'])} ± {fmt_number(row['std'])}", str(row["epochs"]))
-    out.print(reuse)
-    corr = Table(title="Pearson r between measures (per layer over epochs 1…T; mean ± std over layers and runs)")
-    for column in ("measures", "r mean ± std", "layers", "undefined"):
-        corr.add_column(column)
-    for row in tables["correlation"]:
-        corr.add_row(row["measures"], f"{fmt_number(row['mean_r'], 2)} ± {fmt_number(row['std_r'], 2)}",
-                     str(row["layers"]), str(row["undefined"]))
-    out.print(corr)
-    strategies = Table(title="Strategies: parameters and per-group learning rates at the last epoch")
-    for column in ("run", "strategy", "parameters", "learning rates"):
-        strategies.add_column(column)
-    for row in tables["strategies"]:
-        params = ", ".join(f"{k}={v}" for k, v in row["parameters"].items()) or "—"
-        rates = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
-                          for k, v in row["learning_rates"].items()) or "—"
-        strategies.add_row(row["run"], str(row["strategy"]), params, rates)
-    out.print(strategies)
+    print_table("Table 1 · accuracy",
+                ["run", "model", "strategy", "state", "epochs", "train acc", "held-out acc", "best held-out"],
+                [[r["run"], str(r["model"]), str(r["strategy"]), r["state"], r["epochs"], fmt_number(r["train_accuracy"]),
+                  fmt_number(r["held_out_accuracy"]), fmt_number(r["best_held_out_accuracy"])]
+                 for r in tables["accuracy"]])
+    print_table("Table 2 · reusability: mean ± std over epochs 1…T of the mean layer distance",
+                ["run", "measure", "mean ± std", "epochs"],
+                [[r["run"], r["measure"], f"{fmt_number(r['mean'])} ± {fmt_number(r['std'])}", str(r["epochs"])]
+                 for r in tables["reusability"]])
+    print_table("Pearson r between measures (per layer over epochs 1…T; mean ± std over layers and runs)",
+                ["measures", "r mean ± std", "layers", "undefined"],
+                [[r["measures"], f"{fmt_number(r['mean_r'], 2)} ± {fmt_number(r['std_r'], 2)}", str(r["layers"]),
+                  str(r["undefined"])] for r in tables["correlation"]])
+    print_table("Strategies: parameters and per-group learning rates at the last epoch",
+                ["run", "strategy", "parameters", "learning rates"],
+                [[r["run"], str(r["strategy"]), ", ".join(f"{k}={v}" for k, v in r["parameters"].items()) or "—",
+                  ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in r["learning_rates"].items()) or "—"] for r in tables["strategies"]])
     by_layer: dict[tuple, dict[int, float]] = {}
     for row in tables["layers"]:
         by_layer.setdefault((row["run"], row["measure"], row["layer"]), {})[row["epoch"]] = row["value"]
     epochs = sorted({row["epoch"] for row in tables["layers"]})
-    layers_table = Table(title="Layer distance by epoch (early → deep)")
-    for column in ["run", "measure", "layer"] + [str(e) for e in epochs]:
-        layers_table.add_column(column, justify="right" if column.isdigit() else "left")
-    for (run_name, measure, layer), series in by_layer.items():
-        layers_table.add_row(run_name, measure, layer, *[fmt_number(series.get(e)) for e in epochs])
-    out.print(layers_table)
+    print_table("Layer distance by epoch (early → deep)", ["run", "measure", "layer"] + [str(e) for e in epochs],
+                [[run, measure, layer, *[fmt_number(series.get(e)) for e in epochs]]
+                 for (run, measure, layer), series in by_layer.items()])
 
 
 def main() -> None:
