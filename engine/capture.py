@@ -51,6 +51,12 @@ def as_feature_map(output: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"cannot use a layer output of shape {tuple(output.shape)}")
 
 
+def feature_map_shape(output_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(c, h, w) that :func:`as_feature_map` gives a layer whose output (batch dimension left out)
+    has ``output_shape``."""
+    return tuple(as_feature_map(torch.empty(1, *output_shape)).shape[1:])
+
+
 @contextmanager
 def capture(model: nn.Module, layer_names: list[str]):
     """Forward hooks that store a detached copy of each layer's output (a copy, because in-place

@@ -220,13 +220,17 @@ class RunReader:
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir)
         self._records = JsonlFollower(self.dir / RECORDS)
+        self._config: dict[str, Any] | None = None
 
     @property
     def records(self) -> list[dict[str, Any]]:
         return self._records.items
 
     def config(self) -> dict[str, Any] | None:
-        return read_json(self.dir / CONFIG)
+        """The run's configuration; written once, atomically, so it is read until it is there."""
+        if self._config is None:
+            self._config = read_json(self.dir / CONFIG)
+        return self._config
 
     def status(self) -> dict[str, Any] | None:
         return read_json(self.dir / STATUS)
@@ -240,7 +244,7 @@ class RunReader:
             config, status = self.config(), self.status()
             self.poll()
         except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-            return RunSnapshot(self.dir, None, None, list(self.records),
+            return RunSnapshot(self.dir, self._config, None, list(self.records),
                                f"'{self.dir}' is not a readable ftdyn run ({type(exc).__name__}: {exc})")
         problem = None
         if config is None and status is None:

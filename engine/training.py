@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from engine.capture import ProbeAnalysis, as_feature_map, parse_measures
+from engine.capture import ProbeAnalysis, feature_map_shape, parse_measures
 from engine.data import ImageList, image_transform, load_image_data, pixel_transform, probe_indices, seeded_generator
 from engine.errors import FtdynError
 from engine.models import build_model, select_layers
@@ -212,10 +212,10 @@ class Trainer:
         except ValueError as exc:
             raise FtdynError(str(exc)) from None
         fields = receptive_fields(model, [layer.name for layer in self.layers], config.image_size)
-        pixels = ImageList([self.held_out.samples[i] for i in self.probe.indices], pixel_transform(config.image_size))
-        images = np.stack([np.asarray(image) for image, _ in pixels])
-        labels = [label for _, label in (self.held_out.samples[i] for i in self.probe.indices)]
-        filters = {layer.name: as_feature_map(torch.empty(1, *layer.shape)).shape[1] for layer in self.layers}
+        probe_samples = [self.held_out.samples[i] for i in self.probe.indices]
+        images = np.stack([np.asarray(image) for image, _ in ImageList(probe_samples, pixel_transform(config.image_size))])
+        labels = [label for _, label in probe_samples]
+        filters = {layer.name: feature_map_shape(layer.shape)[0] for layer in self.layers}
         try:
             return Visualiser(self.dir, fields, filters, images, labels, self.data.classes,
                               VisSettings(top_k=config.vis_k, random_k=config.vis_k, named=named, seed=config.seed))
@@ -226,7 +226,7 @@ class Trainer:
         """Refuse a degenerate PWSM α = 0 before any training, with the probe size it would see."""
         n = len(self.probe)
         for layer in self.layers:
-            shape = (n, *as_feature_map(torch.empty(1, *layer.shape)).shape[1:])
+            shape = (n, *feature_map_shape(layer.shape))
             for measure in self.measures:
                 try:
                     check_metrics_for_view([measure.metric], measure.view, shape)
@@ -511,7 +511,7 @@ def visualise_from_checkpoints(run_dir: str | Path, layer: str, filter_index: in
     trainer = Trainer(config, on_event)
     trainer.prepare()
     filters = trainer.layers[[entry.name for entry in trainer.layers].index(layer)]
-    if not 0 <= filter_index < as_feature_map(torch.empty(1, *filters.shape)).shape[1]:
+    if not 0 <= filter_index < feature_map_shape(filters.shape)[0]:
         raise FtdynError(f"layer '{layer}' has no filter {filter_index}")
     visualiser = trainer.make_visualiser(trainer.model)
     visualiser.settings.classes = classes

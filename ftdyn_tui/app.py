@@ -413,18 +413,16 @@ class FilterScreen(Screen):
         self.filter_index = int(event.row_key.value)
         self.show_images()
 
-    def labels(self) -> list[str]:
-        found = filter_images(self.tracked, self.current_layer, self.filter_index) if self.filter_index is not None else {}
-        return sorted(label for kind, label in found if kind == self.kind)
-
     def shown(self) -> tuple[dict[int, Path], str | None]:
+        """{epoch: path} of the image in view (kind, class or sample cycled by `c`) and its label."""
         if self.filter_index is None or self.current_layer is None:
             return {}, None
-        labels = self.labels()
+        found = filter_images(self.tracked, self.current_layer, self.filter_index)
+        labels = sorted(label for kind, label in found if kind == self.kind)
         if not labels:
             return {}, None
         label = labels[self.label_index % len(labels)]
-        return filter_images(self.tracked, self.current_layer, self.filter_index)[(self.kind, label)], label
+        return found[(self.kind, label)], label
 
     def show_images(self) -> None:
         by_epoch, label = self.shown()

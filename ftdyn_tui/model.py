@@ -46,17 +46,13 @@ class TrackedRun:
     def refresh(self) -> bool:
         """Read what changed (only new lines of the record and image index); True when anything did."""
         before = (self.config is None, self.status, len(self.records), self.problem, len(self.vis))
-        try:
-            if self.config is None:
-                self.config = self.reader.config()  # written once, atomically: read until it is there
-            self.status = self.reader.status()
-            self.reader.poll()
-            if self.config is not None:
+        snapshot = self.reader.snapshot()
+        self.config, self.status, self.problem = snapshot.config, snapshot.status, snapshot.problem
+        if self.config is not None and not self.problem:
+            try:
                 self._vis.poll()
-            self.problem = None if (self.config or self.status) else (
-                f"'{self.path}' is not an ftdyn run directory (no config.json or status.json)")
-        except (ValueError, UnicodeDecodeError, OSError) as exc:
-            self.problem = f"'{self.path}' is not a readable ftdyn run ({type(exc).__name__}: {exc})"
+            except (ValueError, UnicodeDecodeError, OSError) as exc:
+                self.problem = f"'{self.path}' has an unreadable image index ({type(exc).__name__}: {exc})"
         return before != (self.config is None, self.status, len(self.records), self.problem, len(self.vis))
 
     @property

@@ -26,13 +26,11 @@ class MomentAccumulator:
         self._sum_x = self._sum_y = None
         self._sxx = self._syy = self._sxy = None
         self._dtype: torch.dtype | None = None
-        self.device: torch.device | None = None
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
             raise ValueError(f"expected paired (rows, features) batches, got {tuple(x.shape)} and {tuple(y.shape)}")
         if self._dtype is None:
-            self.device = x.device
             self._dtype = compute_dtype_for(x.device, self.precision)
             self._shift_x = x.to(torch.float64).mean(0)
             self._shift_y = y.to(torch.float64).mean(0)

@@ -165,10 +165,13 @@ class LayerAccumulator:
         self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.map_sums: dict[str, torch.Tensor] = {}
         self.map_live: torch.Tensor | None = None
+        self.device = torch.device("cpu")
 
     def update(self, a: torch.Tensor, b: torch.Tensor) -> None:
         if self.shape is not None and a.shape[1:] != self.shape[1:]:
             raise ValueError(f"batch shape {tuple(a.shape)} does not match earlier batches {self.shape}")
+        if self.shape is None:
+            self.device = a.device
         n = a.shape[0] + (self.shape[0] if self.shape else 0)
         self.shape = (n, *a.shape[1:])
         if self.view == "positions":
@@ -197,14 +200,6 @@ class LayerAccumulator:
             return flat_layer_distance(a, b, self.metrics, self.whitening_scale, dtype, self.chunk_bytes)
         return filter_layer_distance(a, b, self.metrics, self.whitening_scale, self.precision, self.cache,
                                      self.cache_key, self.chunk_bytes)
-
-    @property
-    def device(self) -> torch.device:
-        if self.moments is not None and self.moments.device is not None:
-            return self.moments.device
-        if self.kept:
-            return self.kept[0][0].device
-        return self.map_live.device if self.map_live is not None else torch.device("cpu")
 
     def add_filter_maps(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """`filter-map`: each image's h×w map of each filter, in the authors' layout (image rows are
