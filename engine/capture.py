@@ -1,20 +1,17 @@
-"""Feature capture: the frozen source model and the model being tuned see the same probe images,
-and every hooked layer's pair of activations goes straight into the similarity engine.
-
-No raw feature map is kept beyond one probe batch except for the views that compare images with
-each other (`filter`, `flat`), which hold the layer's probe activations until the layer is done.
+"""Feature capture: forward hooks that hand every hooked layer's output to the analyses, in the
+(n, c, h, w) layout the views expect, and the measures (metric@view) feature distances are taken in.
+The shared probe pass itself is :class:`engine.analyses.runner.EpochAnalyses`.
 """
 
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from engine.similarity import LayerAccumulator, SourceSpectrumCache, parse_metric
+from engine.similarity import parse_metric
 from engine.similarity.metrics import Metric
 from engine.similarity.views import check_view
 
@@ -72,62 +69,3 @@ def capture(model: nn.Module, layer_names: list[str]):
     finally:
         for h in hooks:
             h.remove()
-
-
-class ProbeAnalysis:
-    """Per-layer, per-measure distances between the source model and a tuned model on the probe set."""
-
-    def __init__(self, source: nn.Module, layer_names: list[str], measures: list[Measure],
-                 whitening_scale: str = "mean_eig", precision: str | None = None):
-        self.source = source
-        self.layer_names = layer_names
-        self.measures = measures
-        self.whitening_scale = whitening_scale
-        self.precision = precision
-        self.cache = SourceSpectrumCache()  # the source never changes: its decompositions are reused
-
-    def views(self) -> dict[str, list[Metric]]:
-        by_view: dict[str, list[Metric]] = {}
-        for measure in self.measures:
-            by_view.setdefault(measure.view, []).append(measure.metric)
-        return by_view
-
-    @torch.no_grad()
-    def run(self, model: nn.Module, probe_batches, device: torch.device, amp: bool = False,
-            observer=None) -> tuple[dict, float]:
-        """{layer: {view: {values, dead, filters, per_filter}}} and the seconds it took.
-
-        ``observer`` (e.g. visualisation evidence) sees every layer's paired batch as well, so one
-        forward pass over the probe set serves both."""
-        start = time.perf_counter()
-        was_training = model.training
-        model.eval()
-        self.source.eval()
-        accumulators = {(layer, view): LayerAccumulator(view, metrics, whitening_scale=self.whitening_scale,
-                                                        precision=self.precision, cache=self.cache,
-                                                        cache_key=layer)
-                        for layer in self.layer_names for view, metrics in self.views().items()}
-        autocast = torch.autocast(device.type, enabled=amp and device.type == "cuda")
-        try:
-            with capture(self.source, self.layer_names) as source_out, capture(model, self.layer_names) as tuned_out:
-                for images, _labels in probe_batches:
-                    images = images.to(device, non_blocking=True)
-                    with autocast:
-                        self.source(images)
-                        model(images)
-                    for (layer, _view), accumulator in accumulators.items():
-                        accumulator.update(source_out[layer].float(), tuned_out[layer].float())
-                    if observer is not None:
-                        for layer in self.layer_names:
-                            observer.update(layer, source_out[layer].float(), tuned_out[layer].float())
-                        observer.batch_done(images.shape[0])
-        finally:
-            model.train(was_training)
-        result: dict[str, dict] = {}
-        for (layer, view), accumulator in accumulators.items():
-            distance = accumulator.result()
-            entry = {"values": distance.values, "dead": distance.dead_filters, "filters": distance.n_filters}
-            if distance.per_filter:
-                entry["per_filter"] = {label: v.tolist() for label, v in distance.per_filter.items()}
-            result.setdefault(layer, {})[view] = entry
-        return result, time.perf_counter() - start

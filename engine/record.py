@@ -5,6 +5,7 @@
     RUN/records.jsonl       one JSON object per line, appended and fsync'd per record
     RUN/checkpoints/        last.pt, best.pt, optionally epoch-NNN.pt
     RUN/vis/                per-filter images, listed in vis/index.jsonl (appended like records)
+    RUN/analyses/           post-hoc results (loss barrier, module criticality), one JSON file each
     RUN/skipped_files.txt   unreadable data files that were skipped
     RUN/train.log           output of a detached run
 
@@ -26,7 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-SCHEMA_VERSION = 1
+# 1: feature distances only (records' `layers`); 2: analyses as parts — config.json declares them
+# (`analyses`), records gain each part's section and `timing.analyses_s`, RUN/analyses/ holds
+# post-hoc results. Schema-1 runs read unchanged (engine.analyses.declared_parts).
+SCHEMA_VERSION = 2
 CONFIG, STATUS, RECORDS = "config.json", "status.json", "records.jsonl"
 VIS_INDEX = "vis/index.jsonl"
 STATES = ("running", "finished", "failed", "interrupted")

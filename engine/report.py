@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.analyses import declared_parts, measure_rows, part_value, read_results
 from engine.record import RunSnapshot
 
 
@@ -182,6 +183,53 @@ def strategy_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
     return rows
 
 
+def series_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
+    """Every epoch part other than feature distance (which has its own tables), from its declaration:
+    one row per (run, part, measure, row, epoch)."""
+    rows = []
+    for run in runs:
+        for part in declared_parts(run.config):
+            if part.get("name") == "distance":
+                continue
+            for measure in part.get("measures", []):
+                for row in measure_rows(part, measure):
+                    for record in run.epochs:
+                        rows.append({"run": run_name(run), "analysis": part.get("name"), "measure": measure,
+                                     "row": row, "epoch": record["epoch"], "value": part_value(record, part, measure, row)})
+    return rows
+
+
+def posthoc_tables(results: list[tuple[str, dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Post-hoc results (RUN/analyses/*.json) as tables: barrier curves and numbers, criticality
+    rewinding curves and per-module summaries."""
+    tables: dict[str, list[dict[str, Any]]] = {"barrier": [], "barrier_curve": [], "criticality": [],
+                                                "criticality_curve": []}
+    for run, result in results:
+        if result.get("name") == "barrier":
+            ends = result.get("endpoints", {})
+            tables["barrier"].append({"run": run, "A": ends.get("A"), "B": ends.get("B"), **{
+                f"barrier_{k}": v for k, v in result.get("barriers", {}).items()}})
+            for i, lam in enumerate(result.get("x", [])):
+                tables["barrier_curve"].append({"run": run, "A": ends.get("A"), "B": ends.get("B"), "lambda": lam, **{
+                    k: v[i] for k, v in result.get("series", {}).items()},
+                    "batchnorm_reestimated": result.get("batchnorm_reestimated", [None] * (i + 1))[i]})
+        elif result.get("name") == "criticality":
+            settings = result.get("settings", {})
+            for module, summary in result.get("summary", {}).items():
+                tables["criticality"].append({"run": run, "epoch": settings.get("epoch"), "module": module,
+                                              "alpha_min": summary.get("alpha_min"), "drift": summary.get("drift"),
+                                              "mu": summary.get("mu"), "epsilon": settings.get("epsilon"),
+                                              "final_train_error": result.get("final_train_error")})
+            for module, errors in zip(result.get("rows", []), result.get("values", [])):
+                for alpha, error in zip(result.get("columns", []), errors):
+                    tables["criticality_curve"].append({"run": run, "module": module, "alpha": alpha,
+                                                        "train_error": error})
+    return tables
+
+
 def build_report(runs: list[RunSnapshot]) -> dict[str, list[dict[str, Any]]]:
+    posthoc = posthoc_tables([(run_name(run), result) for run in runs for result in read_results(run.path)
+                              if "problem" not in result])
     return {"accuracy": accuracy_table(runs), "reusability": reusability_table(runs),
-            "correlation": correlation_table(runs), "strategies": strategy_table(runs), "layers": layer_table(runs)}
+            "correlation": correlation_table(runs), "strategies": strategy_table(runs), "layers": layer_table(runs),
+            "series": series_table(runs), **posthoc}

@@ -27,10 +27,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from engine.capture import ProbeAnalysis, feature_map_shape, parse_measures
+from engine.analyses.parts import DEFAULT_EPOCH_PARTS, build_epoch_parts, parse_analyses
+from engine.analyses.runner import EpochAnalyses
+from engine.capture import feature_map_shape, parse_measures
 from engine.data import ImageList, image_transform, load_image_data, pixel_transform, probe_indices, seeded_generator
 from engine.errors import FtdynError
-from engine.models import build_model, select_layers
+from engine.models import build_model, head_name, select_layers
 from engine.receptive import receptive_fields
 from engine.record import CONFIG, RunReader, RunWriter
 from engine.similarity.metrics import DegenerateWhiteningError
@@ -38,6 +40,7 @@ from engine.strategies import (
     LP_C_GRID,
     RGN_BATCHES,
     StrategyConfig,
+    block_groups,
     check_strategy,
     fit_linear_probe,
     load_head,
@@ -100,6 +103,7 @@ class RunConfig:
     vis_epochs: list[int] | None = None  # None: every epoch
     vis_filters: str | None = None  # 'layer:index,…'
     vis_k: int = 8
+    analyses: list[str] = field(default_factory=lambda: list(DEFAULT_EPOCH_PARTS))
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -138,6 +142,12 @@ def source_fingerprint(model: nn.Module) -> float:
     """A checksum of the source weights, to refuse resuming against a different source model."""
     with torch.no_grad():
         return float(sum(p.double().abs().sum() for p in model.state_dict().values() if p.is_floating_point()))
+
+
+def source_model(config: RunConfig, classes: int) -> tuple[nn.Module, str]:
+    """The run's epoch-0 model: its weights with the new head for ``classes`` classes."""
+    torch.manual_seed(config.seed)  # with --weights none the backbone's initialisation is the source
+    return build_model(config.model, config.weights, classes, config.seed)
 
 
 Event = Callable[..., None]
@@ -184,12 +194,13 @@ class Trainer:
         self.loader_options = loader
 
         self.on_event("phase", name="building model")
-        torch.manual_seed(config.seed)  # with --weights none the backbone's initialisation is the source
-        model, weights = build_model(config.model, config.weights, len(data.classes), config.seed)
+        model, weights = source_model(config, len(data.classes))
         self.weights_description = weights
         self.layers = select_layers(config.model, model, config.layers, config.image_size)
         self.measures = parse_measures(config.metrics, config.view, config.alpha)
-        self.check_measures()
+        parts = parse_analyses(config.analyses)
+        if "distance" in parts:
+            self.check_measures()
         self.source = copy.deepcopy(model).to(self.device).eval()
         for p in self.source.parameters():
             p.requires_grad_(False)
@@ -201,7 +212,10 @@ class Trainer:
         self.optimizer = make_optimizer(config.optimizer, self.model, self.plan, config.weight_decay)
         self.total_epochs = config.epochs + (1 if config.strategy == "lp-ft" else 0)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp and self.device.type == "cuda")
-        self.analysis = ProbeAnalysis(self.source, [layer.name for layer in self.layers], self.measures)
+        layer_names = [layer.name for layer in self.layers]
+        self.analyses = EpochAnalyses(self.source, layer_names, build_epoch_parts(
+            parts, source=self.source, groups=block_groups(config.model, self.model), head=head_name(self.model),
+            layer_names=layer_names, measures=self.measures))
         self.criterion = nn.CrossEntropyLoss()
         self.visualiser = self.make_visualiser(model) if config.vis else None
 
@@ -244,7 +258,9 @@ class Trainer:
             "model": {"name": self.config.model, "weights": self.weights_description,
                       "source_fingerprint": source_fingerprint(self.source)},
             "layers": [{"name": layer.name, "shape": list(layer.shape)} for layer in self.layers],
-            "measures": [{"label": m.label, "metric": m.metric.label, "view": m.view} for m in self.measures],
+            "measures": [{"label": m.label, "metric": m.metric.label, "view": m.view} for m in self.measures]
+            if self.analyses.part("distance") else [],
+            "analyses": self.analyses.declarations(),
             "strategy": {"name": self.strategy.name, "train_blocks": self.strategy.train_blocks,
                          "layer_decay": self.strategy.layer_decay, "warmup_epochs": self.strategy.warmup_epochs,
                          "frozen_batchnorm": self.plan.frozen_batchnorm,
@@ -344,29 +360,21 @@ class Trainer:
             self.on_event("step", epoch=epoch, step=step, steps=len(loader), images_per_s=seen / max(elapsed, 1e-9),
                           loss=loss_sum / seen, lrs=[group["lr"] for group in self.optimizer.param_groups])
             if config.every_steps and self.global_step % config.every_steps == 0 and step < len(loader):
-                layers, seconds = self.analysis.run(self.model, self.probe_loader, self.device, config.amp)
+                sections, spent = self.analyses.run(self.model, self.probe_loader, self.device, config.amp)
+                seconds = sum(spent.values())
                 analysis_seconds += seconds
                 self.writer.append_record({"kind": "step", "epoch": epoch, "step": self.global_step,
                                            "train": {"loss": loss_sum / seen, "accuracy": correct / seen},
-                                           "layers": layers, "timing": {"analysis_s": seconds}})
+                                           **sections, "timing": {"analysis_s": seconds, "analyses_s": spent}})
                 set_train_mode(self.model, self.plan.frozen_batchnorm)
         train_seconds = time.perf_counter() - start - analysis_seconds
         return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
                 "step_analysis_s": analysis_seconds}, train_seconds
 
-    @torch.no_grad()
     def evaluate(self) -> tuple[dict[str, float], float]:
         start = time.perf_counter()
-        self.model.eval()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for images, labels in self.eval_loader:
-            images, labels = images.to(self.device), labels.to(self.device)
-            with torch.autocast(self.device.type, enabled=self.scaler.is_enabled()):
-                logits = self.model(images)
-            loss_sum += float(self.criterion(logits.float(), labels)) * len(labels)
-            correct += int((logits.argmax(1) == labels).sum())
-            seen += len(labels)
-        return {"loss": loss_sum / seen, "accuracy": correct / seen}, time.perf_counter() - start
+        result = evaluate(self.model, self.eval_loader, self.device, amp=self.scaler.is_enabled())
+        return result, time.perf_counter() - start
 
     def start_autorgn_epoch(self, epoch: int) -> None:
         """AutoRGN: relative gradient norms over the epoch's first batches set each tensor's rate for
@@ -402,10 +410,11 @@ class Trainer:
         self.on_event("phase", name=f"epoch {epoch}: evaluating and measuring")
         held_out, eval_seconds = self.evaluate()
         visualise = self.visualiser is not None and (self.config.vis_epochs is None or epoch in self.config.vis_epochs)
-        evidence = FilterEvidence(self.analysis.layer_names, self.visualiser.samples) if visualise else None
-        layers, analysis_seconds = self.analysis.run(self.model, self.probe_loader, self.device, self.config.amp,
-                                                     observer=evidence)
-        vis_seconds = self.visualiser.render(epoch, evidence, per_filter_changes(layers)) if visualise else 0.0
+        evidence = FilterEvidence(self.analyses.layer_names, self.visualiser.samples) if visualise else None
+        sections, spent = self.analyses.run(self.model, self.probe_loader, self.device, self.config.amp,
+                                            observer=evidence)
+        vis_seconds = self.visualiser.render(epoch, evidence, per_filter_changes(sections.get("layers", {}))) \
+            if visualise else 0.0
         step_analysis = train.pop("step_analysis_s", 0.0) if train else 0.0
         record = {
             "kind": "epoch", "epoch": epoch, "step": self.global_step, "phase": "source" if epoch == 0 else phase,
@@ -413,9 +422,9 @@ class Trainer:
             "lr": [group["lr"] for group in self.optimizer.param_groups],
             "lr_groups": {group["name"]: group["lr"] for group in self.optimizer.param_groups},
             "rgn": dict(self.rgn) if self.config.strategy == "autorgn" and epoch > 0 else None,
-            "layers": layers,
-            "timing": {"train_s": train_seconds, "eval_s": eval_seconds, "analysis_s": analysis_seconds,
-                       "step_analysis_s": step_analysis, "vis_s": vis_seconds},
+            **sections,
+            "timing": {"train_s": train_seconds, "eval_s": eval_seconds, "analysis_s": sum(spent.values()),
+                       "analyses_s": spent, "step_analysis_s": step_analysis, "vis_s": vis_seconds},
         }
         self.best_accuracy = max(self.best_accuracy, held_out["accuracy"])
         self.save_checkpoint(epoch, record, is_best=held_out["accuracy"] >= self.best_accuracy)
@@ -468,6 +477,22 @@ class Trainer:
         return last
 
 
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = False) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of ``model`` (eval mode) over every batch of ``loader``."""
+    model.eval()
+    criterion = nn.CrossEntropyLoss()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        with torch.autocast(device.type, enabled=amp):
+            logits = model(images)
+        loss_sum += float(criterion(logits.float(), labels)) * len(labels)
+        correct += int((logits.argmax(1) == labels).sum())
+        seen += len(labels)
+    return {"loss": loss_sum / seen, "accuracy": correct / seen}
+
+
 def per_filter_changes(layers: dict[str, dict]) -> dict[str, np.ndarray]:
     """Per layer, the per-filter distance of the first filter-view measure (how far each filter
     moved); layers without one are ranked by the visualiser itself."""
@@ -492,10 +517,7 @@ def visualise_from_checkpoints(run_dir: str | Path, layer: str, filter_index: in
     """Draw one filter's class- and sample-based images from saved checkpoints, exactly as the run
     draws them, into RUN/vis (with its montages). Epoch 0 is the source model. Returns the epochs drawn."""
     run_dir = Path(run_dir)
-    saved = RunReader(run_dir).config()
-    if saved is None:
-        raise FtdynError(f"'{run_dir}' is not an ftdyn run directory (no {CONFIG})")
-    config = RunConfig(**dict(saved["run"], vis=False, workers=0, out=str(run_dir)))
+    saved = saved_config(run_dir)
     if layer not in [entry["name"] for entry in saved["layers"]]:
         raise FtdynError(f"layer '{layer}' was not hooked in this run; choose from "
                          f"{', '.join(entry['name'] for entry in saved['layers'])}")
@@ -508,8 +530,7 @@ def visualise_from_checkpoints(run_dir: str | Path, layer: str, filter_index: in
     if missing:
         raise FtdynError(f"no checkpoint for epoch {missing[0]} (available: source 0 and "
                          f"{', '.join(map(str, sorted(checkpoints))) or 'none'}); run with --save-every-epoch to keep them all")
-    trainer = Trainer(config, on_event)
-    trainer.prepare()
+    trainer = open_run(run_dir, on_event)
     filters = trainer.layers[[entry.name for entry in trainer.layers].index(layer)]
     if not 0 <= filter_index < feature_map_shape(filters.shape)[0]:
         raise FtdynError(f"layer '{layer}' has no filter {filter_index}")
@@ -521,17 +542,64 @@ def visualise_from_checkpoints(run_dir: str | Path, layer: str, filter_index: in
             checkpoints[epoch], map_location=trainer.device, weights_only=True)["model"]
         trainer.model.load_state_dict(state)
         evidence = FilterEvidence([layer], visualiser.samples)
-        trainer.analysis.run(trainer.model, trainer.probe_loader, trainer.device, observer=evidence)
+        EpochAnalyses(trainer.source, [layer], []).run(trainer.model, trainer.probe_loader, trainer.device,
+                                                       observer=evidence)
         visualiser.render(epoch, evidence, {}, redraw=True)
         on_event("phase", name=f"drew epoch {epoch}")
     visualiser.write_montages(layer, filter_index)
     return wanted
 
 
+def saved_config(run_dir: Path) -> dict[str, Any]:
+    saved = RunReader(run_dir).config()
+    if saved is None:
+        raise FtdynError(f"'{run_dir}' is not an ftdyn run directory (no {CONFIG})")
+    return saved
+
+
+def open_run(run_dir: str | Path, on_event: Event = quiet, data: str | None = None) -> Trainer:
+    """A finished (or running) run's trainer rebuilt from its config.json — data splits, probe set,
+    source model, layers — for work from its checkpoints. ``data`` replaces a moved data folder."""
+    run_dir = Path(run_dir)
+    saved = saved_config(run_dir)
+    settings = dict(saved["run"], vis=False, workers=0, out=str(run_dir))
+    if data is not None:
+        settings["data"] = str(data)
+    trainer = Trainer(RunConfig(**settings), on_event)
+    trainer.prepare()
+    return trainer
+
+
+def model_state(run_dir: Path, epoch: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """A run's model after ``epoch`` (0: the untouched source with the run's new head)."""
+    run_dir = Path(run_dir)
+    saved = saved_config(run_dir)
+    if epoch == 0:
+        model, _ = source_model(RunConfig(**dict(saved["run"], out=str(run_dir))), len(saved["dataset"]["classes"]))
+        return model.to(device).state_dict()
+    checkpoints = available_checkpoints(run_dir)
+    if epoch not in checkpoints:
+        raise FtdynError(f"'{run_dir}' has no checkpoint for epoch {epoch} (available: "
+                         f"{', '.join(map(str, sorted({0, *checkpoints})))}); runs keep every epoch with "
+                         f"--save-every-epoch")
+    return torch.load(checkpoints[epoch], map_location=device, weights_only=True)["model"]
+
+
+def last_epoch(run_dir: Path) -> int:
+    """The newest epoch a checkpoint holds (0 when there is none: the source)."""
+    return max(available_checkpoints(Path(run_dir)), default=0)
+
+
 def available_checkpoints(run_dir: Path) -> dict[int, Path]:
-    """Epoch → checkpoint file, from epoch-NNN.pt, best.pt and last.pt."""
+    """Epoch → checkpoint file, from epoch-NNN.pt, best.pt and last.pt. Links are not followed: a run
+    directory from someone else must not make us read files outside it."""
     found: dict[int, Path] = {}
-    for path in sorted((run_dir / "checkpoints").glob("*.pt")):
+    folder = run_dir / "checkpoints"
+    if folder.is_symlink():
+        return found
+    for path in sorted(folder.glob("*.pt")):
+        if path.is_symlink() or not path.is_file():
+            continue
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # only the epoch is read
         found.setdefault(int(state["epoch"]), path)
     return found

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
+from rich.text import Text
 from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -26,12 +28,16 @@ from ftdyn_tui.model import (
     Workspace,
     accuracy_series,
     correlation_rows,
-    distance_series,
     export_csv,
     filter_images,
     filter_rows,
+    heatmap_text,
     layer_colour,
+    measure_rows,
+    part_series,
     positive_only,
+    result_label,
+    result_summary,
     reusability_rows,
     run_colour,
     smooth,
@@ -65,6 +71,7 @@ class RunsScreen(Screen):
         Binding("enter", "open_dynamics", "Curves"),
         Binding("space", "mark", "Mark for overlay"),
         Binding("f", "open_filters", "Filters"),
+        Binding("t", "open_results", "Transfer"),
         Binding("slash", "search", "Filter runs"),
         Binding("escape", "clear_search", "Clear filter", show=False),
     ]
@@ -182,6 +189,11 @@ class RunsScreen(Screen):
         if run is not None and run.config is not None and not run.problem:
             self.app.push_screen(FilterScreen(run))
 
+    def action_open_results(self) -> None:
+        run = self.current_run()
+        if run is not None and run.config is not None and not run.problem:
+            self.app.push_screen(ResultsScreen(run))
+
 
 # ------------------------------------------------------------------------------------------------
 # Dynamics
@@ -189,17 +201,21 @@ class RunsScreen(Screen):
 
 class DynamicsScreen(Screen):
     BINDINGS = [
+        Binding("a", "next_part", "Analysis"),
         Binding("m", "next_metric", "Metric"),
         Binding("v", "next_view", "View"),
+        Binding("h", "toggle_heatmap", "Heatmap"),
         Binding("l", "toggle_log", "Log y"),
         Binding("s", "cycle_smoothing", "Smooth"),
         Binding("x", "toggle_x", "x: epoch/step"),
         Binding("e", "export", "Export CSV"),
         Binding("f", "open_filters", "Filters"),
+        Binding("t", "open_results", "Transfer"),
         Binding("escape", "app.pop_screen", "Back"),
     ]
     DEFAULT_CSS = """
     DynamicsScreen #distance { width: 2fr; }
+    DynamicsScreen #heatmap { width: 2fr; height: 1fr; overflow: auto auto; }
     DynamicsScreen #side { width: 1fr; min-width: 30; }
     DynamicsScreen #accuracy { height: 12; }
     DynamicsScreen DataTable { height: auto; max-height: 12; }
@@ -208,17 +224,28 @@ class DynamicsScreen(Screen):
     def __init__(self, runs: list[TrackedRun]):
         super().__init__()
         self.runs = runs
-        measures = [m for m in runs[0].measures if all(m in r.measures for r in runs)] or runs[0].measures
-        self.measures = measures
-        self.measure = measures[0]
+        names = [p["name"] for p in runs[0].parts]
+        self.part_names = [n for n in names if all(r.part(n) for r in runs)] or names[:1]
+        self.part = "distance" if "distance" in self.part_names else self.part_names[0]
+        self.choose_part(self.part)
         self.log_y = False
         self.smoothing = 0
         self.x_axis = "epoch"
+        self.heatmap = False
+
+    def choose_part(self, name: str) -> None:
+        """The analysis shown (`a`): its measures common to every run, the first of them in view."""
+        self.part = name
+        first = self.runs[0].part(name)
+        measures = [m for m in first["measures"] if all(m in r.part(name)["measures"] for r in self.runs)]
+        self.measures = measures or first["measures"]
+        self.measure = self.measures[0] if self.measures else ""
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal():
             yield PlotextPlot(id="distance")
+            yield Static(id="heatmap")
             with VerticalScroll(id="side"):
                 yield PlotextPlot(id="accuracy")
                 yield DataTable(id="reuse", cursor_type="none")
@@ -228,6 +255,7 @@ class DynamicsScreen(Screen):
     def on_mount(self) -> None:
         self.query_one("#reuse", DataTable).add_columns("run", "reusability")
         self.query_one("#corr", DataTable).add_columns("Pearson r", "mean ± std", "layers")
+        self.query_one("#heatmap").display = False
         self.redraw()
 
     def on_screen_resume(self) -> None:
@@ -238,8 +266,32 @@ class DynamicsScreen(Screen):
 
     def redraw(self) -> None:
         """The curves first; the side panel after that frame, so a new epoch shows at once."""
-        self.draw_distances()
+        self.draw_main()
         self.call_after_refresh(self.draw_side)
+
+    def draw_main(self) -> None:
+        heat = self.query_one("#heatmap", Static)
+        plot = self.query_one("#distance")
+        heat.display, plot.display = self.heatmap, not self.heatmap
+        if self.heatmap:
+            self.draw_heatmap()
+        else:
+            self.draw_distances()
+
+    def draw_heatmap(self) -> None:
+        """Row × epoch, colour = value, one block per run (all on their own scale, stated under each)."""
+        from rich.console import Group
+
+        widget = self.query_one("#heatmap", Static)
+        width = max(40, widget.size.width or self.size.width * 2 // 3)
+        blocks = []
+        for run in self.runs:
+            declaration = run.part(self.part)
+            epochs, matrix = run.matrix(self.measure, self.part)
+            title = f"{run.name} · {self.part} · {self.measure}" if len(self.runs) > 1 else f"{self.part} · {self.measure}"
+            blocks.append(heatmap_text(measure_rows(declaration, self.measure), [str(e) for e in epochs], matrix.T,
+                                       width, title=title, unit=declaration.get("unit", "")))
+        widget.update(Group(*blocks))
 
     def draw_side(self) -> None:
         self.draw_accuracy()
@@ -255,18 +307,18 @@ class DynamicsScreen(Screen):
         points = 0
         for run in self.runs:
             hue = run_colour(run) if overlay else None
-            for depth, layer in enumerate(run.layers):
-                xs, ys = distance_series(run, self.measure, layer, self.x_axis)
+            rows = measure_rows(run.part(self.part), self.measure)
+            for depth, row in enumerate(rows):
+                xs, ys = part_series(run, self.part, self.measure, row, self.x_axis)
                 ys = smooth(ys, SMOOTHING_STEPS[self.smoothing])
                 if self.log_y:
                     xs, ys = positive_only(xs, ys)
                 if xs:
-                    label = f"{run.name} · {layer}" if overlay else layer
-                    plt.plot(xs, ys, label=label, color=layer_colour(hue, depth, len(run.layers)),
-                             marker="braille")
+                    label = f"{run.name} · {row}" if overlay else row
+                    plt.plot(xs, ys, label=label, color=layer_colour(hue, depth, len(rows)), marker="braille")
                     points += len(xs)
         plt.yscale("log" if self.log_y else "linear")
-        options = [self.measure]
+        options = [self.measure if self.part == "distance" else f"{self.part} · {self.measure}"]
         if self.log_y:
             options.append("log y (epoch 0 = 0 not drawn)")
         if self.smoothing:
@@ -294,14 +346,32 @@ class DynamicsScreen(Screen):
         widget.refresh()
 
     def fill_tables(self) -> None:
+        """Reusability and measure correlations are feature-distance summaries (paper Table 2)."""
         reuse = self.query_one("#reuse", DataTable)
         reuse.clear()
-        for row in reusability_rows(self.runs, self.measure):
-            reuse.add_row(*row)
         corr = self.query_one("#corr", DataTable)
         corr.clear()
+        reuse.display = corr.display = self.part == "distance"
+        if self.part != "distance":
+            return
+        for row in reusability_rows(self.runs, self.measure):
+            reuse.add_row(*row)
         for row in correlation_rows(self.runs):
             corr.add_row(*row)
+
+    def action_next_part(self) -> None:
+        if len(self.part_names) < 2:
+            self.notify("This run records one analysis (feature distance); newer runs add parameter drift.")
+            return
+        self.choose_part(self.part_names[(self.part_names.index(self.part) + 1) % len(self.part_names)])
+        self.redraw()
+
+    def action_toggle_heatmap(self) -> None:
+        self.heatmap = not self.heatmap
+        self.draw_main()
+
+    def action_open_results(self) -> None:
+        self.app.push_screen(ResultsScreen(self.runs[0]))
 
     def action_next_metric(self) -> None:
         view = self.measure.rpartition("@")[2]
@@ -317,19 +387,20 @@ class DynamicsScreen(Screen):
 
     def action_toggle_log(self) -> None:
         self.log_y = not self.log_y
-        self.draw_distances()
+        self.draw_main()
 
     def action_cycle_smoothing(self) -> None:
         self.smoothing = (self.smoothing + 1) % len(SMOOTHING_STEPS)
-        self.draw_distances()
+        self.draw_main()
 
     def action_toggle_x(self) -> None:
         self.x_axis = "step" if self.x_axis == "epoch" else "epoch"
-        self.draw_distances()
+        self.draw_main()
 
     def action_export(self) -> None:
-        target = self.runs[0].path / f"export-{self.measure.replace('@', '_').replace(':', '')}.csv"
-        target.write_text(export_csv(self.runs, self.measure))
+        prefix = "" if self.part == "distance" else f"{self.part}-"
+        target = self.runs[0].path / f"export-{prefix}{self.measure.replace('@', '_').replace(':', '')}.csv"
+        target.write_text(export_csv(self.runs, self.measure, self.part))
         self.notify(f"wrote {target}")
 
     def action_open_filters(self) -> None:
@@ -471,6 +542,79 @@ class FilterScreen(Screen):
 
 
 # ------------------------------------------------------------------------------------------------
+# Post-hoc results
+
+
+class ResultsScreen(Screen):
+    """A run's post-hoc analyses (`ftdyn transfer …`), each drawn from its declared display: a
+    curve (loss barrier: loss and error over λ) or a matrix (criticality: module × α heatmap)."""
+
+    AUTO_FOCUS = "#results"
+    BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
+    DEFAULT_CSS = """
+    ResultsScreen #results { width: 40; }
+    ResultsScreen #result-plot { height: 1fr; }
+    ResultsScreen #result-matrix { height: auto; }
+    ResultsScreen #result-text { height: auto; max-height: 14; }
+    """
+
+    def __init__(self, run: TrackedRun):
+        super().__init__()
+        self.tracked = run
+        self.results = run.results
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal():
+            yield OptionList(*[Text(result_label(r)) for r in self.results], id="results")
+            with Vertical():
+                yield PlotextPlot(id="result-plot")
+                yield Static(id="result-matrix")
+                yield Static(id="result-text")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        if not self.results:
+            self.query_one("#result-plot").display = self.query_one("#result-matrix").display = False
+            self.query_one("#result-text", Static).update(Text(
+                f"No post-hoc analyses in {self.tracked.path} yet. `ftdyn transfer barrier RUN [RUN2]` and "
+                f"`ftdyn transfer criticality RUN` write them into RUN/analyses/."))
+            return
+        self.show(0)
+
+    @on(OptionList.OptionHighlighted, "#results")
+    def chosen(self, event: OptionList.OptionHighlighted) -> None:
+        self.show(event.option_index)
+
+    def show(self, index: int) -> None:
+        result = self.results[index]
+        plot, matrix = self.query_one("#result-plot", PlotextPlot), self.query_one("#result-matrix", Static)
+        plot.display = result.get("display") == "curve"
+        matrix.display = result.get("display") == "matrix"
+        if plot.display:
+            plt = plot.plt
+            plt.clear_data()
+            plt.clear_figure()
+            xs = result.get("x", [])
+            for (name, ys), colour in zip((result.get("series") or {}).items(),
+                                          ("blue", "red", "green", "orange", "magenta", "cyan")):
+                points = [(x, y) for x, y in zip(xs, ys) if isinstance(y, (int, float))]
+                if points:
+                    plt.plot([p[0] for p in points], [p[1] for p in points], label=name.replace("_", " "),
+                             color=colour, marker="braille")
+            plt.title(str(result.get("title", "")))
+            plt.xlabel(str(result.get("x_label", "")))
+            plot.refresh()
+        if matrix.display:
+            columns = [f"{c:.2g}" if isinstance(c, float) else str(c) for c in result.get("columns", [])]
+            matrix.update(heatmap_text([str(r) for r in result.get("rows", [])], columns,
+                                       np.array(result.get("values") or [[]], dtype=np.float64),
+                                       max(40, self.size.width - 44), title=str(result.get("title", "")),
+                                       unit=str(result.get("value_label", ""))))
+        self.query_one("#result-text", Static).update(Text("\n".join(result_summary(result))))
+
+
+# ------------------------------------------------------------------------------------------------
 # Help and the app
 
 
@@ -486,12 +630,17 @@ HELP = """\
 | | `space` | mark a run for overlay |
 | | `f` | filters of the highlighted run |
 | | `/` | filter the list; `escape` clears |
-| curves | `m` / `v` | next metric / next view |
+| | `t` | post-hoc analyses of the highlighted run (loss barrier, criticality) |
+| curves | `a` | next analysis (feature distance, parameter drift, …) |
+| | `m` / `v` | next metric / next view (drift: relative or absolute / block groups or hooked layers) |
+| | `h` | heatmap: rows × epochs, colour = value |
 | | `l` | log y (the exact zeros of epoch 0 are left out) |
 | | `s` | smoothing 0 → 0.6 → 0.9 |
 | | `x` | x axis: epoch or optimiser step |
 | | `e` | export the curves as CSV into the run directory |
 | | `f` | filters of the first run |
+| | `t` | post-hoc analyses of the first run |
+| transfer | `↑` `↓` | choose a result: a barrier's curves or criticality's module × α heatmap |
 | filters | `←` `→` | epoch |
 | | `c` | next class (or sample image) |
 | | `k` | class-based / sample-based |

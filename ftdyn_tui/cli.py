@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -122,6 +123,10 @@ def run(
     layer_decay: float = typer.Option(0.9, "--layer-decay", help="discriminative: rate factor per group below the head."),
     warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", min=0.0, help="discriminative: linear warm-up "
                                                                              "from 0 over this many epochs."),
+    analyses: Optional[list[str]] = typer.Option(None, "--analyses", help="Analyses measured every epoch, "
+                                                 "comma-separated: distance (feature distance per layer), drift "
+                                                 "(parameter drift per module) (default: both). Barrier and "
+                                                 "criticality run afterwards: `ftdyn transfer --help`."),
     tui: bool = typer.Option(False, "--tui", help="Train in the background (log: RUN/train.log) and open the "
                                                   "TUI on the run; quitting the TUI leaves training running."),
 ) -> None:
@@ -135,6 +140,7 @@ def run(
                           f"re-attaches, {out_dir / 'train.log'} has its output")
             return
         fail(f"training stopped before it started: {last_line(out_dir / 'train.log')}")
+    from engine.analyses.parts import parse_analyses
     from engine.errors import FtdynError
     from engine.training import RunConfig, apply_preset, run_training
 
@@ -156,7 +162,7 @@ def run(
                 val_fraction=val_fraction, save_every_epoch=save_every_epoch, preset=preset.value if preset else None,
                 vis=vis, vis_epochs=parse_epochs(vis_epochs), vis_filters=vis_filters, vis_k=vis_k,
                 strategy=strategy.value, train_blocks=split_list(train_blocks) or [], layer_decay=layer_decay,
-                warmup_epochs=warmup_epochs)
+                warmup_epochs=warmup_epochs, analyses=parse_analyses(split_list(analyses)))
             config = apply_preset(config, explicit)
         with TrainingProgress() as progress:
             path = run_training(config, resume=resume, on_event=progress.event)
@@ -234,6 +240,7 @@ def resumed_config(out_dir: Path, data: Optional[Path], epochs: Optional[int], d
         raise FtdynError(f"nothing to resume in '{out_dir}' (no config.json); start it without --resume")
     settings = dict(saved["run"], epochs=epochs or saved["run"]["epochs"], device=device, workers=workers,
                     out=str(out_dir), data=str(data) if data else saved["run"]["data"])
+    settings.setdefault("analyses", ["distance"])  # a schema-1 run measured feature distances only
     return RunConfig(**settings)
 
 
@@ -269,6 +276,11 @@ class TrainingProgress:
             if key not in self.tasks:
                 self.tasks[key] = self.progress.add_task(f"generating {info['domain']}", total=info["total"], info="")
             self.progress.update(self.tasks[key], completed=info["done"])
+        elif kind == "progress":
+            key = ("progress", info["task"])
+            if key not in self.tasks:
+                self.tasks[key] = self.progress.add_task(info["task"], total=info["total"], info="")
+            self.progress.update(self.tasks[key], completed=info["done"], info=info.get("info", ""))
         elif kind == "sweep":
             verb = "resuming" if info["resume"] else "starting"
             self.progress.console.print(f"[bold]sweep {info['index']}/{info['total']}[/]: {verb} {info['name']}")
@@ -487,6 +499,98 @@ def report(
         print_tables(tables)
 
 
+transfer = typer.Typer(
+    help="What was transferred (Neyshabur et al. 2020), from a run's checkpoints: the loss barrier between two "
+         "models and module criticality. Results go to RUN/analyses/ and show in `ftdyn report` and the TUI.",
+    no_args_is_help=True)
+app.add_typer(transfer, name="transfer")
+
+TRAIN_IMAGES_HELP = "Training images the train loss/error is measured on (a seeded subset; 0: all)."
+BN_BATCHES_HELP = ("Training batches BatchNorm statistics are re-estimated on, wherever the weights differ from a "
+                   "trained model's.")
+DATA_HELP = "The run's data folder, if it has moved since training."
+
+
+@transfer.command("barrier")
+def transfer_barrier(
+    first: str = typer.Argument(..., help="RUN or RUN@EPOCH (default: the newest checkpoint)."),
+    second: Optional[str] = typer.Argument(None, help="RUN or RUN@EPOCH to interpolate to. Left out: the first "
+                                                      "run's source backbone → its epoch, with that epoch's head."),
+    points: int = typer.Option(11, "--points", min=2, help="λ grid points over [0, 1], endpoints included."),
+    train_images: int = typer.Option(2048, "--train-images", min=0, help=TRAIN_IMAGES_HELP),
+    bn_batches: int = typer.Option(20, "--bn-batches", min=1, help=BN_BATCHES_HELP),
+    data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP),
+    fmt: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table, csv or json."),
+) -> None:
+    """Loss and error along θ(λ) = (1 − λ)·A + λ·B on the held-out and training splits, and the barrier
+    max_λ [value(λ) − straight line between the endpoints]. Both endpoints must be the same architecture
+    trained on the same classes. Written to A/analyses/barrier-*.json."""
+    from engine.analyses.barrier import run_barrier
+
+    result, path = run_posthoc(lambda on_event: run_barrier(first, second, points, train_images, bn_batches,
+                                                      str(data) if data else None, on_event))
+    emit_posthoc(result, path, fmt)
+
+
+@transfer.command("criticality")
+def transfer_criticality(
+    run_ref: str = typer.Argument(..., metavar="RUN", help="RUN or RUN@EPOCH (default: the newest checkpoint)."),
+    points: int = typer.Option(11, "--points", min=2, help="α grid points over [0, 1]."),
+    epsilon: float = typer.Option(0.01, "--epsilon", min=0.0, help="Tolerance ε on the train error: a rewound "
+                                                                    "module is harmless while Err ≤ final Err + ε."),
+    noise_draws: int = typer.Option(0, "--noise-draws", min=0, help="K > 0 also computes Chatterji et al.'s "
+                                    "criticality μ with K Gaussian noise draws per (α, σ) grid point."),
+    sigmas: Optional[list[str]] = typer.Option(None, "--sigmas", help="σ grid for μ, comma-separated, each in (0, 1] "
+                                               "(default: 0.001 … 1, ten points)."),
+    train_images: int = typer.Option(2048, "--train-images", min=0, help=TRAIN_IMAGES_HELP),
+    bn_batches: int = typer.Option(20, "--bn-batches", min=1, help=BN_BATCHES_HELP),
+    data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP),
+    fmt: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table, csv or json."),
+) -> None:
+    """Rewind one block group at a time to (1 − α)·θ⁰ + α·θᵀ, every other module final: train error per
+    module and α (a module × α heatmap), the smallest α within ε of the final error, and with
+    --noise-draws the criticality μ. Written to RUN/analyses/criticality-e*.json."""
+    from engine.analyses.criticality import DEFAULT_SIGMAS, run_criticality
+
+    try:
+        grid = tuple(float(v) for v in split_list(sigmas)) if sigmas else DEFAULT_SIGMAS
+    except ValueError:
+        fail("--sigmas takes numbers in (0, 1], comma-separated")
+    result, path = run_posthoc(lambda on_event: run_criticality(run_ref, points, epsilon, noise_draws, grid, train_images,
+                                                          bn_batches, str(data) if data else None, on_event))
+    emit_posthoc(result, path, fmt)
+
+
+def run_posthoc(work) -> tuple[dict, Path]:
+    """Run a post-hoc analysis under a progress bar; every refusal is one line."""
+    from engine.errors import FtdynError
+
+    try:
+        with TrainingProgress() as progress:
+            result, path = work(progress.event)
+    except (FtdynError, ValueError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: nothing was written")
+        raise typer.Exit(130)
+    console.print(f"[green]wrote[/] {escape(str(path))}")
+    for note in result.get("notes", []):
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    return result, path
+
+
+def emit_posthoc(result: dict, path: Path, fmt: "ReportFormat") -> None:
+    from engine.report import posthoc_tables
+
+    tables = posthoc_tables([(path.parent.parent.name, result)])
+    if fmt == ReportFormat.json:
+        out.print_json(json.dumps(result))
+    elif fmt == ReportFormat.csv:
+        sys.stdout.write(tables_as_csv(tables))
+    else:
+        print_posthoc(tables)
+
+
 def tables_as_csv(tables: dict[str, list[dict]]) -> str:
     """All tables in one CSV stream, each preceded by a '# name' line (nested cells as JSON)."""
     buffer = io.StringIO()
@@ -533,13 +637,68 @@ def print_tables(tables: dict[str, list[dict]]) -> None:
                 [[r["run"], str(r["strategy"]), ", ".join(f"{k}={v}" for k, v in r["parameters"].items()) or "—",
                   ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in r["learning_rates"].items()) or "—"] for r in tables["strategies"]])
-    by_layer: dict[tuple, dict[int, float]] = {}
-    for row in tables["layers"]:
-        by_layer.setdefault((row["run"], row["measure"], row["layer"]), {})[row["epoch"]] = row["value"]
-    epochs = sorted({row["epoch"] for row in tables["layers"]})
-    print_table("Layer distance by epoch (early → deep)", ["run", "measure", "layer"] + [str(e) for e in epochs],
-                [[run, measure, layer, *[fmt_number(series.get(e)) for e in epochs]]
-                 for (run, measure, layer), series in by_layer.items()])
+    print_by_epoch("Layer distance by epoch (early → deep)", ["run", "measure", "layer"], tables["layers"],
+                   ("run", "measure", "layer"))
+    if tables["series"]:
+        print_by_epoch("Other analyses by epoch (drift: ‖θᵗ − θ⁰‖ per module; BatchNorm statistics left out)",
+                       ["run", "analysis", "measure", "module"], tables["series"], ("run", "analysis", "measure", "row"))
+    print_posthoc(tables)
+
+
+def print_by_epoch(title: str, columns: list[str], rows: list[dict], keys: tuple[str, ...]) -> None:
+    """A long table (one row per key and epoch) printed wide: one line per key, one column per epoch."""
+    wide: dict[tuple, dict[int, float]] = {}
+    for row in rows:
+        wide.setdefault(tuple(row[k] for k in keys), {})[row["epoch"]] = row["value"]
+    epochs = sorted({row["epoch"] for row in rows})
+    print_table(title, columns + [str(e) for e in epochs],
+                [[*map(str, key), *[fmt_number(series.get(e)) for e in epochs]] for key, series in wide.items()])
+
+
+def print_posthoc(tables: dict[str, list[dict]]) -> None:
+    """Barrier numbers with their curves drawn, and criticality as a module × α table."""
+    if tables.get("barrier"):
+        names = ("held_out_loss", "held_out_error", "train_loss", "train_error")
+        print_table("Loss barrier: max over λ of the value above the line between the endpoints",
+                    ["run", "A", "B", *[n.replace("_", " ") for n in names]],
+                    [[r["run"], str(r["A"]), str(r["B"]), *[fmt_number(r.get(f"barrier_{n}")) for n in names]]
+                     for r in tables["barrier"]])
+        curves: dict[tuple, list[dict]] = {}
+        for row in tables["barrier_curve"]:
+            curves.setdefault((row["run"], row["A"], row["B"]), []).append(row)
+        for (run, a, b), rows in curves.items():
+            out.print(curve_text(f"{run}: A = {a} → B = {b}", [r["lambda"] for r in rows],
+                                 {n.replace("_", " "): [r[n] for r in rows] for n in names}, "λ"))
+    if tables.get("criticality"):
+        alphas = sorted({row["alpha"] for row in tables["criticality_curve"]})
+        grid: dict[tuple, dict[float, float]] = {}
+        for row in tables["criticality_curve"]:
+            grid.setdefault((row["run"], row["module"]), {})[row["alpha"]] = row["train_error"]
+        summary = {(r["run"], r["module"]): r for r in tables["criticality"]}
+        print_table("Module criticality: train error after rewinding one module to (1 − α)·θ⁰ + α·θᵀ",
+                    ["run", "module", *[f"α={a:.2g}" for a in alphas], "smallest α within ε", "μ"],
+                    [[run, module, *[fmt_number(values.get(a)) for a in alphas],
+                      fmt_number(summary.get((run, module), {}).get("alpha_min"), 2),
+                      fmt_number(summary.get((run, module), {}).get("mu"), 3)]
+                     for (run, module), values in grid.items()])
+
+
+def curve_text(title: str, xs: list[float], series: dict[str, list[float]], x_label: str,
+               width: int = 78, height: int = 16):
+    """A small terminal plot (plotext) of a few curves over one axis."""
+    import plotext as plt
+    from rich.text import Text
+
+    plt.clear_figure()
+    plt.plotsize(width, height)
+    plt.theme("clear")
+    for (name, ys), colour in zip(series.items(), ("blue", "red", "green", "orange", "magenta", "cyan")):
+        points = [(x, y) for x, y in zip(xs, ys) if y is not None]
+        if points:
+            plt.plot([p[0] for p in points], [p[1] for p in points], label=name, marker="braille", color=colour)
+    plt.title(title)
+    plt.xlabel(x_label)
+    return Text.from_ansi(plt.build())
 
 
 def main() -> None:

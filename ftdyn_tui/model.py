@@ -17,12 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from engine.analyses import declared_parts, measure_rows, part_value, read_results, series_matrix
 from engine.record import VIS_INDEX, JsonlFollower, RunReader, RunSnapshot, effective_state, find_runs
 from engine.report import (
     correlation_row,
-    distance_matrix,
     layer_correlations,
-    layer_value,
     measure_pairs,
     reusability,
 )
@@ -59,16 +58,34 @@ class TrackedRun:
     def vis(self) -> list[dict[str, Any]]:
         return self._vis.items
 
-    def matrix(self, measure: str) -> tuple[np.ndarray, np.ndarray]:
-        """(epoch numbers, epochs × layers distances) of ``measure``, extended as epochs arrive."""
+    def matrix(self, measure: str, part: str = "distance") -> tuple[np.ndarray, np.ndarray]:
+        """(epoch numbers, epochs × rows) values of ``measure`` of the analysis ``part`` (rows: the
+        layers or modules it declares), extended as epochs arrive."""
         epochs = self.epochs
-        cached_rows, matrix = self._matrices.get(measure, (0, np.empty((0, len(self.layers)))))
+        declaration = self.part(part)
+        if declaration is None:
+            return np.empty(0, dtype=np.int64), np.empty((0, 0))
+        width = len(measure_rows(declaration, measure))
+        cached_rows, matrix = self._matrices.get((part, measure), (0, np.empty((0, width))))
         if cached_rows > len(epochs):  # the record was rewritten by a resume: start over
-            cached_rows, matrix = 0, np.empty((0, len(self.layers)))
+            cached_rows, matrix = 0, np.empty((0, width))
         if cached_rows < len(epochs):
-            matrix = np.vstack([matrix, distance_matrix(epochs[cached_rows:], self.layers, measure)])
-            self._matrices[measure] = (len(epochs), matrix)
+            matrix = np.vstack([matrix, series_matrix(epochs[cached_rows:], declaration, measure)])
+            self._matrices[(part, measure)] = (len(epochs), matrix)
         return np.array([r["epoch"] for r in epochs], dtype=np.int64), matrix
+
+    @property
+    def parts(self) -> list[dict[str, Any]]:
+        """The analyses recorded every epoch (feature distances alone for schema-1 runs)."""
+        return declared_parts(self.config)
+
+    def part(self, name: str) -> dict[str, Any] | None:
+        return next((p for p in self.parts if p.get("name") == name), None)
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        """Post-hoc results (RUN/analyses/*.json): loss barriers, module criticality."""
+        return read_results(self.path)
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -152,21 +169,30 @@ class Workspace:
 # Series
 
 
-def distance_series(run: TrackedRun, measure: str, layer: str, x_axis: str = "epoch") -> tuple[list[float], list[float]]:
-    """The layer's distance over epochs (x = epoch), or over optimiser steps including the
-    every-N-steps records (x = step). Points where the layer had no live filter are skipped."""
+def part_series(run: TrackedRun, part: str, measure: str, row: str,
+                x_axis: str = "epoch") -> tuple[list[float], list[float]]:
+    """One row's values (a layer's distance, a module's drift) over epochs (x = epoch), or over
+    optimiser steps including the every-N-steps records (x = step). Unmeasured points are skipped."""
+    declaration = run.part(part)
+    if declaration is None or row not in measure_rows(declaration, measure):
+        return [], []
     if x_axis == "epoch":
-        epochs, matrix = run.matrix(measure)
-        column = matrix[:, run.layers.index(layer)]
+        epochs, matrix = run.matrix(measure, part)
+        column = matrix[:, measure_rows(declaration, measure).index(row)]
         live = ~np.isnan(column)
         return epochs[live].astype(float).tolist(), column[live].tolist()
     xs, ys = [], []
     for record in run.records:
-        value = layer_value(record, layer, measure)
+        value = part_value(record, declaration, measure, row)
         if value is not None:
             xs.append(float(record["step"]))
             ys.append(float(value))
     return xs, ys
+
+
+def distance_series(run: TrackedRun, measure: str, layer: str, x_axis: str = "epoch") -> tuple[list[float], list[float]]:
+    """A layer's feature distance over epochs or steps (see :func:`part_series`)."""
+    return part_series(run, "distance", measure, layer, x_axis)
 
 
 def smooth(values: list[float], weight: float) -> list[float]:
@@ -296,15 +322,118 @@ def filter_images(run: TrackedRun, layer: str, index: int) -> dict[tuple[str, st
     return found
 
 
-def export_csv(runs: list[TrackedRun], measure: str) -> str:
-    """Every (run, layer, epoch) distance of ``measure``, plus accuracy, as CSV."""
+def export_csv(runs: list[TrackedRun], measure: str, part: str = "distance") -> str:
+    """Every (run, row, epoch) value of ``measure`` of the analysis ``part``, plus accuracy, as CSV."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["run", "measure", "layer", "epoch", "step", "distance", "held_out_accuracy"])
+    writer.writerow(["run", "analysis", "measure", "row", "epoch", "step", "value", "held_out_accuracy"])
     for run in runs:
+        declaration = run.part(part)
+        if declaration is None:
+            continue
         for record in run.epochs:
-            for layer in run.layers:
-                writer.writerow([run.name, measure, layer, record["epoch"], record["step"],
-                                 layer_value(record, layer, measure),
+            for row in measure_rows(declaration, measure):
+                writer.writerow([run.name, part, measure, row, record["epoch"], record["step"],
+                                 part_value(record, declaration, measure, row),
                                  (record.get("held_out") or {}).get("accuracy")])
     return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------
+# Heatmaps (rows × columns, colour = value), drawn as text so they work in any terminal
+
+
+# Viridis at nine stops: ordered in lightness, readable by colour-blind viewers.
+HEAT_RAMP = ((68, 1, 84), (72, 40, 120), (62, 74, 137), (49, 104, 142), (38, 130, 142), (31, 158, 137),
+             (53, 183, 121), (109, 205, 89), (180, 222, 44))
+
+
+def heat_colour(value: float, low: float, high: float) -> tuple[int, int, int]:
+    t = 0.0 if high <= low else min(1.0, max(0.0, (value - low) / (high - low)))
+    position = t * (len(HEAT_RAMP) - 1)
+    i = min(int(position), len(HEAT_RAMP) - 2)
+    f = position - i
+    a, b = HEAT_RAMP[i], HEAT_RAMP[i + 1]
+    return tuple(round(a[k] + f * (b[k] - a[k])) for k in range(3))
+
+
+def heatmap_text(row_labels: list[str], column_labels: list[str], matrix: np.ndarray, width: int = 80,
+                 title: str = "", unit: str = "") -> "Text":
+    """A row × column heatmap as Rich text: one coloured cell per value (blank where unmeasured),
+    columns thinned evenly when they do not fit ``width``, and the colour scale with its range."""
+    from rich.text import Text
+
+    matrix = np.asarray(matrix, dtype=np.float64)
+    label_width = min(24, max([len(label) for label in row_labels] + [4]))
+    room = max(8, width - label_width - 2)
+    columns = list(range(len(column_labels)))
+    cell = 3 if len(columns) * 3 <= room else 2 if len(columns) * 2 <= room else 1
+    if len(columns) * cell > room:  # thin the columns, keeping the first and the last
+        keep = np.unique(np.linspace(0, len(columns) - 1, room // cell).round().astype(int))
+        columns = keep.tolist()
+    finite = matrix[np.isfinite(matrix)] if matrix.size else np.empty(0)
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    text = Text(no_wrap=True, overflow="crop")
+    if title:
+        text.append(title + "\n", style="bold")
+    if cell > 1:
+        header = "".join(f"{column_labels[c]:>{cell}}"[-cell:] for c in columns)
+    else:  # one character per column: the first and last labels at the ends
+        first, last = str(column_labels[columns[0]]), str(column_labels[columns[-1]])
+        header = first + last.rjust(max(0, len(columns) - len(first)))
+    header = " " * (label_width + 1) + header
+    text.append(header + "\n", style="dim")
+    for i, label in enumerate(row_labels):
+        text.append(f"{label[-label_width:]:>{label_width}} ")
+        for c in columns:
+            value = matrix[i, c] if i < matrix.shape[0] and c < matrix.shape[1] else np.nan
+            if np.isfinite(value):
+                r, g, b = heat_colour(float(value), low, high)
+                text.append(" " * cell, style=f"on rgb({r},{g},{b})")
+            else:
+                text.append("·".center(cell), style="dim")
+        text.append("\n")
+    text.append(" " * (label_width + 1))
+    text.append(f"{low:.3g} ")
+    for k in range(len(HEAT_RAMP)):
+        r, g, b = HEAT_RAMP[k]
+        text.append("  ", style=f"on rgb({r},{g},{b})")
+    text.append(f" {high:.3g}" + (f"  {unit}" if unit else ""))
+    return text
+
+
+# ------------------------------------------------------------------------------------------------
+# Post-hoc results (RUN/analyses/*.json)
+
+
+def result_label(result: dict[str, Any]) -> str:
+    """One line naming a result in a list: what it is and between what."""
+    if result.get("problem"):
+        return f"{result.get('file')}: {result['problem']}"
+    ends = result.get("endpoints")
+    if ends:
+        return f"{result.get('name')}: {ends.get('A')} → {ends.get('B')}"
+    epoch = (result.get("settings") or {}).get("epoch")
+    return f"{result.get('name')}" + (f" @ epoch {epoch}" if epoch is not None else "")
+
+
+def result_summary(result: dict[str, Any]) -> list[str]:
+    """What a result says in numbers, a line each (barriers, smallest α per module, notes)."""
+    lines = []
+    for name, value in (result.get("barriers") or {}).items():
+        lines.append(f"barrier {name.replace('_', ' ')}: {value:.4f}" if isinstance(value, (int, float))
+                     else f"barrier {name}: —")
+    if result.get("summary"):
+        epsilon = (result.get("settings") or {}).get("epsilon")
+        final = result.get("final_train_error")
+        if isinstance(final, (int, float)):
+            lines.append(f"final train error {final:.3f}; smallest α with error ≤ final + ε (ε = {epsilon}):")
+        for module, summary in result["summary"].items():
+            alpha, mu = (summary or {}).get("alpha_min"), (summary or {}).get("mu")
+            lines.append(f"  {module}: α {'—' if alpha is None else f'{alpha:.2f}'}"
+                         + ("" if mu is None else f"  μ {mu:.3g}"))
+    settings = result.get("settings") or {}
+    if settings:
+        lines.append("settings: " + ", ".join(f"{k} {v}" for k, v in settings.items() if not isinstance(v, list)))
+    lines += [f"note: {note}" for note in result.get("notes", [])]
+    return lines

@@ -80,7 +80,7 @@ async def test_dynamics_screen_keys_and_overlay(runs_dir):
         assert table_rows(screen, "#corr")
         await pilot.press("e")
         exported = runs_dir / "alpha" / "export-procrustes_filter.csv"
-        assert exported.read_text().startswith("run,measure,layer,epoch")
+        assert exported.read_text().startswith("run,analysis,measure,row,epoch")
         await pilot.press("f")
         assert isinstance(app.screen, FilterScreen)
         await pilot.press("escape", "escape")

@@ -1,0 +1,118 @@
+"""Analyses as parts: everything ftdyn measures beyond training, one file per analysis.
+
+An analysis is a *part*. Each part says five things, and nothing else in ftdyn needs to know it:
+
+1. **name** — what `--analyses` selects and what the run record calls it (`distance`, `drift`, …).
+2. **when** — ``"epoch"``: at the end of every epoch (and every ``--every-steps`` N steps) from
+   the live source and tuned models; ``"posthoc"``: afterwards, from checkpoints, by a command
+   (`ftdyn transfer barrier`, `ftdyn transfer criticality`).
+3. **what it needs** — an epoch part that sets ``uses_probe`` receives every hooked layer's paired
+   activations (source, tuned) batch by batch from *one* forward pass over the probe set, shared
+   by every part and by the visualisations; a part that does not (parameter drift) is not sent them.
+4. **what it writes** — an epoch part returns its own section of the epoch record
+   (``record[section]``); a post-hoc part writes its own file ``RUN/analyses/<name>-<tag>.json``.
+5. **how it is shown** — its *declaration*, written into ``config.json`` (epoch parts) or into its
+   result file (post-hoc parts), tells the TUI and ``ftdyn report`` how to draw it with no code of
+   their own: ``series`` (a value per row and measure, every epoch: curves and a row × epoch
+   heatmap), ``curve`` (y series over one x axis) or ``matrix`` (a row × column heatmap).
+
+An epoch part is a class with ``name``, ``section``, ``uses_probe`` and three methods::
+
+    declaration() -> dict           # {"title", "unit", "measures", "rows": {view: [row, …]}, "note"}
+    observe(layer, source, tuned)   # per probe batch, only when uses_probe
+    finish() -> dict                # the record section; called once per measurement
+
+Series sections are laid out ``section[view][metric][row] = value`` for a measure ``metric@view``
+(drift: ``relative@groups`` → ``record["drift"]["groups"]["relative"]["layer3"]``). Feature
+distances keep the schema-1 layout ``record["layers"][layer][view]["values"][metric]`` so runs
+recorded before parts existed read unchanged; their declaration says so (``"layout": "layers"``).
+
+To add an analysis: write ``engine/analyses/<name>.py`` with its definition (ANALYSES.md section)
+in the docstring and a class as above, and list it in :mod:`engine.analyses.parts`. The loop,
+the record, the TUI and the report need no change.
+
+This module imports no torch: the TUI reads declarations and sections through it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = "analyses"  # RUN/analyses/<name>-<tag>.json: post-hoc results
+DISPLAY_KINDS = ("series", "curve", "matrix")
+
+
+def distance_declaration(measures: list[str], layers: list[str]) -> dict[str, Any]:
+    """The feature-distance part's declaration (also synthesised for schema-1 runs)."""
+    views = list(dict.fromkeys(m.rpartition("@")[2] for m in measures))
+    return {"name": "distance", "when": "epoch", "section": "layers", "layout": "layers", "display": "series",
+            "title": "feature distance to the source model", "unit": "distance (0 = identical)",
+            "measures": list(measures), "rows": {view: list(layers) for view in views}, "row_kind": "layer"}
+
+
+def declared_parts(config: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The epoch parts a run recorded, in order; schema-1 runs recorded feature distances only."""
+    config = config or {}
+    parts = config.get("analyses")
+    if isinstance(parts, list) and parts:
+        return [p for p in parts if isinstance(p, dict) and p.get("display") == "series"]
+    measures = [m.get("label") for m in config.get("measures", []) if isinstance(m, dict)]
+    layers = [layer.get("name") for layer in config.get("layers", []) if isinstance(layer, dict)]
+    return [distance_declaration([m for m in measures if isinstance(m, str)],
+                                 [n for n in layers if isinstance(n, str)])]
+
+
+def measure_rows(part: dict[str, Any], measure: str) -> list[str]:
+    """The rows (layers, modules) a measure of ``part`` has a value for."""
+    return list((part.get("rows") or {}).get(measure.rpartition("@")[2], []))
+
+
+def part_value(record: dict[str, Any], part: dict[str, Any], measure: str, row: str) -> float | None:
+    """One value of a series part in one record, or None where it was not measured."""
+    metric, _, view = measure.rpartition("@")
+    section = record.get(part.get("section", part.get("name", ""))) or {}
+    if not isinstance(section, dict):
+        return None
+    if part.get("layout") == "layers":
+        value = ((section.get(row) or {}).get(view) or {}).get("values", {}).get(metric)
+    else:
+        value = ((section.get(view) or {}).get(metric) or {}).get(row)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def series_matrix(records: list[dict[str, Any]], part: dict[str, Any], measure: str) -> "np.ndarray":
+    """(records × rows) values of one measure of a series part; NaN where nothing was measured."""
+    import numpy as np
+
+    rows = measure_rows(part, measure)
+    matrix = np.full((len(records), len(rows)), np.nan)
+    for i, record in enumerate(records):
+        for j, row in enumerate(rows):
+            value = part_value(record, part, measure, row)
+            if value is not None:
+                matrix[i, j] = value
+    return matrix
+
+
+def read_results(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Post-hoc results of a run (RUN/analyses/*.json), oldest first. Only regular files inside the
+    run directory are read (a shared run directory is untrusted: no links followed); unreadable
+    files are reported as such instead of failing the reader."""
+    folder = Path(run_dir) / RESULTS_DIR
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    found = []
+    for path in sorted(folder.glob("*.json")):
+        if path.is_symlink() or not path.is_file():
+            continue
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            found.append({"name": path.stem, "file": path.name, "problem": f"unreadable ({type(exc).__name__})"})
+            continue
+        if isinstance(result, dict) and result.get("display") in DISPLAY_KINDS:
+            found.append(dict(result, file=path.name))
+    return sorted(found, key=lambda r: (r.get("created_at") or 0, r["file"]))

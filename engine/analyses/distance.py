@@ -1,0 +1,63 @@
+"""Feature distance (METRICS.md; the paper's analysis): how far each hooked layer's features on the
+probe set have moved from the source model's, under every measure ``metric@view``.
+
+    d_ℓ(t) = metric( view(A_ℓ(probe)), view(B_ℓᵗ(probe)) )     A the source, Bᵗ the model after epoch t
+
+Definitions, views and exactness are in :mod:`engine.similarity`. The source side's per-filter
+decompositions are cached across epochs (the source never changes). Record section ``layers``,
+laid out as in schema 1: ``layers[layer][view] = {values: {metric: d}, dead, filters, per_filter}``.
+"""
+
+from __future__ import annotations
+
+from engine.analyses import distance_declaration
+from engine.capture import Measure
+from engine.similarity import LayerAccumulator, SourceSpectrumCache
+from engine.similarity.metrics import DEFAULT_PRECISION
+from engine.similarity.metrics import Metric
+
+
+class FeatureDistance:
+    name = "distance"
+    section = "layers"
+    uses_probe = True
+
+    def __init__(self, layer_names: list[str], measures: list[Measure], whitening_scale: str = "mean_eig",
+                 precision: str | None = None):
+        self.layer_names = layer_names
+        self.measures = measures
+        self.whitening_scale = whitening_scale
+        self.precision = precision
+        self.cache = SourceSpectrumCache()  # the source never changes: its decompositions are reused
+        self.accumulators: dict[tuple[str, str], LayerAccumulator] = {}
+
+    def declaration(self) -> dict:
+        return dict(distance_declaration([m.label for m in self.measures], self.layer_names),
+                    precision=self.precision or DEFAULT_PRECISION, whitening_scale=self.whitening_scale)
+
+    def views(self) -> dict[str, list[Metric]]:
+        by_view: dict[str, list[Metric]] = {}
+        for measure in self.measures:
+            by_view.setdefault(measure.view, []).append(measure.metric)
+        return by_view
+
+    def begin(self, model) -> None:
+        self.accumulators = {(layer, view): LayerAccumulator(view, metrics, whitening_scale=self.whitening_scale,
+                                                             precision=self.precision, cache=self.cache,
+                                                             cache_key=layer)
+                             for layer in self.layer_names for view, metrics in self.views().items()}
+
+    def observe(self, layer: str, source, tuned) -> None:
+        for view in self.views():
+            self.accumulators[(layer, view)].update(source, tuned)
+
+    def finish(self) -> dict:
+        result: dict[str, dict] = {}
+        for (layer, view), accumulator in self.accumulators.items():
+            distance = accumulator.result()
+            entry = {"values": distance.values, "dead": distance.dead_filters, "filters": distance.n_filters}
+            if distance.per_filter:
+                entry["per_filter"] = {label: v.tolist() for label, v in distance.per_filter.items()}
+            result.setdefault(layer, {})[view] = entry
+        self.accumulators = {}
+        return result

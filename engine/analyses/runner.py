@@ -1,0 +1,80 @@
+"""Runs the epoch parts (see :mod:`engine.analyses`): one forward pass of the source and the tuned
+model over the probe set, shared by every part that uses activations and by the visualisations;
+then each part's record section, with what each part cost.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.capture import capture
+
+
+class EpochAnalyses:
+    def __init__(self, source: nn.Module, layer_names: list[str], parts: list):
+        self.source = source
+        self.layer_names = layer_names
+        self.parts = parts
+
+    def part(self, name: str):
+        return next((p for p in self.parts if p.name == name), None)
+
+    def declarations(self) -> list[dict[str, Any]]:
+        return [dict(part.declaration(), name=part.name, when="epoch", section=part.section, display="series")
+                for part in self.parts]
+
+    @torch.no_grad()
+    def run(self, model: nn.Module, probe_batches, device: torch.device, amp: bool = False,
+            observer=None) -> tuple[dict[str, Any], dict[str, float]]:
+        """({section: value} for every part, {"probe_pass": s, part name: s, …} seconds).
+
+        ``observer`` (visualisation evidence) sees every layer's paired batch of the same pass."""
+        spent = {part.name: 0.0 for part in self.parts}
+        for part in self.parts:
+            start = time.perf_counter()
+            part.begin(model)
+            spent[part.name] += time.perf_counter() - start
+        probe_parts = [part for part in self.parts if part.uses_probe]
+        probe_seconds = 0.0
+        if probe_parts or observer is not None:
+            probe_seconds = self.probe_pass(model, probe_batches, device, amp, probe_parts, observer, spent)
+        sections = {}
+        for part in self.parts:
+            start = time.perf_counter()
+            sections[part.section] = part.finish()
+            spent[part.name] += time.perf_counter() - start
+        return sections, {"probe_pass": probe_seconds, **spent}
+
+    def probe_pass(self, model, probe_batches, device, amp, parts, observer, spent) -> float:
+        """The forward passes' share of the time (the parts' own work is counted to each part)."""
+        start = time.perf_counter()
+        inside = 0.0
+        was_training = model.training
+        model.eval()
+        self.source.eval()
+        autocast = torch.autocast(device.type, enabled=amp and device.type == "cuda")
+        try:
+            with capture(self.source, self.layer_names) as source_out, capture(model, self.layer_names) as tuned_out:
+                for images, _labels in probe_batches:
+                    images = images.to(device, non_blocking=True)
+                    with autocast:
+                        self.source(images)
+                        model(images)
+                    for layer in self.layer_names:
+                        a, b = source_out[layer].float(), tuned_out[layer].float()
+                        for part in parts:
+                            t = time.perf_counter()
+                            part.observe(layer, a, b)
+                            spent[part.name] += time.perf_counter() - t
+                            inside += time.perf_counter() - t
+                        if observer is not None:
+                            observer.update(layer, a, b)
+                    if observer is not None:
+                        observer.batch_done(images.shape[0])
+        finally:
+            model.train(was_training)
+        return time.perf_counter() - start - inside
