@@ -56,7 +56,8 @@ class ParameterDrift:
     uses_probe = False
 
     def __init__(self, source: nn.Module, groups: "OrderedDict[str, list[str]]", layer_names: list[str], head: str):
-        self.start = dict(source.named_parameters())  # the frozen source holds θ⁰; nothing is copied
+        # the frozen source holds θ⁰; nothing is copied
+        self.start = {n: p.detach() for n, p in source.named_parameters()}
         self.head = [n for n in groups.get("head", []) if n in self.start]
         head_set = set(self.head)
         self.rows = {"groups": OrderedDict((g, names) for g, names in groups.items() if g != "head")}
