@@ -76,7 +76,7 @@ def test_drift_against_a_hand_computation():
     section = part.finish()
 
     def norm(*tensors):
-        return math.sqrt(sum(float((t.double() ** 2).sum()) for t in tensors))
+        return math.sqrt(sum(float((t.detach().double() ** 2).sum()) for t in tensors))
 
     first_move = 0.5 * math.sqrt(source.conv.weight.numel())
     second_move = 2.0 * math.sqrt(source.conv2.bias.numel())
