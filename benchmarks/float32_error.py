@@ -62,20 +62,21 @@ CASES = {
 }
 
 
-def errors(a32: np.ndarray, b32: np.ndarray, view: str) -> dict[str, float]:
+def errors(a32: np.ndarray, b32: np.ndarray, view: str, device: str = "cpu") -> dict[str, float]:
     metrics = [m for m in METRICS if not (m == "pwsm:0" and view != "positions")]
+    a32, b32 = torch.from_numpy(a32).to(device), torch.from_numpy(b32).to(device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DegenerateWhiteningWarning)
         try:
-            fast = layer_distance(torch.from_numpy(a32), torch.from_numpy(b32), metrics, view=view,
+            fast = layer_distance(a32, b32, metrics, view=view,
                                   precision="float32")
-            exact = layer_distance(torch.from_numpy(a32), torch.from_numpy(b32), metrics, view=view,
+            exact = layer_distance(a32, b32, metrics, view=view,
                                    precision="float64")
         except ValueError:  # α = 0 refused in the degenerate regime
             metrics = [m for m in metrics if m != "pwsm:0"]
-            fast = layer_distance(torch.from_numpy(a32), torch.from_numpy(b32), metrics, view=view,
+            fast = layer_distance(a32, b32, metrics, view=view,
                                   precision="float32")
-            exact = layer_distance(torch.from_numpy(a32), torch.from_numpy(b32), metrics, view=view,
+            exact = layer_distance(a32, b32, metrics, view=view,
                                    precision="float64")
     out = {}
     for label, value in exact.values.items():
@@ -91,6 +92,7 @@ def errors(a32: np.ndarray, b32: np.ndarray, view: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=6)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where both paths run")
     args = parser.parse_args()
     threads_before = torch.get_num_threads()
     table: dict[tuple[str, str], list[float]] = {}
@@ -102,13 +104,14 @@ def main() -> None:
                 a, b = make(np.random.default_rng(seed))
                 a32, b32 = np.float32(a), np.float32(b)
                 for view in VIEWS:
-                    for label, err in errors(a32, b32, view).items():
+                    for label, err in errors(a32, b32, view, args.device).items():
                         key = (case, view)
                         table.setdefault(key, []).append(err)
                         if err >= max(table[key]):
                             worst_label[key] = label
     torch.set_num_threads(threads_before)
-    print(f"float32 path − float64 path on the same float32 activations; {args.seeds} seeds × threads 1, 2")
+    print(f"float32 path − float64 path on the same float32 activations ({args.device}); "
+          f"{args.seeds} seeds × threads 1, 2")
     print(f"{'data':26s} {'view':11s} {'median':>9s} {'p90':>9s} {'max':>9s}  worst measure")
     overall = []
     for (case, view), errs in table.items():

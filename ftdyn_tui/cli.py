@@ -670,17 +670,20 @@ def print_posthoc(tables: dict[str, list[dict]]) -> None:
             out.print(curve_text(f"{run}: A = {a} → B = {b}", [r["lambda"] for r in rows],
                                  {n.replace("_", " "): [r[n] for r in rows] for n in names}, "λ"))
     if tables.get("criticality"):
-        alphas = sorted({row["alpha"] for row in tables["criticality_curve"]})
-        grid: dict[tuple, dict[float, float]] = {}
+        from ftdyn_tui.model import heatmap_text
+
+        grid: dict[str, dict[str, dict[float, float]]] = {}
         for row in tables["criticality_curve"]:
-            grid.setdefault((row["run"], row["module"]), {})[row["alpha"]] = row["train_error"]
-        summary = {(r["run"], r["module"]): r for r in tables["criticality"]}
-        print_table("Module criticality: train error after rewinding one module to (1 − α)·θ⁰ + α·θᵀ",
-                    ["run", "module", *[f"α={a:.2g}" for a in alphas], "smallest α within ε", "μ"],
-                    [[run, module, *[fmt_number(values.get(a)) for a in alphas],
-                      fmt_number(summary.get((run, module), {}).get("alpha_min"), 2),
-                      fmt_number(summary.get((run, module), {}).get("mu"), 3)]
-                     for (run, module), values in grid.items()])
+            grid.setdefault(row["run"], {}).setdefault(row["module"], {})[row["alpha"]] = row["train_error"]
+        for run, modules in grid.items():
+            alphas = sorted({a for values in modules.values() for a in values})
+            matrix = [[values.get(a, float("nan")) for a in alphas] for values in modules.values()]
+            out.print(heatmap_text(list(modules), [f"{a:.2g}" for a in alphas], matrix, width=min(out.width, 100),
+                                   title=f"{run}: train error after rewinding one module to (1 − α)·θ⁰ + α·θᵀ "
+                                         f"(columns: α)", unit="train error"))
+        print_table("Module criticality", ["run", "module", "smallest α within ε", "ε", "μ", "‖θᵀ − θ⁰‖"],
+                    [[r["run"], r["module"], fmt_number(r["alpha_min"], 2), str(r["epsilon"]), fmt_number(r["mu"], 3),
+                      fmt_number(r["drift"], 3)] for r in tables["criticality"]])
 
 
 def curve_text(title: str, xs: list[float], series: dict[str, list[float]], x_label: str,

@@ -367,7 +367,8 @@ def heatmap_text(row_labels: list[str], column_labels: list[str], matrix: np.nda
     label_width = min(24, max([len(label) for label in row_labels] + [4]))
     room = max(8, width - label_width - 2)
     columns = list(range(len(column_labels)))
-    cell = 3 if len(columns) * 3 <= room else 2 if len(columns) * 2 <= room else 1
+    widest = max([len(str(label)) for label in column_labels] + [1]) + 1  # a space between labels
+    cell = next((w for w in (widest, 3, 2) if len(columns) * w <= room), 1)
     if len(columns) * cell > room:  # thin the columns, keeping the first and the last
         keep = np.unique(np.linspace(0, len(columns) - 1, room // cell).round().astype(int))
         columns = keep.tolist()
