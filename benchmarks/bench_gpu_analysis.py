@@ -73,6 +73,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--metrics", default=",".join(METRICS), help="measures, comma-separated (metric@view)")
+    parser.add_argument("--precisions", default="float64,float32")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -81,17 +83,19 @@ def main() -> None:
           if device.type == "cuda" else "(CPU run: no CUDA comparison)")
 
     torch.manual_seed(0)
-    source = torchvision.models.resnet50(weights=None).to(device).eval()
+    source = torchvision.models.resnet50(weights=None).eval()
+    layers = [layer.name for layer in select_layers("resnet50", source, None, args.image_size)]  # traced on CPU
+    source = source.to(device)
     tuned = copy.deepcopy(source)
     with torch.no_grad():
         for p in tuned.parameters():
             p.add_(0.02 * p.std().nan_to_num() * torch.randn_like(p))
-    layers = [layer.name for layer in select_layers("resnet50", source, None, args.image_size)]
     print(f"layers: {', '.join(layers)}")
     batches = probe_batches(args.n, args.image_size, args.batch, device)
-    measures = parse_measures(METRICS, "positions", 0.5)
+    measures = parse_measures(args.metrics.split(","), "positions", 0.5)
     results = {}
-    for precision in ("float64", "float32"):
+    precisions = args.precisions.split(",")
+    for precision in precisions:
         parts = [FeatureDistance(layers, measures, precision=precision),
                  ParameterDrift(source, block_groups("resnet50", source), layers, head_name(source))]
         runner = EpochAnalyses(source, layers, parts)
@@ -108,6 +112,8 @@ def main() -> None:
             print(f"{precision} epoch {epoch} ({'fills the caches' if epoch == 1 else 'every later epoch'}): "
                   f"{total:.2f} s  [{parts_text}]  peak GPU memory {peak:.1f} GiB", flush=True)
         results[precision] = sections["layers"]
+    if precisions != ["float64", "float32"]:
+        return
     print("float32 − float64 per layer (same activations), max over measures:")
     for layer in layers:
         worst, which = 0.0, ""
