@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import re
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch
 import torchvision
 from torch import nn
 
+from engine.capture import Layout, detect_layout, feature_map_shape
 from engine.errors import FtdynError
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Sigmoid)
@@ -83,27 +85,79 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def head_name(model: nn.Module) -> str:
-    """The classifier: the last nn.Linear in module order (fc, classifier, classifier.6, heads.head…)."""
+    """The classifier: the last nn.Linear in module order (fc, classifier, classifier.6, heads.head…),
+    or for networks that classify with a 1×1 convolution (SqueezeNet) the last Conv2d."""
     linear = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    if not linear:
-        raise FtdynError(f"{type(model).__name__} has no linear classifier to replace")
-    return linear[-1]
+    if linear:
+        return linear[-1]
+    convolutions = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    if convolutions:
+        return convolutions[-1]
+    raise FtdynError(f"{type(model).__name__} has no linear or convolutional classifier to replace")
 
 
 def replace_head(model: nn.Module, num_classes: int, seed: int) -> str:
-    """A fresh linear head for the target classes, initialised from ``seed``."""
+    """A fresh head of the same kind for the target classes, initialised from ``seed``."""
     name = head_name(model)
     parent_name, _, attr = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     old = getattr(parent, attr)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    setattr(parent, attr, nn.Linear(old.in_features, num_classes))
+    if isinstance(old, nn.Linear):
+        new = nn.Linear(old.in_features, num_classes)
+    else:
+        new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride, old.padding)
+    setattr(parent, attr, new.to(old.weight.device))
     torch.random.set_rng_state(generator_state)
     return name
 
 
-def build_model(model_name: str, weights: str | None, num_classes: int, seed: int) -> tuple[nn.Module, str]:
+# Built without auxiliary classifiers: in training mode they would make the network return a tuple.
+ARCHITECTURE_OPTIONS = {"googlenet": {"aux_logits": False}, "inception_v3": {"aux_logits": False}}
+
+
+def vit_patch_size(model_name: str) -> int | None:
+    match = re.fullmatch(r"vit_[a-z]_(\d+)", model_name)
+    return int(match.group(1)) if match else None
+
+
+def architecture(model_name: str, weights=None, image_size: int | None = None, **options) -> nn.Module:
+    """torchvision's network for ``model_name`` at ``image_size``. ViTs are built for the size (their
+    position embeddings are interpolated from pretrained ones, as torchvision does for fine-tuning at
+    other resolutions); other networks take any size their layers allow."""
+    options = {**ARCHITECTURE_OPTIONS.get(model_name, {}), **options}
+    patch = vit_patch_size(model_name)
+    if patch is None or image_size is None:
+        return torchvision.models.get_model(model_name, weights=weights, **options)
+    if image_size % patch:
+        low = image_size // patch * patch
+        raise FtdynError(f"{model_name} needs an image size that is a multiple of its {patch}-pixel patches: "
+                         f"{low if low else patch} or {low + patch}, e.g. 224 (pretrained size) or 384")
+    if weights is None:
+        return torchvision.models.get_model(model_name, weights=None, image_size=image_size, **options)
+    model = torchvision.models.get_model(model_name, weights=weights, **options)
+    if weights.meta.get("min_size", (image_size,))[0] == image_size:
+        return model
+    return vit_at_size(model_name, model.state_dict(), image_size, **options)
+
+
+def vit_at_size(model_name: str, state: dict[str, torch.Tensor], image_size: int, **options) -> nn.Module:
+    """A ViT built for ``image_size`` holding ``state``, its position embeddings interpolated."""
+    state = interpolate_vit_state(state, image_size, vit_patch_size(model_name))
+    model = torchvision.models.get_model(model_name, weights=None, image_size=image_size, **options)
+    model.load_state_dict(state)
+    return model
+
+
+def interpolate_vit_state(state: dict[str, torch.Tensor], image_size: int, patch: int) -> dict[str, torch.Tensor]:
+    from torchvision.models.vision_transformer import interpolate_embeddings
+
+    return interpolate_embeddings(image_size, patch, state)
+
+
+def build_model(model_name: str, weights: str | None, num_classes: int, seed: int,
+                image_size: int | None = None) -> tuple[nn.Module, str]:
     """The source model for fine-tuning: architecture + weights, with a new head for num_classes.
 
     A weights file may come from a model with any class count (its head is replaced like
@@ -113,12 +167,19 @@ def build_model(model_name: str, weights: str | None, num_classes: int, seed: in
     resolved = resolve_weights(model_name, weights)
     if isinstance(resolved, Path):
         state = read_state_dict(resolved)
-        model = torchvision.models.get_model(model_name, weights=None)
+        model = architecture(model_name, image_size=image_size)
         head = head_name(model)
         head_weight = state.get(f"{head}.weight")
-        if head_weight is not None and head_weight.shape[0] != model.get_submodule(head).out_features:
-            model = torchvision.models.get_model(model_name, weights=None, num_classes=head_weight.shape[0])
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        if head_weight is not None and head_weight.shape[0] != model.get_submodule(head).weight.shape[0]:
+            model = architecture(model_name, image_size=image_size, num_classes=head_weight.shape[0])
+        if vit_patch_size(model_name) and image_size and "encoder.pos_embedding" in state and \
+                state["encoder.pos_embedding"].shape != model.encoder.pos_embedding.shape:
+            state = interpolate_vit_state(state, image_size, vit_patch_size(model_name))
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # a tensor of the wrong shape
+            raise FtdynError(f"weights file '{resolved}' does not fit {model_name}: "
+                             f"{str(exc).splitlines()[-1].strip()}") from None
         if missing or unexpected:
             example = (missing or unexpected)[0]
             raise FtdynError(f"weights file '{resolved}' does not fit {model_name}: {len(missing)} missing and "
@@ -126,7 +187,9 @@ def build_model(model_name: str, weights: str | None, num_classes: int, seed: in
         description = f"file:{resolved}"
     else:
         try:
-            model = torchvision.models.get_model(model_name, weights=resolved)
+            model = architecture(model_name, weights=resolved, image_size=image_size)
+        except FtdynError:
+            raise
         except Exception as exc:  # download failures, offline machines
             raise FtdynError(f"could not load {model_name} weights {resolved}: {exc}. Offline? Pass a local "
                              f"state-dict file with --weights, or --weights none") from None
@@ -145,6 +208,12 @@ class LayerInfo:
     kind: str
     shape: tuple[int, ...]  # output shape without the batch dimension
     calls: int  # how many times the module runs per forward pass
+    layout: Layout | None = None  # None: not a feature map (cannot be measured)
+
+
+def has_class_token(model: nn.Module) -> bool:
+    """torchvision's ViTs prepend a learned class token to the patch tokens."""
+    return isinstance(getattr(model, "class_token", None), torch.Tensor)
 
 
 def trace_layers(model: nn.Module, image_size: int) -> list[LayerInfo]:
@@ -159,8 +228,12 @@ def trace_layers(model: nn.Module, image_size: int) -> list[LayerInfo]:
             if name in order:
                 order[name].calls += 1
             else:
-                order[name] = LayerInfo(name, type(module).__name__, tuple(output.shape[1:]), 1)
+                shape = tuple(output.shape[1:])
+                order[name] = LayerInfo(name, type(module).__name__, shape, 1,
+                                        detect_layout(shape, type(module).__name__, class_token))
         return hook
+
+    class_token = has_class_token(model)
 
     for name, module in model.named_modules():
         if name:
@@ -177,7 +250,7 @@ def trace_layers(model: nn.Module, image_size: int) -> list[LayerInfo]:
     return list(order.values())
 
 
-def default_layer_names(model_name: str, layers: list[LayerInfo]) -> list[str]:
+def default_layer_names(model_name: str, layers: list[LayerInfo], model: nn.Module) -> list[str]:
     names = {layer.name for layer in layers}
     if re.match(r"(resnet|resnext|wide_resnet)\d", model_name):
         stages = [f"layer{i}" for i in range(1, 5) if f"layer{i}" in names]
@@ -197,30 +270,103 @@ def default_layer_names(model_name: str, layers: list[LayerInfo]) -> list[str]:
                 if int(match.group(2)) == len(block_layers):
                     chosen.append(layer.name)
         return chosen
-    return generic_default_layers(layers)
+    return generic_default_layers(model, layers)
 
 
-def generic_default_layers(layers: list[LayerInfo]) -> list[str]:
-    """At each spatial resolution above 1×1, the last activation module that runs once per pass.
+# Modules whose output restates another's (normalised, pooled, reshaped, dropped out): never a stage output.
+NOT_STAGES = ("LayerNorm", "LayerNorm2d", "GroupNorm", "Permute", "Dropout", "Identity",
+              "StochasticDepth", "Flatten", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d")
 
-    Resolutions without an activation (pooling to 7×7 before the classifier) and 1×1 maps
-    (squeeze-and-excitation gates) are not feature stages and are skipped.
+
+def trunk(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """The container of the network's stages: the direct child with the most sub-modules when it
+    is a Sequential or ModuleList of at least 3 (features, trunk_output, blocks, layers, encoder)."""
+    children = [(name, child) for name, child in model.named_children()]
+    if not children:
+        return None
+    name, child = max(children, key=lambda item: sum(1 for _ in item[1].modules()))
+    if isinstance(child, (nn.Sequential, nn.ModuleList)) and len(child) >= 3:
+        return name, child
+    return None
+
+
+def token_block_layers(model: nn.Module, layers: list[LayerInfo]) -> list[str]:
+    """Token models (torchvision's ViTs): the output of every encoder block."""
+    by_name = {layer.name: layer for layer in layers}
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Sequential, nn.ModuleList)) and len(module) >= 2:
+            blocks = [f"{name}.{child}" for child, _ in module.named_children()]
+            if all(b in by_name and by_name[b].layout is not None and by_name[b].layout.kind == "tokens"
+                   and by_name[b].calls == 1 for b in blocks):
+                return blocks
+    return []
+
+
+def generic_default_layers(model: nn.Module, layers: list[LayerInfo]) -> list[str]:
+    """The paper's rule for any other network: the output of each stage at each spatial resolution.
+
+    Stages are the direct children of the network and of its trunk (`features`, `trunk_output`,
+    `blocks`, …) in the order they run; at each resolution above 1×1 the last stage whose output is a
+    feature map (channels first or last) is taken. Normalisation, pooling and reshaping modules only
+    restate a stage's output and are not stages. Token models take every encoder block instead.
     """
-    activation_kinds = {a.__name__ for a in ACTIVATIONS}
-    last_by_resolution: dict[tuple[int, ...], str] = {}
-    for layer in layers:
-        if len(layer.shape) == 3 and layer.calls == 1 and layer.kind in activation_kinds and layer.shape[1] * layer.shape[2] > 1:
-            last_by_resolution[layer.shape[1:]] = layer.name
-    chosen = list(last_by_resolution.values())
+    tokens = token_block_layers(model, layers)
+    if tokens:
+        return tokens
+    candidates = {name for name, _ in model.named_children()}
+    stage_container = trunk(model)
+    if stage_container is not None:  # its stages stand for it (its output is its last stage's)
+        candidates.discard(stage_container[0])
+        candidates |= {f"{stage_container[0]}.{child}" for child, _ in stage_container[1].named_children()}
+    last_by_resolution: dict[tuple[int, int], str] = {}
+    for layer in layers:  # in the order their outputs were produced
+        if layer.name not in candidates or layer.kind in NOT_STAGES or layer.calls != 1:
+            continue
+        if layer.layout is None or layer.layout.kind not in ("channels_first", "channels_last"):
+            continue
+        c, h, w = feature_map_shape(layer.shape, layer.layout)
+        if h * w > 1:
+            last_by_resolution[(h, w)] = layer.name
     order = {layer.name: i for i, layer in enumerate(layers)}
-    return sorted(chosen, key=order.__getitem__)
+    return sorted(last_by_resolution.values(), key=order.__getitem__)
+
+
+def layer_segments(model: nn.Module, layer_names: list[str], head: str) -> "OrderedDict[str, list[str]]":
+    """Per hooked layer, the parameter names that produce it from the previous hooked layer."""
+    modules = [name for name, _ in model.named_modules()]
+    position = {name: i for i, name in enumerate(modules)}
+
+    def last_position(name: str) -> int:
+        return max(i for i, other in enumerate(modules) if other == name or other.startswith(name + "."))
+
+    ends = sorted((last_position(name), name) for name in layer_names)
+    segments: OrderedDict[str, list[str]] = OrderedDict((name, []) for name in layer_names)
+    for param_name, _ in model.named_parameters():
+        owner = param_name.rpartition(".")[0]
+        if owner == head or owner.startswith(head + "."):
+            continue
+        where = position[owner]
+        layer = next((name for end, name in ends if end >= where), None)
+        if layer is not None:
+            segments[layer].append(param_name)
+    return segments
+
+
+def native_image_size(model_name: str, model: nn.Module) -> int:
+    """The input size a network is defined at (ViTs are built for one), else its usual ImageNet size."""
+    return int(getattr(model, "image_size", 299 if model_name == "inception_v3" else 224))
+
+
+def stage_layers(model_name: str, model: nn.Module) -> list[str]:
+    """The default layers at the network's native input size (what block groups follow)."""
+    return default_layer_names(model_name, trace_layers(model, native_image_size(model_name, model)), model)
 
 
 def select_layers(model_name: str, model: nn.Module, requested: list[str] | None, image_size: int) -> list[LayerInfo]:
     """The layers to hook, early → deep; unknown names get a message pointing at `ftdyn layers`."""
     layers = trace_layers(model, image_size)
     by_name = {layer.name: layer for layer in layers}
-    names = requested or default_layer_names(model_name, layers)
+    names = requested or default_layer_names(model_name, layers, model)
     chosen = []
     for name in names:
         if name not in by_name:
@@ -231,6 +377,9 @@ def select_layers(model_name: str, model: nn.Module, requested: list[str] | None
         if layer.calls != 1:
             raise FtdynError(f"layer '{name}' runs {layer.calls} times per forward pass (a shared module), so its "
                              f"output is ambiguous; hook the enclosing block instead (`ftdyn layers {model_name}`)")
+        if layer.layout is None:
+            raise FtdynError(f"layer '{name}' gives {tuple(layer.shape)}, which is not a feature map (c, h, w), "
+                             f"(h, w, c), a token sequence or a vector; `ftdyn layers {model_name}` lists layers that are")
         chosen.append(layer)
     if not chosen:
         raise FtdynError(f"found no layer to hook in {model_name}; pass --layers (see `ftdyn layers {model_name}`)")

@@ -165,6 +165,18 @@ def receptive_fields(model: nn.Module, layers: list[str], image_size: int = 224)
     return fields
 
 
+def patch_fields(shapes: dict[str, tuple[int, int, int]], image_size: int) -> dict[str, LayerFields]:
+    """Where no receptive field is defined — a transformer's tokens (attention lets every token see
+    the whole image), windowed attention, a network torch.fx cannot trace — a unit at grid position
+    (i, j) of an (c, h, w) map is drawn with the patch it starts from: the image region its grid
+    cell covers (for a ViT, the 16×16 patch the token was embedded from)."""
+    fields = {}
+    for layer, (channels, h, w) in shapes.items():
+        stride = (max(1, image_size // h), max(1, image_size // w))
+        fields[layer] = LayerFields(((0, channels, ReceptiveField(stride, stride, (0, 0))),))
+    return fields
+
+
 def linearised(model: nn.Module) -> nn.Module:
     """A copy whose input gradients are positive exactly on each unit's receptive field."""
     probe = copy.deepcopy(model).eval().double()

@@ -36,7 +36,7 @@ from scipy.optimize import minimize
 from torch import nn
 
 from engine.errors import FtdynError
-from engine.models import head_name
+from engine.models import head_name, layer_segments, stage_layers
 
 STRATEGIES = ("full", "linear-probe", "lp-ft", "surgical", "discriminative", "autorgn")
 BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -70,8 +70,12 @@ def check_strategy(config: StrategyConfig) -> None:
 # Block groups
 
 
-def block_groups(model_name: str, model: nn.Module) -> "OrderedDict[str, list[str]]":
-    """Parameter names per block group, input → output, the head last."""
+def block_groups(model_name: str, model: nn.Module, stages: list[str] | None = None) -> "OrderedDict[str, list[str]]":
+    """Parameter names per block group, input → output, the head last.
+
+    ResNets, VGGs and DenseNets have named groups; any other network gets one group per default
+    layer (``stages``, computed when not given): the parameters that produce that stage's output
+    from the previous one (a ViT's encoder blocks, a Swin's or EfficientNet's stages)."""
     head = head_name(model)
     names = [n for n, _ in model.named_parameters()]
 
@@ -97,10 +101,7 @@ def block_groups(model_name: str, model: nn.Module) -> "OrderedDict[str, list[st
             extra = [f"features.transition{block}"] if block < 4 else ["features.norm5"]
             groups[f"denseblock{block}"] = under(f"features.denseblock{block}", *extra)
     else:
-        root = model.features if isinstance(getattr(model, "features", None), nn.Module) else model
-        prefix = "features." if root is not model else ""
-        for child, _ in root.named_children():
-            groups[child] = under(prefix + child)
+        groups.update(layer_segments(model, stages or stage_layers(model_name, model), head))
     groups["head"] = under(head)
     claimed = {n for group in groups.values() for n in group}
     leftover = [n for n in names if n not in claimed]
@@ -136,8 +137,9 @@ class ParamGroupPlan:
     frozen_batchnorm: bool
 
 
-def plan_parameters(model_name: str, model: nn.Module, config: StrategyConfig, lr: float) -> ParamGroupPlan:
-    groups = block_groups(model_name, model)
+def plan_parameters(model_name: str, model: nn.Module, config: StrategyConfig, lr: float,
+                    groups: "OrderedDict[str, list[str]] | None" = None) -> ParamGroupPlan:
+    groups = groups or block_groups(model_name, model)
     named = dict(model.named_parameters())
     batchnorm_params = {f"{m_name}.{p_name}" if m_name else p_name
                         for m_name, module in model.named_modules() if isinstance(module, BATCHNORM)

@@ -33,7 +33,7 @@ from engine.capture import feature_map_shape, parse_measures
 from engine.data import ImageList, image_transform, load_image_data, pixel_transform, probe_indices, seeded_generator
 from engine.errors import FtdynError
 from engine.models import build_model, head_name, select_layers
-from engine.receptive import receptive_fields
+from engine.receptive import patch_fields, receptive_fields
 from engine.record import CONFIG, RunReader, RunWriter
 from engine.similarity.metrics import DegenerateWhiteningError
 from engine.strategies import (
@@ -147,7 +147,7 @@ def source_fingerprint(model: nn.Module) -> float:
 def source_model(config: RunConfig, classes: int) -> tuple[nn.Module, str]:
     """The run's epoch-0 model: its weights with the new head for ``classes`` classes."""
     torch.manual_seed(config.seed)  # with --weights none the backbone's initialisation is the source
-    return build_model(config.model, config.weights, classes, config.seed)
+    return build_model(config.model, config.weights, classes, config.seed, config.image_size)
 
 
 Event = Callable[..., None]
@@ -169,6 +169,7 @@ class Trainer:
         self.global_step = 0
         self.best_accuracy = -math.inf
         self.rgn: dict[str, float] = {}
+        self.field_kinds: dict[str, str] = {}  # per layer: how class-based images locate a unit
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -208,14 +209,16 @@ class Trainer:
         self.strategy = StrategyConfig(config.strategy, list(config.train_blocks), config.layer_decay,
                                        config.warmup_epochs)
         check_strategy(self.strategy)
-        self.plan = plan_parameters(config.model, self.model, self.strategy, config.lr)
+        self.groups = block_groups(config.model, self.model)
+        self.plan = plan_parameters(config.model, self.model, self.strategy, config.lr, self.groups)
         self.optimizer = make_optimizer(config.optimizer, self.model, self.plan, config.weight_decay)
         self.total_epochs = config.epochs + (1 if config.strategy == "lp-ft" else 0)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp and self.device.type == "cuda")
         layer_names = [layer.name for layer in self.layers]
-        self.analyses = EpochAnalyses(self.source, layer_names, build_epoch_parts(
-            parts, source=self.source, groups=block_groups(config.model, self.model), head=head_name(self.model),
-            layer_names=layer_names, measures=self.measures))
+        class_token_layers = tuple(layer.name for layer in self.layers if layer.layout and layer.layout.class_token)
+        self.analyses = EpochAnalyses(self.source, {layer.name: layer.layout for layer in self.layers}, build_epoch_parts(
+            parts, source=self.source, groups=self.groups, head=head_name(self.model),
+            layer_names=layer_names, measures=self.measures, class_token_layers=class_token_layers))
         self.criterion = nn.CrossEntropyLoss()
         self.visualiser = self.make_visualiser(model) if config.vis else None
 
@@ -225,23 +228,49 @@ class Trainer:
             named = parse_named_filters(config.vis_filters)
         except ValueError as exc:
             raise FtdynError(str(exc)) from None
-        fields = receptive_fields(model, [layer.name for layer in self.layers], config.image_size)
+        fields = self.layer_fields(model)
         probe_samples = [self.held_out.samples[i] for i in self.probe.indices]
         images = np.stack([np.asarray(image) for image, _ in ImageList(probe_samples, pixel_transform(config.image_size))])
         labels = [label for _, label in probe_samples]
-        filters = {layer.name: feature_map_shape(layer.shape)[0] for layer in self.layers}
+        filters = {layer.name: feature_map_shape(layer.shape, layer.layout)[0] for layer in self.layers}
         try:
             return Visualiser(self.dir, fields, filters, images, labels, self.data.classes,
                               VisSettings(top_k=config.vis_k, random_k=config.vis_k, named=named, seed=config.seed))
         except ValueError as exc:
             raise FtdynError(str(exc)) from None
 
+    def layer_fields(self, model: nn.Module) -> dict:
+        """Exact receptive fields for convolutional maps; where none is defined (tokens, after
+        attention, or a network torch.fx cannot trace) the patch each position starts from, said
+        once as a warning and recorded in the config (``vis_fields``)."""
+        size = self.config.image_size
+        maps = [layer.name for layer in self.layers if layer.layout and layer.layout.kind == "channels_first"]
+        fields = {}
+        if maps:
+            try:
+                fields = receptive_fields(model, maps, size)
+            except FtdynError as exc:
+                self.on_event("warning", text=f"no exact receptive fields ({exc}); class-based images show the "
+                                              f"patch each position starts from")
+        shapes = {layer.name: feature_map_shape(layer.shape, layer.layout) for layer in self.layers
+                  if layer.name not in fields}
+        self.field_kinds = {name: "receptive field" for name in fields}
+        self.field_kinds.update({name: "patch origin" for name in shapes})
+        fields.update(patch_fields(shapes, size))
+        return fields
+
     def check_measures(self) -> None:
         """Refuse a degenerate PWSM α = 0 before any training, with the probe size it would see."""
         n = len(self.probe)
+        if any(m.view == "cls" for m in self.measures) and not any(
+                layer.layout and layer.layout.class_token for layer in self.layers):
+            raise FtdynError(f"the 'cls' view measures a class token, and no hooked layer of {self.config.model} has "
+                             f"one (ViTs do); choose another view")
         for layer in self.layers:
-            shape = (n, *feature_map_shape(layer.shape))
+            shape = (n, *feature_map_shape(layer.shape, layer.layout))
             for measure in self.measures:
+                if measure.view == "cls" and not (layer.layout and layer.layout.class_token):
+                    continue
                 try:
                     check_metrics_for_view([measure.metric], measure.view, shape)
                 except DegenerateWhiteningError as exc:
@@ -257,10 +286,12 @@ class Trainer:
                         "skipped_files": len(self.data.skipped)},
             "model": {"name": self.config.model, "weights": self.weights_description,
                       "source_fingerprint": source_fingerprint(self.source)},
-            "layers": [{"name": layer.name, "shape": list(layer.shape)} for layer in self.layers],
+            "layers": [{"name": layer.name, "shape": list(layer.shape),
+                        "layout": layer.layout.to_json() if layer.layout else None} for layer in self.layers],
             "measures": [{"label": m.label, "metric": m.metric.label, "view": m.view} for m in self.measures]
             if self.analyses.part("distance") else [],
             "analyses": self.analyses.declarations(),
+            "vis_fields": self.field_kinds or None,
             "strategy": {"name": self.strategy.name, "train_blocks": self.strategy.train_blocks,
                          "layer_decay": self.strategy.layer_decay, "warmup_epochs": self.strategy.warmup_epochs,
                          "frozen_batchnorm": self.plan.frozen_batchnorm,
@@ -532,7 +563,7 @@ def visualise_from_checkpoints(run_dir: str | Path, layer: str, filter_index: in
                          f"{', '.join(map(str, sorted(checkpoints))) or 'none'}); run with --save-every-epoch to keep them all")
     trainer = open_run(run_dir, on_event)
     filters = trainer.layers[[entry.name for entry in trainer.layers].index(layer)]
-    if not 0 <= filter_index < feature_map_shape(filters.shape)[0]:
+    if not 0 <= filter_index < feature_map_shape(filters.shape, filters.layout)[0]:
         raise FtdynError(f"layer '{layer}' has no filter {filter_index}")
     visualiser = trainer.make_visualiser(trainer.model)
     visualiser.settings.classes = classes
@@ -542,8 +573,8 @@ def visualise_from_checkpoints(run_dir: str | Path, layer: str, filter_index: in
             checkpoints[epoch], map_location=trainer.device, weights_only=True)["model"]
         trainer.model.load_state_dict(state)
         evidence = FilterEvidence([layer], visualiser.samples)
-        EpochAnalyses(trainer.source, [layer], []).run(trainer.model, trainer.probe_loader, trainer.device,
-                                                       observer=evidence)
+        EpochAnalyses(trainer.source, {layer: filters.layout}, []).run(trainer.model, trainer.probe_loader,
+                                                                       trainer.device, observer=evidence)
         visualiser.render(epoch, evidence, {}, redraw=True)
         on_event("phase", name=f"drew epoch {epoch}")
     visualiser.write_montages(layer, filter_index)

@@ -37,7 +37,7 @@ def test_bottleneck_relu_is_shared_and_refused():
 def test_generic_rule_takes_the_last_activation_per_resolution():
     model = torchvision.models.get_model("mobilenet_v3_small", weights=None)
     traced = trace_layers(model, 224)
-    names = default_layer_names("mobilenet_v3_small", traced)
+    names = default_layer_names("mobilenet_v3_small", traced, model)
     shapes = [next(layer.shape for layer in traced if layer.name == n) for n in names]
     assert [s[1] for s in shapes] == [112, 56, 28, 14, 7]  # one per resolution stage, early → deep
 

@@ -19,8 +19,12 @@ An analysis is a *part*. Each part says five things, and nothing else in ftdyn n
 An epoch part is a class with ``name``, ``section``, ``uses_probe`` and three methods::
 
     declaration() -> dict           # {"title", "unit", "measures", "rows": {view: [row, …]}, "note"}
-    observe(layer, source, tuned)   # per probe batch, only when uses_probe
+    begin(model)                    # a measurement starts (the tuned model as it is now)
+    observe(layer, source, tuned)   # per probe batch, only when uses_probe: (n, c, h, w) maps
     finish() -> dict                # the record section; called once per measurement
+
+and optionally ``observe_class_token(layer, source, tuned)``: the (n, d, 1, 1) class tokens of layers
+that have one (ViTs), which the maps leave out.
 
 Series sections are laid out ``section[view][metric][row] = value`` for a measure ``metric@view``
 (drift: ``relative@groups`` → ``record["drift"]["groups"]["relative"]["layer3"]``). Feature

@@ -39,7 +39,6 @@ from engine.analyses.barrier import parse_endpoint, result_path
 from engine.analyses.interpolation import batchnorm_effect, load_and_evaluate, make_splits
 from engine.errors import FtdynError
 from engine.record import SCHEMA_VERSION, write_json_atomic
-from engine.strategies import block_groups
 from engine.training import Event, last_epoch, model_state, open_run, quiet, saved_config
 
 DEFAULT_SIGMAS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -77,8 +76,7 @@ def run_criticality(run: str, points: int = 11, epsilon: float = 0.01, noise_dra
     device = trainer.device
     final = model_state(run_dir, epoch, device)
     start = trainer.source.state_dict()
-    groups = {name: params for name, params in block_groups(trainer.config.model, trainer.model).items()
-              if name != "head"}
+    groups = {name: params for name, params in trainer.groups.items() if name != "head"}
     target = result_path(run_dir, f"criticality-e{epoch}")
     splits = make_splits(trainer, train_images, bn_batches)
     final_row = load_and_evaluate(trainer.model, final, splits, reestimate=False, held_out=False)

@@ -23,8 +23,9 @@ class FeatureDistance:
     uses_probe = True
 
     def __init__(self, layer_names: list[str], measures: list[Measure], whitening_scale: str = "mean_eig",
-                 precision: str | None = None):
+                 precision: str | None = None, class_token_layers: tuple[str, ...] = ()):
         self.layer_names = layer_names
+        self.class_token_layers = set(class_token_layers)  # the `cls` view exists for these alone
         self.measures = measures
         self.whitening_scale = whitening_scale
         self.precision = precision
@@ -32,8 +33,13 @@ class FeatureDistance:
         self.accumulators: dict[tuple[str, str], LayerAccumulator] = {}
 
     def declaration(self) -> dict:
-        return dict(distance_declaration([m.label for m in self.measures], self.layer_names),
-                    precision=self.precision or DEFAULT_PRECISION, whitening_scale=self.whitening_scale)
+        declaration = distance_declaration([m.label for m in self.measures], self.layer_names)
+        if "cls" in declaration["rows"]:
+            declaration["rows"]["cls"] = [n for n in self.layer_names if n in self.class_token_layers]
+        return dict(declaration, precision=self.precision or DEFAULT_PRECISION, whitening_scale=self.whitening_scale)
+
+    def layer_views(self, layer: str) -> list[str]:
+        return [view for view in self.views() if view != "cls" or layer in self.class_token_layers]
 
     def views(self) -> dict[str, list[Metric]]:
         by_view: dict[str, list[Metric]] = {}
@@ -45,11 +51,17 @@ class FeatureDistance:
         self.accumulators = {(layer, view): LayerAccumulator(view, metrics, whitening_scale=self.whitening_scale,
                                                              precision=self.precision, cache=self.cache,
                                                              cache_key=layer)
-                             for layer in self.layer_names for view, metrics in self.views().items()}
+                             for layer in self.layer_names for view, metrics in self.views().items()
+                             if view in self.layer_views(layer)}
 
     def observe(self, layer: str, source, tuned) -> None:
-        for view in self.views():
-            self.accumulators[(layer, view)].update(source, tuned)
+        for view in self.layer_views(layer):
+            if view != "cls":
+                self.accumulators[(layer, view)].update(source, tuned)
+
+    def observe_class_token(self, layer: str, source, tuned) -> None:
+        if (layer, "cls") in self.accumulators:
+            self.accumulators[(layer, "cls")].update(source, tuned)
 
     def finish(self) -> dict:
         result: dict[str, dict] = {}

@@ -26,28 +26,9 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from engine.models import layer_segments
+
 MEASURES = ("relative@groups", "absolute@groups", "relative@layers", "absolute@layers")
-
-
-def layer_segments(model: nn.Module, layer_names: list[str], head: str) -> "OrderedDict[str, list[str]]":
-    """Per hooked layer, the parameter names that produce it from the previous hooked layer."""
-    modules = [name for name, _ in model.named_modules()]
-    position = {name: i for i, name in enumerate(modules)}
-
-    def last_position(name: str) -> int:
-        return max(i for i, other in enumerate(modules) if other == name or other.startswith(name + "."))
-
-    ends = sorted((last_position(name), name) for name in layer_names)
-    segments: OrderedDict[str, list[str]] = OrderedDict((name, []) for name in layer_names)
-    for param_name, _ in model.named_parameters():
-        owner = param_name.rpartition(".")[0]
-        if owner == head or owner.startswith(head + "."):
-            continue
-        where = position[owner]
-        layer = next((name for end, name in ends if end >= where), None)
-        if layer is not None:
-            segments[layer].append(param_name)
-    return segments
 
 
 class ParameterDrift:

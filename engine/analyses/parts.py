@@ -33,13 +33,14 @@ def parse_analyses(names: list[str] | None) -> list[str]:
 
 
 def build_epoch_parts(names: list[str], *, source, groups, head: str, layer_names: list[str], measures,
-                      precision: str | None = None) -> list:
+                      precision: str | None = None, class_token_layers: tuple[str, ...] = ()) -> list:
     """The part objects for ``names`` (see :mod:`engine.analyses` for their protocol)."""
     from engine.analyses.distance import FeatureDistance
     from engine.analyses.drift import ParameterDrift
 
     makers = {
-        "distance": lambda: FeatureDistance(layer_names, measures, precision=precision),
+        "distance": lambda: FeatureDistance(layer_names, measures, precision=precision,
+                                            class_token_layers=class_token_layers),
         "drift": lambda: ParameterDrift(source, groups, layer_names, head),
     }
     return [makers[name]() for name in names]

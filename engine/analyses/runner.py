@@ -11,13 +11,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.capture import capture
+from engine.capture import Layout, capture
 
 
 class EpochAnalyses:
-    def __init__(self, source: nn.Module, layer_names: list[str], parts: list):
+    """``layers``: the hooked layers, with their layouts where known (:class:`engine.capture.Layout`)."""
+
+    def __init__(self, source: nn.Module, layers: list[str] | dict[str, Layout | None], parts: list):
         self.source = source
-        self.layer_names = layer_names
+        self.layouts = layers if isinstance(layers, dict) else dict.fromkeys(layers)
+        self.layer_names = list(self.layouts)
         self.parts = parts
 
     def part(self, name: str):
@@ -58,7 +61,7 @@ class EpochAnalyses:
         self.source.eval()
         autocast = torch.autocast(device.type, enabled=amp and device.type == "cuda")
         try:
-            with capture(self.source, self.layer_names) as source_out, capture(model, self.layer_names) as tuned_out:
+            with capture(self.source, self.layouts) as source_out, capture(model, self.layouts) as tuned_out:
                 for images, _labels in probe_batches:
                     images = images.to(device, non_blocking=True)
                     with autocast:
@@ -66,9 +69,13 @@ class EpochAnalyses:
                         model(images)
                     for layer in self.layer_names:
                         a, b = source_out[layer].float(), tuned_out[layer].float()
+                        tokens = (source_out[(layer, "cls")].float(), tuned_out[(layer, "cls")].float()) \
+                            if (layer, "cls") in source_out else None
                         for part in parts:
                             t = time.perf_counter()
                             part.observe(layer, a, b)
+                            if tokens is not None and hasattr(part, "observe_class_token"):
+                                part.observe_class_token(layer, *tokens)
                             spent[part.name] += time.perf_counter() - t
                             inside += time.perf_counter() - t
                         if observer is not None:

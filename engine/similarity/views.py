@@ -8,6 +8,7 @@ and the layer-level entry point :func:`layer_distance`.
 | `flat`       | n                 | c·h·w              | 1, from the n×n Gram                   |
 | `filter`     | n                 | h·w of one filter  | c, layer value = mean over live filters|
 | `filter-map` | w (image columns) | h (image rows)     | c per image, averaged over images      |
+| `cls`        | n                 | d                  | 1: a ViT layer's class token (fed as an (n, d, 1, 1) map) |
 
 `filter-map` reproduces the authors' Procrustes code: each single h×w map is a matrix whose image
 rows are the features and whose columns are the samples, each row centred over its columns (Ding
@@ -45,7 +46,7 @@ from engine.similarity.metrics import (
 from engine.similarity.spectral import SideSpectrum, dual_cross
 from engine.similarity.streaming import MomentAccumulator, pooled_rows, positions_rows
 
-VIEWS = ("positions", "pooled", "flat", "filter", "filter-map")
+VIEWS = ("positions", "pooled", "flat", "filter", "filter-map", "cls")
 FILTER_VIEWS = ("filter", "filter-map")
 DEFAULT_VIEW = "positions"
 # A filter is dead when its centred sum of squares is below this fraction of the layer's largest:
@@ -101,6 +102,7 @@ def view_shape(view: str, n: int, c: int, h: int, w: int) -> tuple[int, int]:
         "flat": (n, c * h * w),
         "filter": (n, h * w),
         "filter-map": (w, h),
+        "cls": (n, c),
     }[check_view(view)]
 
 
@@ -161,7 +163,7 @@ class LayerAccumulator:
         self.cache, self.cache_key = cache, cache_key
         self.chunk_bytes = chunk_bytes
         self.shape: tuple[int, ...] | None = None
-        self.moments = MomentAccumulator(precision) if view in ("positions", "pooled") else None
+        self.moments = MomentAccumulator(precision) if view in ("positions", "pooled", "cls") else None
         self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.map_sums: dict[str, torch.Tensor] = {}
         self.map_live: torch.Tensor | None = None
@@ -176,7 +178,7 @@ class LayerAccumulator:
         self.shape = (n, *a.shape[1:])
         if self.view == "positions":
             self.moments.update(positions_rows(a), positions_rows(b))
-        elif self.view == "pooled":
+        elif self.view in ("pooled", "cls"):  # cls: the class token arrives as an (n, d, 1, 1) map
             self.moments.update(pooled_rows(a), pooled_rows(b))
         elif self.view == "filter-map":
             self.add_filter_maps(a, b)
