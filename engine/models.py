@@ -242,7 +242,8 @@ def trace_layers(model: nn.Module, image_size: int) -> list[LayerInfo]:
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, image_size, image_size))
+            device = next(model.parameters()).device  # "meta" traces shapes without computing
+            model(torch.zeros(1, 3, image_size, image_size, device=device))
     finally:
         for h in hooks:
             h.remove()
