@@ -1,7 +1,8 @@
-"""The per-epoch analysis of a real layer set on a GPU: ResNet-50's paper layers, n probe images at
-224 px, every default measure on `positions` and on the `filter` view, plus parameter drift.
+"""The per-epoch analysis of a real layer set on a GPU: ResNet-50's paper layers (or any classifier's
+default layers, --model), n probe images at 224 px, every default measure on `positions` and on the
+`filter` view, plus parameter drift.
 
-No weights are downloaded: ResNet-50 is randomly initialised (the cost of the analysis depends on
+No weights are downloaded: the network is randomly initialised (the cost of the analysis depends on
 shapes, not on what the weights learned) and the "tuned" model is the source with every parameter
 moved by 2 % of its spread. Probe images are smooth random fields. For each precision the script
 runs two epochs' analyses (the first fills the source-side caches, the second is what every later
@@ -22,14 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.analyses.distance import FeatureDistance  # noqa: E402
 from engine.analyses.drift import ParameterDrift  # noqa: E402
 from engine.analyses.runner import EpochAnalyses  # noqa: E402
 from engine.capture import parse_measures  # noqa: E402
-from engine.models import head_name, select_layers  # noqa: E402
+from engine.models import architecture, head_name, select_layers  # noqa: E402
 from engine.similarity import layer_distance  # noqa: E402
 from engine.strategies import block_groups  # noqa: E402
 
@@ -75,16 +75,20 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--metrics", default=",".join(METRICS), help="measures, comma-separated (metric@view)")
     parser.add_argument("--precisions", default="float64,float32")
+    parser.add_argument("--model", default="resnet50", help="any torchvision classifier (its default layers)")
+    parser.add_argument("--epochs", type=int, default=2, help="analyses per precision (the first fills caches)")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {name}; torch {torch.__version__}; n = {args.n}, {args.image_size} px, resnet50 paper layers")
+    print(f"device: {name}; torch {torch.__version__}; n = {args.n}, {args.image_size} px, {args.model} default layers")
     print(f"CUDA float64 vs CPU float64, every view: max |difference| {check_views_against_cpu(device):.1e}"
           if device.type == "cuda" else "(CPU run: no CUDA comparison)")
 
     torch.manual_seed(0)
-    source = torchvision.models.resnet50(weights=None).eval()
-    layers = [layer.name for layer in select_layers("resnet50", source, None, args.image_size)]  # traced on CPU
+    source = architecture(args.model, image_size=args.image_size).eval()
+    selected = select_layers(args.model, source, None, args.image_size)  # traced on CPU
+    layers = [layer.name for layer in selected]
+    layouts = {layer.name: layer.layout for layer in selected}
     source = source.to(device)
     tuned = copy.deepcopy(source)
     with torch.no_grad():
@@ -97,9 +101,9 @@ def main() -> None:
     precisions = args.precisions.split(",")
     for precision in precisions:
         parts = [FeatureDistance(layers, measures, precision=precision),
-                 ParameterDrift(source, block_groups("resnet50", source), layers, head_name(source))]
-        runner = EpochAnalyses(source, layers, parts)
-        for epoch in (1, 2):
+                 ParameterDrift(source, block_groups(args.model, source), layers, head_name(source))]
+        runner = EpochAnalyses(source, layouts, parts)
+        for epoch in range(1, args.epochs + 1):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             synchronise(device)

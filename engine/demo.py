@@ -215,7 +215,7 @@ class Findings:
 
     @property
     def metrics_agree(self) -> bool:
-        return self.correlation[0] > 0
+        return self.correlation[0] is not None and self.correlation[0] > 0
 
     def lines(self) -> list[str]:
         mark = lambda ok: "✓" if ok else "✗"  # noqa: E731
@@ -228,7 +228,8 @@ class Findings:
             f"{mark(self.white_moves_more)} (b) the white-background target moves features more than the similar "
             f"one (reusability distance, Table 2): {b}",
             f"{mark(self.metrics_agree)} (c) PWSM and Procrustes agree: Pearson r of their layer series "
-            f"{r:.2f} ± {s:.2f} over {n} layers (the paper: 0.83 ± 0.43)",
+            + (f"{r:.2f} ± {s:.2f} over {n} layers (the paper: 0.83 ± 0.43)" if r is not None else
+               "undefined on every layer (a correlation over epochs needs at least two; the paper: 0.83 ± 0.43)"),
         ]
 
     def as_json(self) -> dict[str, Any]:

@@ -308,6 +308,11 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Seeds the generated data, the source model and the runs."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     no_tui: bool = typer.Option(False, "--no-tui", help="Print the report instead of opening the TUI."),
+    model: str = typer.Option("resnet18", "--model", help="Any torchvision classifier, pretrained from scratch on "
+                              "the generated source domain (e.g. vit_b_16: a ViT; minutes per epoch on a CPU, use "
+                              "a GPU)."),
+    image_size: int = typer.Option(64, "--image-size", min=16, help="Generated image size (ViTs: a multiple of "
+                                                                    "the patch size)."),
 ) -> None:
     """The paper's experiment in minutes, offline: generated source and target domains (similar,
     different task, white background), a source model pretrained once and cached, three
@@ -319,10 +324,13 @@ def demo(
     from engine.record import read_run, write_json_atomic
     from engine.report import build_report
 
-    settings = DemoSettings()
+    settings = DemoSettings(model=model, image_size=image_size)
     if epochs:
         settings = dataclasses.replace(settings, epochs=epochs)
     try:
+        from engine.models import check_model_name
+
+        check_model_name(model)
         with TrainingProgress() as progress:
             runs = run_demo(out_dir, settings, seed=seed, device=device, on_event=progress.event)
     except FtdynError as exc:
