@@ -244,6 +244,10 @@ def trace_layers(model: nn.Module, image_size: int) -> list[LayerInfo]:
         with torch.no_grad():
             device = next(model.parameters()).device  # "meta" traces shapes without computing
             model(torch.zeros(1, 3, image_size, image_size, device=device))
+    except (RuntimeError, ValueError, AssertionError) as exc:  # the architecture cannot take this size
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise FtdynError(f"{type(model).__name__} cannot run on {image_size}×{image_size} images ({reason}); "
+                         f"choose another --image-size (e.g. 224)") from None
     finally:
         for h in hooks:
             h.remove()

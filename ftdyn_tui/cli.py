@@ -424,8 +424,6 @@ def layers(
         traced = trace_layers(network, image_size)
     except FtdynError as exc:
         fail(str(exc))
-    except RuntimeError as exc:  # the architecture cannot take this input size
-        fail(f"{model} cannot run on {image_size}×{image_size} images ({str(exc).splitlines()[0]}); try --image-size 224")
     defaults = set(default_layer_names(model, traced, network))
     table = Table(title=f"{model} at {image_size}×{image_size} (* = default; shared modules cannot be hooked; "
                         f"h,w,c maps are permuted, a class token (+cls) is measured by the cls view)")
