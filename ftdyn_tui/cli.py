@@ -511,13 +511,17 @@ def report(
     for snapshot in snapshots:
         if snapshot.problem:
             fail(snapshot.problem)
-    tables = build_report(snapshots)
+    emit(fmt, build_report(snapshots), print_tables)
+
+
+def emit(fmt: ReportFormat, tables: dict[str, list[dict]], print_as_tables, as_json: dict | None = None) -> None:
+    """Tables to stdout as JSON (``as_json`` instead where given), CSV or terminal tables."""
     if fmt == ReportFormat.json:
-        out.print_json(json.dumps(tables))
+        out.print_json(json.dumps(tables if as_json is None else as_json))
     elif fmt == ReportFormat.csv:
         sys.stdout.write(tables_as_csv(tables))
     else:
-        print_tables(tables)
+        print_as_tables(tables)
 
 
 transfer = typer.Typer(
@@ -603,13 +607,7 @@ def run_posthoc(work) -> tuple[dict, Path]:
 def emit_posthoc(result: dict, path: Path, fmt: "ReportFormat") -> None:
     from engine.report import posthoc_tables
 
-    tables = posthoc_tables([(path.parent.parent.name, result)])
-    if fmt == ReportFormat.json:
-        out.print_json(json.dumps(result))
-    elif fmt == ReportFormat.csv:
-        sys.stdout.write(tables_as_csv(tables))
-    else:
-        print_posthoc(tables)
+    emit(fmt, posthoc_tables([(path.parent.parent.name, result)]), print_posthoc, as_json=result)
 
 
 def tables_as_csv(tables: dict[str, list[dict]]) -> str:

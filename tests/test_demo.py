@@ -72,7 +72,7 @@ def test_demo_refuses_a_directory_it_does_not_own(cache, tmp_path):
 
 
 def test_demo_reproduces_the_papers_findings(cache, tmp_path, cli, monkeypatch):
-    monkeypatch.setattr(demo_module, "DemoSettings", lambda: SMALL)
+    monkeypatch.setattr(demo_module, "DemoSettings", lambda **options: dataclasses.replace(SMALL, **options))
     result = cli("demo", "--out", tmp_path / "demo", "--no-tui", "--device", "cpu")
     assert result.exit_code == 0, result.output
     runs = [tmp_path / "demo" / name for name in ("similar", "task", "white")]
