@@ -40,7 +40,8 @@ class TrackedRun:
     def __post_init__(self):
         self.reader = RunReader(self.path)
         self._vis = JsonlFollower(self.path / VIS_INDEX)
-        self._matrices: dict[str, tuple[int, np.ndarray]] = {}
+        self._matrices: dict[tuple[str, str], tuple[int, np.ndarray]] = {}
+        self._parts: tuple[dict | None, list[dict[str, Any]]] | None = None
 
     def refresh(self) -> bool:
         """Read what changed (only new lines of the record and image index); True when anything did."""
@@ -76,8 +77,11 @@ class TrackedRun:
 
     @property
     def parts(self) -> list[dict[str, Any]]:
-        """The analyses recorded every epoch (feature distances alone for schema-1 runs)."""
-        return declared_parts(self.config)
+        """The analyses recorded every epoch (feature distances alone for schema-1 runs); read from
+        the config, which is written once, so worked out once."""
+        if self._parts is None or self._parts[0] is not self.config:
+            self._parts = (self.config, declared_parts(self.config))
+        return self._parts[1]
 
     def part(self, name: str) -> dict[str, Any] | None:
         return next((p for p in self.parts if p.get("name") == name), None)
