@@ -17,6 +17,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from engine.analyses.parts import DEFAULT_EPOCH_PARTS, build_epoch_parts, parse_analyses
+from engine.analyses.parts import PartContext, build_epoch_parts, default_epoch_parts, parse_analyses
 from engine.analyses.runner import EpochAnalyses
 from engine.capture import feature_map_shape, parse_measures
 from engine.data import ImageList, image_transform, load_image_data, pixel_transform, probe_indices, seeded_generator
@@ -103,7 +105,7 @@ class RunConfig:
     vis_epochs: list[int] | None = None  # None: every epoch
     vis_filters: str | None = None  # 'layer:index,…'
     vis_k: int = 8
-    analyses: list[str] = field(default_factory=lambda: list(DEFAULT_EPOCH_PARTS))
+    analyses: list[str] = field(default_factory=lambda: default_epoch_parts())
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -144,6 +146,37 @@ def source_fingerprint(model: nn.Module) -> float:
         return float(sum(p.double().abs().sum() for p in model.state_dict().values() if p.is_floating_point()))
 
 
+class InterruptRequest:
+    """Ctrl-C during the loop asks it to stop at the next step boundary (the epoch in progress is
+    dropped, as after a kill). Python's default handler raises KeyboardInterrupt wherever the signal
+    lands, and one raised inside a finaliser (a DataLoader's or a tensor's ``__del__``) is swallowed:
+    the run then went on. A second Ctrl-C raises at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self) -> "InterruptRequest":
+        self.requested = False
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self.handle)
+        return self
+
+    def handle(self, _signum, _frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+
 def source_model(config: RunConfig, classes: int) -> tuple[nn.Module, str]:
     """The run's epoch-0 model: its weights with the new head for ``classes`` classes."""
     torch.manual_seed(config.seed)  # with --weights none the backbone's initialisation is the source
@@ -170,6 +203,7 @@ class Trainer:
         self.best_accuracy = -math.inf
         self.rgn: dict[str, float] = {}
         self.field_kinds: dict[str, str] = {}  # per layer: how class-based images locate a unit
+        self.interrupt = InterruptRequest()
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -216,9 +250,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp and self.device.type == "cuda")
         layer_names = [layer.name for layer in self.layers]
         class_token_layers = tuple(layer.name for layer in self.layers if layer.layout and layer.layout.class_token)
-        self.analyses = EpochAnalyses(self.source, {layer.name: layer.layout for layer in self.layers}, build_epoch_parts(
-            parts, source=self.source, groups=self.groups, head=head_name(self.model),
-            layer_names=layer_names, measures=self.measures, class_token_layers=class_token_layers))
+        context = PartContext(source=self.source, groups=self.groups, head=head_name(self.model),
+                              layer_names=layer_names, measures=self.measures, class_token_layers=class_token_layers)
+        self.analyses = EpochAnalyses(self.source, {layer.name: layer.layout for layer in self.layers},
+                                      build_epoch_parts(parts, context))
         self.criterion = nn.CrossEntropyLoss()
         self.visualiser = self.make_visualiser(model) if config.vis else None
 
@@ -321,17 +356,8 @@ class Trainer:
             self.writer.write_config(self.config_record())
         self.writer.start(self.total_epochs, epoch=start_epoch or 0)
         try:
-            if start_epoch is None:
-                self.finish_epoch(0, train=None, train_seconds=0.0)
-                start_epoch = 0
-            for epoch in range(start_epoch + 1, self.total_epochs + 1):
-                torch.manual_seed(seed_epoch(config.seed, epoch))
-                if config.strategy == "lp-ft" and epoch == 1:
-                    train, train_seconds = self.fit_probe()
-                    self.finish_epoch(epoch, train, train_seconds, phase="linear-probe")
-                else:
-                    train, train_seconds = self.train_epoch(epoch)
-                    self.finish_epoch(epoch, train, train_seconds)
+            with self.interrupt:
+                self.epochs(start_epoch)
         except KeyboardInterrupt:
             self.writer.finish("interrupted", "stopped by Ctrl-C; continue with --resume")
             raise
@@ -352,6 +378,22 @@ class Trainer:
             self.visualiser.write_all_montages()
         self.writer.finish("finished")
         return self.dir
+
+    def epochs(self, start_epoch: int | None) -> None:
+        """Epoch 0 (unless resuming), then every epoch after the last complete one."""
+        config = self.config
+        if start_epoch is None:
+            self.finish_epoch(0, train=None, train_seconds=0.0)
+            start_epoch = 0
+        for epoch in range(start_epoch + 1, self.total_epochs + 1):
+            self.interrupt.check()
+            torch.manual_seed(seed_epoch(config.seed, epoch))
+            if config.strategy == "lp-ft" and epoch == 1:
+                train, train_seconds = self.fit_probe()
+                self.finish_epoch(epoch, train, train_seconds, phase="linear-probe")
+            else:
+                train, train_seconds = self.train_epoch(epoch)
+                self.finish_epoch(epoch, train, train_seconds)
 
     def train_epoch(self, epoch: int) -> tuple[dict[str, float], float]:
         config = self.config
@@ -390,6 +432,7 @@ class Trainer:
             elapsed = time.perf_counter() - start - analysis_seconds
             self.on_event("step", epoch=epoch, step=step, steps=len(loader), images_per_s=seen / max(elapsed, 1e-9),
                           loss=loss_sum / seen, lrs=[group["lr"] for group in self.optimizer.param_groups])
+            self.interrupt.check()
             if config.every_steps and self.global_step % config.every_steps == 0 and step < len(loader):
                 sections, spent = self.analyses.run(self.model, self.probe_loader, self.device, config.amp)
                 seconds = sum(spent.values())

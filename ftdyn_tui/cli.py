@@ -125,8 +125,8 @@ def run(
                                                                              "from 0 over this many epochs."),
     analyses: Optional[list[str]] = typer.Option(None, "--analyses", help="Analyses measured every epoch, "
                                                  "comma-separated: distance (feature distance per layer), drift "
-                                                 "(parameter drift per module) (default: both). Barrier and "
-                                                 "criticality run afterwards: `ftdyn transfer --help`."),
+                                                 "(parameter drift per module) (default: every cheap one, both). "
+                                                 "Barrier and criticality run afterwards: `ftdyn transfer --help`."),
     tui: bool = typer.Option(False, "--tui", help="Train in the background (log: RUN/train.log) and open the "
                                                   "TUI on the run; quitting the TUI leaves training running."),
 ) -> None:

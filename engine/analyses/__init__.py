@@ -16,7 +16,10 @@ An analysis is a *part*. Each part says five things, and nothing else in ftdyn n
    their own: ``series`` (a value per row and measure, every epoch: curves and a row × epoch
    heatmap), ``curve`` (y series over one x axis) or ``matrix`` (a row × column heatmap).
 
-An epoch part is a class with ``name``, ``section``, ``uses_probe`` and three methods::
+An epoch part is a class with ``name``, ``when = "epoch"``, ``section``, ``uses_probe``, ``default``
+(on unless `--analyses` says otherwise), a one-line ``summary``, a ``build(context)`` class method
+(:class:`engine.analyses.parts.PartContext`: source model, block groups, head, hooked layers,
+measures) and these methods::
 
     declaration() -> dict           # {"title", "unit", "measures", "rows": {view: [row, …]}, "note"}
     begin(model)                    # a measurement starts (the tuned model as it is now)
@@ -32,8 +35,8 @@ distances keep the schema-1 layout ``record["layers"][layer][view]["values"][met
 recorded before parts existed read unchanged; their declaration says so (``"layout": "layers"``).
 
 To add an analysis: write ``engine/analyses/<name>.py`` with its definition (ANALYSES.md section)
-in the docstring and a class as above, and list it in :mod:`engine.analyses.parts`. The loop,
-the record, the TUI and the report need no change.
+in the docstring and a class as above — nothing else: :mod:`engine.analyses.parts` finds it,
+`--analyses` accepts it, and the loop, the record, the TUI and the report need no change.
 
 This module imports no torch: the TUI reads declarations and sections through it.
 """

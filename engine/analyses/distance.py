@@ -19,8 +19,16 @@ from engine.similarity.metrics import Metric
 
 class FeatureDistance:
     name = "distance"
+    when = "epoch"
     section = "layers"
     uses_probe = True
+    default = True
+    summary = "feature distance of every hooked layer to the source model (--metrics, --view)"
+
+    @classmethod
+    def build(cls, context) -> "FeatureDistance":
+        return cls(context.layer_names, context.measures, precision=context.precision,
+                   class_token_layers=context.class_token_layers)
 
     def __init__(self, layer_names: list[str], measures: list[Measure], whitening_scale: str = "mean_eig",
                  precision: str | None = None, class_token_layers: tuple[str, ...] = ()):

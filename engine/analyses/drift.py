@@ -33,8 +33,15 @@ MEASURES = ("relative@groups", "absolute@groups", "relative@layers", "absolute@l
 
 class ParameterDrift:
     name = "drift"
+    when = "epoch"
     section = "drift"
     uses_probe = False
+    default = True  # one pass over the parameters: about 0.2 % of a demo epoch
+    summary = "parameter drift ‖θᵗ − θ⁰‖ per block group, per hooked layer's module and for the backbone"
+
+    @classmethod
+    def build(cls, context) -> "ParameterDrift":
+        return cls(context.source, context.groups, context.layer_names, context.head)
 
     def __init__(self, source: nn.Module, groups: "OrderedDict[str, list[str]]", layer_names: list[str], head: str):
         # the frozen source holds θ⁰; nothing is copied

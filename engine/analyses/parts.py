@@ -1,46 +1,72 @@
-"""The analysis parts ftdyn knows, by name: what `--analyses` selects and `ftdyn transfer` runs.
+"""The analysis parts ftdyn knows, found by name: what `--analyses` selects and `ftdyn transfer` runs.
 
-Epoch parts run at the end of every epoch (and every ``--every-steps`` N steps); post-hoc parts
-run afterwards from a run's checkpoints, each by its own `ftdyn transfer` command.
+Epoch parts are found, not listed: every class in a module of this package with ``when = "epoch"``
+is one (with ``name``, ``summary``, ``default`` and a ``build(context)`` class method taking the
+:class:`PartContext`), so a new analysis is one new file. They run and are listed in name order.
+Post-hoc parts run afterwards from a run's checkpoints, each by its own `ftdyn transfer` command.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
 from engine.errors import FtdynError
 
-EPOCH_PARTS = {
-    "distance": "feature distance of every hooked layer to the source model (--metrics, --view)",
-    "drift": "parameter drift ‖θᵗ − θ⁰‖ per block group, per hooked layer's module and for the backbone",
-}
-DEFAULT_EPOCH_PARTS = ("distance", "drift")  # both cheap: measured in the closing note of issue 10
 POSTHOC_PARTS = {
     "barrier": "loss and error along the line between two models, and the barrier (ftdyn transfer barrier)",
     "criticality": "module criticality: rewinding one block group at a time (ftdyn transfer criticality)",
 }
 
 
+@dataclass(frozen=True)
+class PartContext:
+    """What an epoch part may build itself from."""
+
+    source: Any  # the frozen source model (θ⁰)
+    groups: dict[str, list[str]]  # block groups → parameter names (ftdyn layers MODEL)
+    head: str  # the new head's module name
+    layer_names: list[str]  # the hooked layers, early → deep
+    measures: list = field(default_factory=list)  # metric@view (engine.capture.Measure)
+    precision: str | None = None
+    class_token_layers: tuple[str, ...] = ()
+
+
+@cache
+def epoch_parts() -> dict[str, type]:
+    """name → class of every epoch part in this package, in name order."""
+    import engine.analyses as package
+
+    found = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        for value in vars(module).values():
+            if isinstance(value, type) and value.__module__ == module.__name__ and getattr(value, "when", None) == "epoch":
+                found[value.name] = value
+    return dict(sorted(found.items()))
+
+
+def default_epoch_parts() -> list[str]:
+    return [name for name, part in epoch_parts().items() if part.default]
+
+
 def parse_analyses(names: list[str] | None) -> list[str]:
-    """``--analyses`` → the epoch parts, in a fixed order; unknown names get the list."""
+    """``--analyses`` → the epoch parts, in name order; unknown names get the list."""
     if not names:
-        return list(DEFAULT_EPOCH_PARTS)
+        return default_epoch_parts()
+    known = epoch_parts()
     for name in names:
         if name in POSTHOC_PARTS:
             raise FtdynError(f"'{name}' runs after training, from checkpoints: use `ftdyn transfer {name}` "
-                             f"(--analyses takes {', '.join(EPOCH_PARTS)})")
-        if name not in EPOCH_PARTS:
-            raise FtdynError(f"unknown analysis '{name}'; --analyses takes {', '.join(EPOCH_PARTS)}")
-    return [name for name in EPOCH_PARTS if name in names]
+                             f"(--analyses takes {', '.join(known)})")
+        if name not in known:
+            raise FtdynError(f"unknown analysis '{name}'; --analyses takes {', '.join(known)}")
+    return [name for name in known if name in names]
 
 
-def build_epoch_parts(names: list[str], *, source, groups, head: str, layer_names: list[str], measures,
-                      precision: str | None = None, class_token_layers: tuple[str, ...] = ()) -> list:
+def build_epoch_parts(names: list[str], context: PartContext) -> list:
     """The part objects for ``names`` (see :mod:`engine.analyses` for their protocol)."""
-    from engine.analyses.distance import FeatureDistance
-    from engine.analyses.drift import ParameterDrift
-
-    makers = {
-        "distance": lambda: FeatureDistance(layer_names, measures, precision=precision,
-                                            class_token_layers=class_token_layers),
-        "drift": lambda: ParameterDrift(source, groups, layer_names, head),
-    }
-    return [makers[name]() for name in names]
+    return [epoch_parts()[name].build(context) for name in names]
