@@ -26,9 +26,6 @@ from torch import nn
 from engine.capture import Layout, detect_layout, feature_map_shape
 from engine.errors import FtdynError
 
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Sigmoid)
-
-
 def classification_models() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 

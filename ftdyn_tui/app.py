@@ -23,6 +23,7 @@ from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static
 from textual_plotext import PlotextPlot
 
 from ftdyn_tui.model import (
+    CURVE_COLOURS,
     SMOOTHING_STEPS,
     TrackedRun,
     Workspace,
@@ -596,8 +597,7 @@ class ResultsScreen(Screen):
             plt.clear_data()
             plt.clear_figure()
             xs = result.get("x", [])
-            for (name, ys), colour in zip((result.get("series") or {}).items(),
-                                          ("blue", "red", "green", "orange", "magenta", "cyan")):
+            for (name, ys), colour in zip((result.get("series") or {}).items(), CURVE_COLOURS):
                 points = [(x, y) for x, y in zip(xs, ys) if isinstance(y, (int, float))]
                 if points:
                     plt.plot([p[0] for p in points], [p[1] for p in points], label=name.replace("_", " "),

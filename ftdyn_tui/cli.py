@@ -714,7 +714,9 @@ def curve_text(title: str, xs: list[float], series: dict[str, list[float]], x_la
     plt.clear_figure()
     plt.plotsize(width, height)
     plt.theme("clear")
-    for (name, ys), colour in zip(series.items(), ("blue", "red", "green", "orange", "magenta", "cyan")):
+    from ftdyn_tui.model import CURVE_COLOURS
+
+    for (name, ys), colour in zip(series.items(), CURVE_COLOURS):
         points = [(x, y) for x, y in zip(xs, ys) if y is not None]
         if points:
             plt.plot([p[0] for p in points], [p[1] for p in points], label=name, marker="braille", color=colour)

@@ -27,6 +27,8 @@ from engine.report import (
 )
 
 SMOOTHING_STEPS = (0.0, 0.6, 0.9)
+# Colours of the few curves of one post-hoc result (barrier: held-out/train × loss/error).
+CURVE_COLOURS = ("blue", "red", "green", "orange", "magenta", "cyan")
 
 
 @dataclass
