@@ -9,30 +9,63 @@ def centre(X):
     return X - X.mean(axis=0, keepdims=True)
 
 
-def whitening_matrix(X, alpha, netrep=False):
-    """Z with φ(X) = X Z. ftdyn: eigen-decompose S = XᵀX / (‖X‖²/p), null directions get no weight.
-    netrep: the raw XᵀX, eigenvalues clipped at 1e-7 (and no whitening at all for α = 1)."""
-    if netrep and alpha > 1 - 1e-7:
+def whitening_matrix(X, alpha):
+    """netrep's Z with φ(X) = X Z: the raw XᵀX, eigenvalues clipped at 1e-7, no whitening at α = 1."""
+    if alpha > 1 - 1e-7:
         return np.eye(X.shape[1])
-    S = X.T @ X
-    if not netrep:
-        S = S / (np.sum(X * X) / X.shape[1])
-    lam, V = np.linalg.eigh(S)
+    lam, V = np.linalg.eigh(X.T @ X)
+    lam = np.maximum(lam, 1e-7)
+    return V @ np.diag(alpha + (1 - alpha) / np.sqrt(lam)) @ V.T
+
+
+def singular_parts(X):
+    """SVD of the centred data with the directions rounding cannot tell from zero removed."""
+    U, s, Vt = np.linalg.svd(X, full_matrices=False)
+    live = s > max(X.shape) * np.finfo(np.float64).eps * s[0]
+    live[min(X.shape[0] - 1, X.shape[1]):] = False  # a centred matrix has rank ≤ m − 1
+    return U[:, live], s[live], Vt[live]
+
+
+def whitened(X, alpha, netrep=False):
+    """φ_α(X) from the SVD X = U Σ Vᵀ, with no eigen-decomposition of XᵀX at all:
+    X S^(−1/2) = U Vᵀ, so φ_α(X) = α X + (1 − α) √s U Vᵀ with s = ‖X‖²_F / p (ftdyn's scale);
+    netrep's scale whitens with max(σ², 1e-7) instead: φ = U diag(α σ + (1 − α) σ / max(σ, √1e-7)) Vᵀ."""
+    U, s, Vt = singular_parts(X)
     if netrep:
-        lam = np.maximum(lam, 1e-7)
-        d = alpha + (1 - alpha) / np.sqrt(lam)
-    else:
-        live = lam > 1e-10 * lam.max()
-        d = np.where(live, alpha + (1 - alpha) / np.sqrt(np.where(live, lam, 1.0)), 0.0)
-    return V @ np.diag(d) @ V.T
+        return (U * (alpha * s + (1 - alpha) * s / np.sqrt(np.maximum(s * s, 1e-7)))) @ Vt
+    scale = np.sqrt(np.sum(s * s) / X.shape[1])
+    return alpha * X + (1 - alpha) * scale * U @ Vt
 
 
 def pwsm(X, Y, alpha, netrep=False):
     X, Y = centre(X), centre(Y)
-    fx = X @ whitening_matrix(X, alpha, netrep)
-    fy = Y @ whitening_matrix(Y, alpha, netrep)
+    fx, fy = whitened(X, alpha, netrep), whitened(Y, alpha, netrep)
     nuclear = np.linalg.svd(fx.T @ fy, compute_uv=False).sum()
     return float(np.arccos(np.clip(nuclear / (np.linalg.norm(fx) * np.linalg.norm(fy)), -1, 1)))
+
+
+def exact_pwsm(X, Y, alpha, digits=50):
+    """PWSM in high-precision arithmetic (mpmath) with an explicit S^(−1/2), the float64 data taken
+    as exact: the reference where float64 SVDs lose digits (singular values spread beyond 1e8)."""
+    import mpmath
+
+    mpmath.mp.dps = digits
+
+    def whitened(A):
+        A = mpmath.matrix(np.asarray(A, dtype=np.float64).tolist())
+        for j in range(A.cols):  # centred in high precision: rounding would add a direction
+            mean = sum(A[i, j] for i in range(A.rows)) / A.rows
+            for i in range(A.rows):
+                A[i, j] -= mean
+        lam, V = mpmath.eigsy(A.T * A)
+        s = sum(lam) / A.cols
+        live = [v > mpmath.mpf(10) ** -(digits - 10) * max(lam) for v in lam]
+        d = [alpha + (1 - alpha) / mpmath.sqrt(v / s) if ok else 0 for v, ok in zip(lam, live)]
+        return A * V * mpmath.diag(d) * V.T
+
+    fx, fy = whitened(X), whitened(Y)
+    nuclear = sum(mpmath.svd_r(fx.T * fy, compute_uv=False))
+    return float(mpmath.acos(min(1, nuclear / (mpmath.mnorm(fx, "f") * mpmath.mnorm(fy, "f")))))
 
 
 def netrep_linear_metric(X, Y, alpha):
@@ -88,9 +121,15 @@ def relu_pair(rng, m, p):
     return np.maximum(X + 0.3, 0), np.maximum(Y - 0.2, 0)
 
 
+def spread_pair(rng, m, p, decades):
+    """Columns scaled by 10^U(−decades, decades): dead-ish ReLU channels next to live ones."""
+    X, Y = random_pair(rng, m, p, noise=0.7)
+    return X * 10.0 ** rng.uniform(-decades, decades, size=p), Y * 10.0 ** rng.uniform(-decades, decades, size=p)
+
+
 def badly_scaled_pair(rng, m, p):
-    # Columns spread over 2.5 decades (5 in variance) and opposite global scales. Wider spreads
-    # make any float64 eigen-solver of XᵀX, the reference's included, lose the 1e-10 agreement.
+    # Columns spread over 2.5 decades and opposite global scales: the range in which netrep's
+    # eigh of the raw XᵀX still agrees with the exact value to 1e-10.
     X, Y = random_pair(rng, m, p)
     scales = 10.0 ** rng.uniform(-1.25, 1.25, size=p)
     return X * scales * 1e3, Y * scales[::-1] * 1e-3

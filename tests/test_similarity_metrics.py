@@ -54,6 +54,73 @@ def test_netrep_scale_reproduces_netrep(kind, m, p):
         assert ref.pwsm(X, Y, alpha, netrep=True) == pytest.approx(expected, abs=TOL)
 
 
+@pytest.mark.parametrize("decades", (0, 2, 4))
+@pytest.mark.parametrize("m,p", [(200, 12), (30, 40)])
+def test_exact_at_any_column_spread(decades, m, p):
+    """Dead-ish channels next to live ones: every metric equals the SVD-of-the-data reference
+    (which never forms XᵀX), primal and dual, netrep's scale included. Beyond 1e±4 the reference
+    itself loses digits (singular values spread beyond 1e8); the next test takes over there."""
+    rng = np.random.default_rng(100 + decades + m)
+    X, Y = ref.spread_pair(rng, m, p, decades)
+    for alpha in alphas_for(m, p):
+        assert pwsm_distance(X, Y, alpha) == pytest.approx(ref.pwsm(X, Y, alpha), abs=TOL), alpha
+        assert pwsm_distance(X, Y, alpha, whitening_scale="netrep") == pytest.approx(
+            ref.pwsm(X, Y, alpha, netrep=True), abs=TOL), alpha
+    assert procrustes_distance(X, Y) == pytest.approx(ref.procrustes(X, Y), abs=TOL)
+    assert cka_distance(X, Y) == pytest.approx(ref.cka(X, Y), abs=TOL)
+    # streaming moments (the positions view's path) agree as well
+    acc = MomentAccumulator()
+    for rows in np.array_split(np.arange(m), 3):
+        acc.update(torch.from_numpy(X[rows]), torch.from_numpy(Y[rows]))
+    if m - 1 > p:
+        streamed = metric_values(acc.paired_spectra(), [Metric("pwsm", 0.0)])["pwsm:0"]
+        assert float(streamed[0]) == pytest.approx(ref.pwsm(X, Y, 0.0), abs=TOL)
+
+
+@pytest.mark.parametrize("decades", (6, 8))
+@pytest.mark.parametrize("m,p", [(60, 8), (12, 20)])
+def test_exact_at_wide_spread_against_high_precision_arithmetic(decades, m, p):
+    pytest.importorskip("mpmath")
+    rng = np.random.default_rng(decades + p)
+    X, Y = ref.spread_pair(rng, m, p, decades)
+    for alpha in alphas_for(m, p)[1:]:
+        assert pwsm_distance(X, Y, alpha) == pytest.approx(ref.exact_pwsm(X, Y, alpha), abs=TOL), alpha
+    assert procrustes_distance(X, Y) == pytest.approx(ref.procrustes(X, Y), abs=TOL)
+    assert cka_distance(X, Y) == pytest.approx(ref.cka(X, Y), abs=TOL)
+
+
+@pytest.mark.parametrize("case", ["rows = features + 1", "near-identical", "tiny maps"])
+def test_float64_default_on_adversarial_cases(case):
+    """The default path against 50-digit arithmetic where float32 fails (docs/PRECISION.md).
+    Near-identical pairs: θ comes from 1 − cos θ, which rounding floors near √ε·… (measured 4e-9 at
+    θ ≈ 1e-7); every other case to TOL."""
+    pytest.importorskip("mpmath")
+    rng = np.random.default_rng(3)
+    if case == "rows = features + 1":
+        X, Y = ref.random_pair(rng, 13, 12, noise=0.3)
+        alphas, tol = (0.1, 0.5, 1.0), TOL
+    elif case == "near-identical":
+        X = rng.normal(size=(200, 12))
+        Y = X + 1e-7 * rng.normal(size=X.shape)
+        alphas, tol = (0.0, 0.5, 1.0), 1e-8
+    else:  # one 3×3 ReLU map as a matrix, the filter-map view's unit
+        X = np.maximum(rng.normal(size=(3, 3)), 0) + np.eye(3)
+        Y = X + 0.2 * rng.normal(size=(3, 3))
+        alphas, tol = (1.0,), TOL
+    for alpha in alphas:
+        assert pwsm_distance(X, Y, alpha) == pytest.approx(ref.exact_pwsm(X, Y, alpha), abs=tol), alpha
+
+
+def test_netrep_pipeline_loses_directions_at_wide_spreads_where_we_do_not():
+    """netrep eigen-decomposes the raw XᵀX: at 1e±6 its smallest eigenvalues are rounding noise.
+    We state the disagreement rather than reproduce it."""
+    rng = np.random.default_rng(5)
+    X, Y = ref.spread_pair(rng, 200, 12, 5)
+    exact = ref.pwsm(X, Y, 0.0, netrep=True)
+    assert pwsm_distance(X, Y, 0.0, whitening_scale="netrep") == pytest.approx(exact, abs=TOL)
+    assert abs(ref.netrep_linear_metric(X, Y, 0.0) - exact) > 1e-2  # measured: 0.22 rad
+
+
 def test_netrep_intermediate_alpha_depends_on_scale_ours_does_not():
     rng = np.random.default_rng(3)
     X, Y = ref.random_pair(rng, 150, 20)

@@ -28,10 +28,13 @@ import numpy as np
 import torch
 
 from engine.similarity.spectral import (
+    DIRECT_EIGH_ERROR,
     WHITENING_SCALES,
     SideSpectrum,
     cka_similarity,
-    decompose,
+    decompose_data,
+    decompose_gram,
+    decompose_moments,
     double_centre,
     dual_cross,
     primal_cross,
@@ -145,6 +148,11 @@ DEFAULT_PRECISION = "float64"
 # within a factor 10, samples well above features): 3.5e-7 idle, 1.07e-6 on a loaded machine;
 # the bound keeps a margin of 10 over the worst seen.
 FLOAT32_WELL_CONDITIONED_BOUND = 1e-5
+# The worst |value − exact| measured for each precision, recorded with every run (docs/PRECISION.md):
+# float64 against 50-digit arithmetic over column spreads up to 1e±8, primal and dual
+# (benchmarks/column_spread.py), away from the near-identical floor (|Δθ| ≈ 4e-9 at θ ≈ 1e-7);
+# float32 against float64 over the adversarial cases of benchmarks/float32_error.py.
+MEASURED_WORST_ERROR = {"float64": 4.4e-12, "float32": 4.4e-2}
 
 
 def compute_dtype_for(device: torch.device, precision: str | None) -> torch.dtype:
@@ -169,14 +177,18 @@ def choose_form(n_rows: int, n_features_x: int, n_features_y: int) -> str:
 
 
 def spectrum_from_gram(gram: torch.Tensor, n_rows: int, n_features: int, source_dtype: torch.dtype) -> SideSpectrum:
-    return decompose(double_centre(gram), n_rows, n_features, "dual", source_dtype)
+    return decompose_gram(double_centre(gram), n_rows, n_features, source_dtype)
 
 
 def pair_from_moments(sxx: torch.Tensor, syy: torch.Tensor, sxy: torch.Tensor, n_rows: int,
-                      identical: torch.Tensor, source_dtype: torch.dtype = torch.float64) -> PairedSpectra:
-    """Primal pair from centred second moments (b, p, p) — the streaming views end here."""
-    x = decompose(sxx, n_rows, sxx.shape[-1], "primal", source_dtype)
-    y = decompose(syy, n_rows, syy.shape[-1], "primal", source_dtype)
+                      identical: torch.Tensor, source_dtype: torch.dtype = torch.float64,
+                      column_floors: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)) -> PairedSpectra:
+    """Primal pair from centred second moments (b, p, p) — the streaming views end here.
+
+    ``column_floors`` are per-column variances at or below which a column is rounding noise of a
+    constant (None: only an exactly zero variance is)."""
+    x = decompose_moments(sxx, n_rows, source_dtype, column_floors[0])
+    y = decompose_moments(syy, n_rows, source_dtype, column_floors[1])
     return PairedSpectra(x, y, primal_cross(x, y, sxy), n_rows, identical)
 
 
@@ -184,6 +196,33 @@ def bitwise_equal(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if x.shape != y.shape:
         return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     return (x == y).flatten(1).all(1)
+
+
+def constant_column_floor(raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(b, p) variance a constant column of ``raw`` (b, m, p) can show after centring in ``dtype``:
+    m residuals of a few ε times the column's magnitude each."""
+    m = raw.shape[1]
+    return m * (4 * torch.finfo(dtype).eps * raw.abs().amax(1).to(torch.float64)) ** 2
+
+
+def dual_spectrum(centred: torch.Tensor, dtype: torch.dtype, floor: torch.Tensor) -> SideSpectrum:
+    """One side's dual spectrum from its Gram. Sides whose Gram cannot resolve every direction the
+    data can have (fewer live eigenvalues than min(m − 1, live features), or an accuracy bound
+    ε·√m·√(λ_max/λ_min) above DIRECT_EIGH_ERROR — column scales spread beyond about 1e±3) are
+    decomposed again by an SVD of the data."""
+    b, m, p = centred.shape
+    side = spectrum_from_gram(centred @ centred.transpose(1, 2), m, p, dtype)
+    live_columns = (centred.to(torch.float64).pow(2).sum(1) > floor).sum(-1)
+    possible = torch.clamp(live_columns, max=structural_rank(m, p))
+    lam = side.eigenvalues
+    smallest = torch.where(lam > 0, lam, torch.full_like(lam, math.inf)).amin(-1)
+    bound = torch.finfo(torch.float64).eps * math.sqrt(m) * (lam.amax(-1) / smallest).sqrt()
+    unresolved = ((side.live_count < possible) | (bound > DIRECT_EIGH_ERROR)).nonzero().flatten()
+    if len(unresolved):
+        again = decompose_data(centred[unresolved])
+        side.basis[unresolved] = again.basis
+        side.eigenvalues[unresolved] = again.eigenvalues
+    return side
 
 
 def pair_spectra(x: torch.Tensor, y: torch.Tensor, precision: str | None = None,
@@ -204,14 +243,15 @@ def pair_spectra(x: torch.Tensor, y: torch.Tensor, precision: str | None = None,
     yc = y.to(dtype)
     yc = yc - yc.mean(1, keepdim=True)
     identical = bitwise_equal(x, y)
+    floors = (constant_column_floor(x, dtype), constant_column_floor(y, dtype))
     if form == "dual":
-        sx = source if source is not None else spectrum_from_gram(xc @ xc.transpose(1, 2), m, px, dtype)
-        sy = spectrum_from_gram(yc @ yc.transpose(1, 2), m, py, dtype)
+        sx = source if source is not None else dual_spectrum(xc, dtype, floors[0])
+        sy = dual_spectrum(yc, dtype, floors[1])
         return PairedSpectra(sx, sy, dual_cross(sx, sy), m, identical)
     if source is not None:
         raise ValueError("a cached source spectrum is only reusable in the dual form")
     xt = xc.transpose(1, 2)
-    return pair_from_moments(xt @ xc, yc.transpose(1, 2) @ yc, xt @ yc, m, identical, dtype)
+    return pair_from_moments(xt @ xc, yc.transpose(1, 2) @ yc, xt @ yc, m, identical, dtype, floors)
 
 
 def metric_values(pair: PairedSpectra, metrics: Sequence[Metric],

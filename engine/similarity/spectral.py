@@ -10,22 +10,41 @@ The non-zero eigenvalues λ are the same either way. The cross term of the two s
 their eigenbases with unit weights, is
 
     C = diag(√λ_x) U_xᵀ U_y diag(√λ_y)      (dual: no raw cross product needed)
-    C = V_xᵀ (XᵀY) V_y                       (primal)
+    C = V_xᵀ (XᵀY) V_y                       (primal; formed in scaled coordinates, below)
 
 and ‖C‖_* = ‖XᵀY‖_*, ‖C‖_F = ‖XᵀY‖_F. Partial whitening only rescales C's rows and columns by
 d = α + (1 − α) λ^(−1/2) (METRICS.md §2), so every PWSM α, Procrustes and CKA come from one C.
 
-Null directions (the centring direction, rank deficiency, dead features) carry zero weight.
+Null directions (the centring direction, rank deficiency, dead features) carry zero weight. Which
+directions are null is decided by what can be told apart from rounding, never by a fixed fraction of
+the largest eigenvalue: real activations put dead-ish ReLU channels (variance 1e-12) next to live ones
+(variance 1e+2), and a relative cut-off drops those real directions, which full whitening weights as
+much as any other (METRICS.md §3; docs/PRECISION.md "Wide column scales").
+
+* **primal**: XᵀX is never decomposed as it stands — its eigenvalues can span more than 1/ε, so the
+  small ones are rounding noise. With column scales d = √diag(XᵀX), the correlation matrix
+  R = D⁻¹ XᵀX D⁻¹ = Q diag(ρ) Qᵀ is well scaled whatever the columns' units, so its rank is decided
+  against ε·k·log₂ m. The factor G = diag(√ρ) Qᵀ D satisfies GᵀG = XᵀX and has the singular values of X
+  (ratio √ of the eigenvalues'), so its SVD G = P diag(σ) Tᵀ resolves them; X's left singular
+  vectors are X·D⁻¹ Q diag(ρ^(−1/2)) P, and the cross term is computed in scaled coordinates,
+
+      C = diag(σ_x) B_xᵀ (D_x⁻¹ XᵀY D_y⁻¹) B_y diag(σ_y),    B = Q diag(ρ^(−1/2)) P,
+
+  in which no product mixes quantities of different scales. Where a direct eigh of XᵀX already
+  resolves every direction X can have (error bound ε·√k·√(λ_max/λ_min) ≤ DIRECT_EIGH_ERROR: the
+  well-scaled case), it is used as it stands, with D = I and B = V diag(λ^(−1/2)).
+* **dual**: the double-centred Gram is decomposed and eigenvalues below ε·m·log₂ p of the largest are
+  rounding noise. Where that leaves fewer live directions than the data can have (min(m − 1, live
+  features)) and the data is at hand, that side is decomposed again by an SVD of the data itself.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-# Eigenvalues below this fraction of the largest are numerical zeros (METRICS.md §3).
-RELATIVE_EIGEN_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-6}
 # netrep clips eigenvalues of the raw XᵀX at this absolute value (netrep.utils.whiten).
 NETREP_EIGVAL_FLOOR = 1e-7
 WHITENING_SCALES = ("mean_eig", "netrep")
@@ -33,24 +52,31 @@ WHITENING_SCALES = ("mean_eig", "netrep")
 
 @dataclass
 class SideSpectrum:
-    """Eigen-decomposition of one side's second moments, batched over a leading dimension b.
+    """The singular structure of one side's centred matrix X, batched over a leading dimension b.
 
-    ``basis`` is U (b, m, k) for the dual form or V (b, p, k) for the primal form; ``eigenvalues``
-    (b, k) are float64, ascending, with null directions set to exactly 0. ``n_features`` is p, the
-    number of columns of the representation matrix (the mean eigenvalue of XᵀX is Σλ / p).
+    ``eigenvalues`` (b, k) are the eigenvalues σ² of XᵀX (float64), exactly 0 on null directions.
+    ``basis`` maps to X's unit left singular vectors: in the dual form it is U itself (b, m, k); in the
+    primal form it is B (b, p, k) with U = X D⁻¹ B, and ``scale`` holds the column scales d (b, p).
+    ``n_features`` is p, the number of columns of X (the mean eigenvalue of XᵀX is Σλ / p).
     """
 
     basis: torch.Tensor
     eigenvalues: torch.Tensor
     n_features: int
     form: str  # "dual" or "primal"
+    scale: torch.Tensor | None = None
 
     @property
     def total_variance(self) -> torch.Tensor:
         return self.eigenvalues.sum(-1)
 
+    @property
+    def live_count(self) -> torch.Tensor:
+        return (self.eigenvalues > 0).sum(-1)
+
     def chunk(self, start: int, stop: int) -> "SideSpectrum":
-        return SideSpectrum(self.basis[start:stop], self.eigenvalues[start:stop], self.n_features, self.form)
+        scale = None if self.scale is None else self.scale[start:stop]
+        return SideSpectrum(self.basis[start:stop], self.eigenvalues[start:stop], self.n_features, self.form, scale)
 
 
 def structural_rank(n_rows: int, n_features: int) -> int:
@@ -58,27 +84,105 @@ def structural_rank(n_rows: int, n_features: int) -> int:
     return max(0, min(n_rows - 1, n_features))
 
 
-def decompose(moment: torch.Tensor, n_rows: int, n_features: int, form: str,
-              source_dtype: torch.dtype) -> SideSpectrum:
-    """Eigen-decompose a batch of symmetric PSD second-moment matrices (b, k, k) in float64.
+def rounding_floor(dtype: torch.dtype, size: int, n_terms: int) -> float:
+    """Relative size below which an eigenvalue of a well-scaled k×k matrix of sums of ``n_terms``
+    products is indistinguishable from rounding: ε · k · log₂(n_terms). Blocked and pairwise
+    summation (BLAS, torch) make an entry's relative error grow like ε·log₂ n, and ‖δ‖₂ ≤ k·max|δᵢⱼ|."""
+    return torch.finfo(dtype).eps * size * max(1.0, math.log2(max(2, n_terms)))
 
-    The bottom ``k − structural_rank`` eigenpairs are the structural null space (the centring
-    direction and, in the dual form, the m − p directions a p-column matrix cannot span); they are
-    zeroed outright, because in float32 the centring direction otherwise leaks in (METRICS.md §3).
-    Remaining eigenvalues below a relative tolerance are numerical zeros and are zeroed too.
-    """
+
+def symmetric(moment: torch.Tensor) -> torch.Tensor:
     moment = moment.to(torch.float64)
-    moment = 0.5 * (moment + moment.transpose(-1, -2))
-    eigenvalues, basis = torch.linalg.eigh(moment)
-    k = eigenvalues.shape[-1]
-    n_null = k - structural_rank(n_rows, n_features)
-    eigenvalues = eigenvalues.clamp_min(0.0)
-    if n_null > 0:
-        eigenvalues[..., :n_null] = 0.0
-    largest = eigenvalues[..., -1:]
-    tolerance = RELATIVE_EIGEN_TOLERANCE.get(source_dtype, 1e-10)
-    eigenvalues = torch.where(eigenvalues > tolerance * largest, eigenvalues, torch.zeros_like(eigenvalues))
-    return SideSpectrum(basis, eigenvalues, n_features, form)
+    return 0.5 * (moment + moment.transpose(-1, -2))
+
+
+# The direct eigen-decomposition of XᵀX is used where its error bound on the metrics,
+# ε·√k·√(λ_max / λ_min), is below this; elsewhere the correlation-scaled route (module docstring).
+DIRECT_EIGH_ERROR = 1e-12
+
+
+def decompose_moments(moment: torch.Tensor, n_rows: int, source_dtype: torch.dtype,
+                      column_floor: torch.Tensor | None = None) -> SideSpectrum:
+    """Primal spectrum of centred second moments XᵀX (b, p, p), exact at any column scales.
+
+    A column whose variance is 0 (or at most ``column_floor``, the rounding level of its values)
+    is dead: a null direction. Where every direction X can have is resolved by a direct eigh of
+    XᵀX to within DIRECT_EIGH_ERROR, that is used (the common, well-scaled case); the other items
+    of the batch take the correlation-scaled route.
+    """
+    moment = symmetric(moment)
+    p = moment.shape[-1]
+    variance = moment.diagonal(dim1=-2, dim2=-1)
+    dead = variance <= (0.0 if column_floor is None else column_floor)
+    possible = (~dead).sum(-1).clamp(max=structural_rank(n_rows, p))
+    eigenvalues, vectors = torch.linalg.eigh(moment)  # ascending
+    live = torch.arange(p, device=moment.device) >= (p - possible).unsqueeze(-1)
+    smallest = torch.where(live, eigenvalues, torch.full_like(eigenvalues, math.inf)).amin(-1)
+    largest = eigenvalues[..., -1]
+    bound = torch.finfo(torch.float64).eps * math.sqrt(p) * (largest / smallest.clamp_min(torch.finfo(torch.float64).tiny)).sqrt()
+    resolved = (smallest > 0) & (bound <= DIRECT_EIGH_ERROR) | (possible == 0)
+    eigenvalues = torch.where(live, eigenvalues, torch.zeros_like(eigenvalues))
+    inverse_root = torch.where(live, eigenvalues, torch.ones_like(eigenvalues)).rsqrt() * live
+    side = SideSpectrum(vectors * inverse_root.unsqueeze(-2), eigenvalues, p, "primal", torch.ones_like(variance))
+    again = (~resolved).nonzero().flatten()
+    if len(again):
+        scaled = decompose_scaled(moment[again], dead[again], n_rows, source_dtype)
+        side.basis[again], side.eigenvalues[again], side.scale[again] = scaled
+    return side
+
+
+def decompose_scaled(moment: torch.Tensor, dead: torch.Tensor, n_rows: int, source_dtype: torch.dtype):
+    """The correlation-scaled route: (B, σ², d) with U = X D⁻¹ B (module docstring)."""
+    p = moment.shape[-1]
+    variance = moment.diagonal(dim1=-2, dim2=-1)
+    scale = torch.where(dead, torch.ones_like(variance), variance.clamp_min(0.0)).sqrt()
+    live_col = (~dead).to(moment.dtype)
+    correlation = moment / (scale.unsqueeze(-1) * scale.unsqueeze(-2))
+    correlation = correlation * live_col.unsqueeze(-1) * live_col.unsqueeze(-2)
+    rho, q = torch.linalg.eigh(correlation)
+    n_null = p - structural_rank(n_rows, p)
+    rank_limit = torch.arange(p, device=moment.device) >= n_null  # the bottom n_null are structural zeros
+    floor = rounding_floor(source_dtype, p, n_rows) * rho[..., -1:].clamp_min(0.0)
+    live = rank_limit & (rho > floor)
+    rho = torch.where(live, rho, torch.zeros_like(rho))
+    factor = rho.sqrt().unsqueeze(-1) * q.transpose(-1, -2) * scale.unsqueeze(-2)  # G, GᵀG = XᵀX
+    p_left, sigma, _ = torch.linalg.svd(factor, full_matrices=False)
+    ranked = torch.arange(p, device=moment.device) < live.sum(-1, keepdim=True)  # σ descending
+    inverse_root = torch.where(live, rho, torch.ones_like(rho)).rsqrt() * live
+    basis = (q * inverse_root.unsqueeze(-2)) @ p_left
+    basis = basis * ranked.unsqueeze(-2) * live_col.unsqueeze(-1)
+    return basis, torch.where(ranked, sigma * sigma, torch.zeros_like(sigma)), scale
+
+
+def decompose_gram(gram: torch.Tensor, n_rows: int, n_features: int, source_dtype: torch.dtype) -> SideSpectrum:
+    """Dual spectrum of double-centred Grams XXᵀ (b, m, m).
+
+    The bottom ``m − structural_rank`` eigenpairs are the structural null space (the centring
+    direction and the m − p directions a p-column matrix cannot span); they are zeroed outright,
+    because in float32 the centring direction otherwise leaks in. Eigenvalues at the rounding level
+    of the largest are zeroed too.
+    """
+    eigenvalues, basis = torch.linalg.eigh(symmetric(gram))
+    m = eigenvalues.shape[-1]
+    n_null = m - structural_rank(n_rows, n_features)
+    floor = rounding_floor(source_dtype, m, n_features) * eigenvalues[..., -1:].clamp_min(0.0)
+    live = (torch.arange(m, device=gram.device) >= n_null) & (eigenvalues > floor)
+    return SideSpectrum(basis, torch.where(live, eigenvalues, torch.zeros_like(eigenvalues)), n_features, "dual")
+
+
+def decompose_data(centred: torch.Tensor) -> SideSpectrum:
+    """Dual spectrum from an SVD of the column-centred data X (b, m, p) itself, for sides whose
+    Gram cannot resolve their smallest directions (column scales spread beyond 1/√ε)."""
+    u, sigma, _ = torch.linalg.svd(centred.to(torch.float64), full_matrices=False)
+    b, m, p = centred.shape
+    k = sigma.shape[-1]
+    floor = torch.finfo(torch.float64).eps * max(m, p) * sigma[..., :1]
+    live = (sigma > floor) & (torch.arange(k, device=centred.device) < structural_rank(m, p))
+    eigenvalues = torch.where(live, sigma * sigma, torch.zeros_like(sigma))
+    if k < m:  # p < m: pad to the m directions of the dual form
+        u = torch.cat([u, u.new_zeros(b, m, m - k)], -1)
+        eigenvalues = torch.cat([eigenvalues, eigenvalues.new_zeros(b, m - k)], -1)
+    return SideSpectrum(u, eigenvalues, p, "dual")
 
 
 def double_centre(gram: torch.Tensor) -> torch.Tensor:
@@ -95,9 +199,11 @@ def dual_cross(x: SideSpectrum, y: SideSpectrum) -> torch.Tensor:
 
 
 def primal_cross(x: SideSpectrum, y: SideSpectrum, cross_moment: torch.Tensor) -> torch.Tensor:
-    """C = V_xᵀ (XᵀY) V_y, with rows/columns of null directions zeroed."""
-    c = x.basis.transpose(-1, -2) @ cross_moment.to(torch.float64) @ y.basis
-    return c * (x.eigenvalues > 0).unsqueeze(-1) * (y.eigenvalues > 0).unsqueeze(-2)
+    """C = diag(σ_x) B_xᵀ (D_x⁻¹ XᵀY D_y⁻¹) B_y diag(σ_y): the same unit-weight cross term, formed in
+    scaled coordinates so that it is exact whatever the columns' scales."""
+    scaled = cross_moment.to(torch.float64) / (x.scale.unsqueeze(-1) * y.scale.unsqueeze(-2))
+    unit = x.basis.transpose(-1, -2) @ scaled @ y.basis
+    return x.eigenvalues.sqrt().unsqueeze(-1) * unit * y.eigenvalues.sqrt().unsqueeze(-2)
 
 
 def whitening_diagonal(side: SideSpectrum, alpha: float, whitening_scale: str) -> torch.Tensor:
