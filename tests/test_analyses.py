@@ -117,12 +117,46 @@ def test_runs_record_drift_and_a_linear_probe_drifts_exactly_zero(trained):
     assert part_value(first, drift, "absolute@groups", "backbone") == 0.0
     assert part_value(last, drift, "relative@groups", "layer4") > 0
     assert set(last["timing"]["analyses_s"]) == {"probe_pass", "distance", "drift"}
+    distance = next(p for p in declared_parts(run.config) if p["name"] == "distance")
+    assert distance["precision"] == "float64" and distance["precision_worst_error"] < 1e-10
     probe_run = read_run(probe)
     for record in probe_run.epochs:
         for measure in ("absolute@groups", "absolute@layers"):
             for row in drift["rows"][measure.partition("@")[2]]:
                 assert part_value(record, drift, measure, row) == 0.0
         assert record["drift"]["head_norm"] > 0
+
+
+def test_source_side_is_kept_between_epochs_and_changes_nothing():
+    """The source and the probe set never change: later epochs run the tuned model only, with the
+    same numbers as a pass that recomputes the source (budget 0)."""
+    from engine.analyses.distance import FeatureDistance
+    from engine.analyses.runner import EpochAnalyses
+    from engine.capture import parse_measures
+
+    torch.manual_seed(0)
+    source = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 8, 3), nn.ReLU())
+    tuned = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 8, 3), nn.ReLU())
+    probe = [(torch.randn(5, 3, 9, 9), torch.zeros(5)) for _ in range(3)]
+    measures = parse_measures(["pwsm", "cka", "procrustes@filter-map"], "positions", 0.5)
+
+    def analyses(budget):
+        runner = EpochAnalyses(source, ["1", "3"], [FeatureDistance(["1", "3"], measures)])
+        runner.cache_budget = budget
+        return runner
+
+    forwards = []
+    source.register_forward_hook(lambda *_: forwards.append(1))
+    kept, recomputed = analyses(1 << 30), analyses(0)
+    for epoch in range(2):
+        with torch.no_grad():
+            tuned[2].weight.add_(0.05 * epoch)
+        before = len(forwards)
+        a, _ = kept.run(tuned, probe, torch.device("cpu"))
+        assert len(forwards) - before == (3 if epoch == 0 else 0)
+        b, _ = recomputed.run(tuned, probe, torch.device("cpu"))
+        assert a == b
+    assert recomputed.source_cache is None and len(kept.source_cache) == 3
 
 
 def test_analyses_option_selects_parts(tmp_path, shapes_data, cli):

@@ -13,8 +13,7 @@ from __future__ import annotations
 from engine.analyses import distance_declaration
 from engine.capture import Measure
 from engine.similarity import LayerAccumulator, SourceSpectrumCache
-from engine.similarity.metrics import DEFAULT_PRECISION
-from engine.similarity.metrics import Metric
+from engine.similarity.metrics import DEFAULT_PRECISION, MEASURED_WORST_ERROR, Metric
 
 
 class FeatureDistance:
@@ -44,7 +43,9 @@ class FeatureDistance:
         declaration = distance_declaration([m.label for m in self.measures], self.layer_names)
         if "cls" in declaration["rows"]:
             declaration["rows"]["cls"] = [n for n in self.layer_names if n in self.class_token_layers]
-        return dict(declaration, precision=self.precision or DEFAULT_PRECISION, whitening_scale=self.whitening_scale)
+        precision = self.precision or DEFAULT_PRECISION
+        return dict(declaration, precision=precision, precision_worst_error=MEASURED_WORST_ERROR[precision],
+                    whitening_scale=self.whitening_scale)
 
     def layer_views(self, layer: str) -> list[str]:
         return [view for view in self.views() if view != "cls" or layer in self.class_token_layers]

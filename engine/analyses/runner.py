@@ -1,6 +1,11 @@
 """Runs the epoch parts (see :mod:`engine.analyses`): one forward pass of the source and the tuned
 model over the probe set, shared by every part that uses activations and by the visualisations;
 then each part's record section, with what each part cost.
+
+The source model and the probe set never change during a run, so the first pass keeps the probe
+images and the source's hooked activations (up to SOURCE_CACHE_BYTES of host memory, so that a GPU's
+memory stays the training's) and every later epoch runs the tuned model only. Above the budget
+nothing is kept and each epoch runs both models, as before; the values are the same either way.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ from torch import nn
 
 from engine.capture import Layout, capture
 
+# Memory the source side's probe activations (and the probe images) may keep between epochs.
+SOURCE_CACHE_BYTES = 1 << 30
+
 
 class EpochAnalyses:
     """``layers``: the hooked layers, with their layouts where known (:class:`engine.capture.Layout`)."""
@@ -22,6 +30,8 @@ class EpochAnalyses:
         self.layouts = layers if isinstance(layers, dict) else dict.fromkeys(layers)
         self.layer_names = list(self.layouts)
         self.parts = parts
+        self.cache_budget = SOURCE_CACHE_BYTES
+        self.source_cache: list[tuple[torch.Tensor, dict]] | None = None  # complete after a first pass
 
     def part(self, name: str):
         return next((p for p in self.parts if p.name == name), None)
@@ -61,27 +71,51 @@ class EpochAnalyses:
         self.source.eval()
         autocast = torch.autocast(device.type, enabled=amp and device.type == "cuda")
         try:
-            with capture(self.source, self.layouts) as source_out, capture(model, self.layouts) as tuned_out:
+            for images, source_out, tuned_out in self.paired_outputs(model, probe_batches, device, autocast):
+                for layer in self.layer_names:
+                    a, b = source_out[layer], tuned_out[layer].float()
+                    tokens = (source_out[(layer, "cls")], tuned_out[(layer, "cls")].float()) \
+                        if (layer, "cls") in source_out else None
+                    for part in parts:
+                        t = time.perf_counter()
+                        part.observe(layer, a, b)
+                        if tokens is not None and hasattr(part, "observe_class_token"):
+                            part.observe_class_token(layer, *tokens)
+                        spent[part.name] += time.perf_counter() - t
+                        inside += time.perf_counter() - t
+                    if observer is not None:
+                        observer.update(layer, a, b)
+                if observer is not None:
+                    observer.batch_done(images.shape[0])
+        finally:
+            model.train(was_training)
+        return time.perf_counter() - start - inside
+
+    def paired_outputs(self, model, probe_batches, device, autocast):
+        """(images, source activations, tuned activations) per probe batch; the source side from the
+        cache when a first pass filled it."""
+        with capture(model, self.layouts) as tuned_out:
+            if self.source_cache is not None:
+                for images, source_out in self.source_cache:
+                    images = images.to(device, non_blocking=True)
+                    source_out = {key: value.to(device, non_blocking=True) for key, value in source_out.items()}
+                    with autocast:
+                        model(images)
+                    yield images, source_out, tuned_out
+                return
+            kept, size = [], 0
+            with capture(self.source, self.layouts) as live_source:
                 for images, _labels in probe_batches:
                     images = images.to(device, non_blocking=True)
                     with autocast:
                         self.source(images)
                         model(images)
-                    for layer in self.layer_names:
-                        a, b = source_out[layer].float(), tuned_out[layer].float()
-                        tokens = (source_out[(layer, "cls")].float(), tuned_out[(layer, "cls")].float()) \
-                            if (layer, "cls") in source_out else None
-                        for part in parts:
-                            t = time.perf_counter()
-                            part.observe(layer, a, b)
-                            if tokens is not None and hasattr(part, "observe_class_token"):
-                                part.observe_class_token(layer, *tokens)
-                            spent[part.name] += time.perf_counter() - t
-                            inside += time.perf_counter() - t
-                        if observer is not None:
-                            observer.update(layer, a, b)
-                    if observer is not None:
-                        observer.batch_done(images.shape[0])
-        finally:
-            model.train(was_training)
-        return time.perf_counter() - start - inside
+                    source_out = {key: value.float() for key, value in live_source.items()}
+                    if kept is not None:
+                        size += images.numel() * images.element_size() + sum(
+                            v.numel() * v.element_size() for v in source_out.values())
+                        kept = None if size > self.cache_budget else kept
+                        if kept is not None:
+                            kept.append((images.cpu(), {key: value.cpu() for key, value in source_out.items()}))
+                    yield images, source_out, tuned_out
+            self.source_cache = kept
