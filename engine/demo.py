@@ -5,10 +5,15 @@
    a corrupt or stale file is detected and rebuilt.
 3. Fine-tune it on the three targets with `ftdyn run`'s own code path (the weights go in as a
    local state-dict file, the data as ImageFolder trees).
-4. Check the paper's findings on the result:
-   (a) early layers stay closer to the source than deep layers (per run, averaged over epochs);
+4. Check the paper's findings on the result, as tests that can fail:
+   (a) distance to the source rises with depth: Spearman ρ between a layer's depth and its distance
+       (mean over epochs ≥ 1) per run, mean ρ over runs against a permutation null (each run's layer
+       order shuffled independently), and every layer that breaks the order named;
    (b) the white-background target moves features more than the similar target (Table 2);
-   (c) PWSM and Procrustes layer series correlate positively on average.
+   (c) PWSM on `positions` and Procrustes on `filter-map` — the paper's pairing — agree: Pearson r of
+       their epoch series per layer, against the r of *unrelated* rising curves measured on the same
+       runs (PWSM of one layer against Procrustes of another); the finding holds when the matched r
+       exceeds the unrelated r with a bootstrap interval (over layers) that excludes 0.
 """
 
 from __future__ import annotations
@@ -28,12 +33,16 @@ import torch
 from engine.domains import GENERATOR_VERSION, write_domain
 from engine.errors import FtdynError
 from engine.record import read_run, write_json_atomic
-from engine.report import correlation_table, distance_matrix, layer_names, reusability_table
+from engine.report import distance_matrix, layer_names, mean_std, pearson, reusability_table
 from engine.training import RunConfig, run_training
 
 TARGETS = ("similar", "task", "white")
 PRIMARY = "pwsm:0.5@positions"
-SECOND = "procrustes@positions"
+SECOND = "procrustes@filter-map"  # the paper's pairing for (c): Procrustes on each single map
+PAPER_R = (0.83, 0.43)
+TREND_LEVEL = 0.05  # (a): the permutation p-value at which distance is said to rise with depth
+INTERVAL_LEVEL = 0.90  # (c): the bootstrap interval of matched − unrelated r
+RESAMPLES = 20000
 
 
 @dataclass(frozen=True)
@@ -189,7 +198,7 @@ def run_demo(out: Path, settings: DemoSettings, seed: int = 0, device: str = "au
                            epochs=settings.epochs, batch_size=settings.batch_size,
                            lr=settings.white_lr if target == "white" else settings.lr,
                            image_size=settings.image_size, probe_size=settings.probe_size,
-                           metrics=["pwsm", "procrustes", "cka"], vis=True, vis_k=settings.vis_k,
+                           metrics=["pwsm", "procrustes", "cka", SECOND], vis=True, vis_k=settings.vis_k,
                            device=device, workers=settings.workers, seed=seed)
         runs.append(run_training(config, on_event=on_event))
     return runs
@@ -200,14 +209,98 @@ def run_demo(out: Path, settings: DemoSettings, seed: int = 0, device: str = "au
 
 
 @dataclass
+class DepthTrend:
+    """(a): per run, Spearman ρ of distance against depth, and the layers that break the order."""
+
+    rho: dict[str, float | None]
+    breaks: dict[str, list[str]]  # run → "layer4 < layer3" for each layer below a shallower one
+    p_value: float | None  # P(mean ρ ≥ observed) when every run's layer order is random
+
+    @property
+    def holds(self) -> bool:
+        return self.p_value is not None and self.p_value < TREND_LEVEL and all(
+            r is not None and r > 0 for r in self.rho.values())
+
+
+@dataclass
+class Agreement:
+    """(c): Pearson r of two measures' epoch series, matched layers against unrelated ones."""
+
+    matched: tuple[float | None, float | None, int]  # mean r, std r, layers
+    unrelated: float | None  # mean r of one measure's layer i against the other's layer j ≠ i
+    difference: float | None
+    interval: tuple[float, float] | None
+
+    @property
+    def holds(self) -> bool:
+        return self.interval is not None and self.interval[0] > 0
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    from scipy.stats import rankdata
+
+    return pearson(list(rankdata(x)), list(rankdata(y)))
+
+
+def depth_trend(per_layer: dict[str, np.ndarray], layers: dict[str, list[str]], seed: int = 0) -> DepthTrend:
+    """``per_layer``: run → each layer's distance (mean over epochs ≥ 1), shallow to deep."""
+    rho, breaks, usable = {}, {}, {}
+    for run, values in per_layer.items():
+        keep = ~np.isnan(values)
+        names = [n for n, k in zip(layers[run], keep) if k]
+        values = values[keep]
+        rho[run] = spearman(np.arange(len(values)), values) if len(values) >= 3 else None
+        breaks[run] = [f"{names[j]} < {names[int(np.argmax(values[:j]))]}" for j in range(1, len(values))
+                       if values[j] < values[:j].max()]
+        if rho[run] is not None:
+            usable[run] = values
+    if not usable:
+        return DepthTrend(rho, breaks, None)
+    observed = np.mean([rho[r] for r in usable])
+    rng = np.random.default_rng(seed)
+    ranks = {run: np.argsort(np.argsort(v)).astype(np.float64) for run, v in usable.items()}
+    null = np.zeros(RESAMPLES)
+    for run, r in ranks.items():  # ρ of a random order: depth ranks against permuted distance ranks
+        depth = np.arange(len(r), dtype=np.float64) - (len(r) - 1) / 2
+        shuffled = rng.permuted(np.broadcast_to(r, (RESAMPLES, len(r))), axis=1) - (len(r) - 1) / 2
+        null += shuffled @ depth / (depth @ depth)  # ranks 0…n−1 both sides: equal norms
+    null /= len(ranks)
+    return DepthTrend(rho, breaks, float((np.sum(null >= observed - 1e-12) + 1) / (RESAMPLES + 1)))
+
+
+def series_agreement(first: list[np.ndarray], second: list[np.ndarray], seed: int = 0) -> Agreement:
+    """``first``/``second``: per run, (epochs ≥ 1 × layers) series of the two measures."""
+    matched, unrelated_by_unit = [], []
+    for a, b in zip(first, second):
+        complete = ~np.isnan(a).any(0) & ~np.isnan(b).any(0)  # layers measured every epoch by both
+        for j in np.flatnonzero(complete):
+            r = pearson(list(a[:, j]), list(b[:, j]))
+            others = [pearson(list(a[:, i]), list(b[:, j])) for i in np.flatnonzero(complete) if i != j]
+            others = [o for o in others if o is not None]
+            if r is not None and others:
+                matched.append(r)
+                unrelated_by_unit.append(float(np.mean(others)))
+    if not matched:
+        return Agreement((None, None, 0), None, None, None)
+    m, u = np.array(matched), np.array(unrelated_by_unit)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(m), size=(RESAMPLES, len(m)))
+    boot = (m[draws] - u[draws]).mean(1)
+    tail = (1 - INTERVAL_LEVEL) / 2
+    interval = (float(np.quantile(boot, tail)), float(np.quantile(boot, 1 - tail)))
+    mean, std = mean_std(matched)
+    return Agreement((mean, std, len(matched)), float(u.mean()), float((m - u).mean()), interval)
+
+
+@dataclass
 class Findings:
-    early_vs_deep: dict[str, tuple[float, float]]  # run → (early layers, deep layers), primary measure
+    trend: DepthTrend  # (a), primary measure
     reusability: dict[str, tuple[float, float]]  # run → (mean, std), primary measure
-    correlation: tuple[float, float, int]  # PWSM vs Procrustes: mean r, std r, layers
+    agreement: Agreement  # (c), PRIMARY vs SECOND
 
     @property
     def early_layers_closer(self) -> bool:
-        return all(early < deep for early, deep in self.early_vs_deep.values())
+        return self.trend.holds
 
     @property
     def white_moves_more(self) -> bool:
@@ -215,41 +308,55 @@ class Findings:
 
     @property
     def metrics_agree(self) -> bool:
-        return self.correlation[0] is not None and self.correlation[0] > 0
+        return self.agreement.holds
 
     def lines(self) -> list[str]:
         mark = lambda ok: "✓" if ok else "✗"  # noqa: E731
-        a = ", ".join(f"{run} {e:.3f} < {d:.3f}" for run, (e, d) in self.early_vs_deep.items())
+        t = self.trend
+        rhos = ", ".join(f"{run} ρ {'—' if r is None else f'{r:+.2f}'}" for run, r in t.rho.items())
+        broken = "; ".join(f"{run}: {', '.join(b)}" for run, b in t.breaks.items() if b) or "none"
+        p = "undefined" if t.p_value is None else f"{t.p_value:.3f}"
         b = ", ".join(f"{run} {m:.3f} ± {s:.3f}" for run, (m, s) in self.reusability.items())
-        r, s, n = self.correlation
+        g = self.agreement
+        if g.matched[0] is None:
+            c = "undefined on every layer (a correlation over epochs needs at least two epochs ≥ 1)"
+        else:
+            lo, hi = g.interval
+            c = (f"r {g.matched[0]:.2f} ± {g.matched[1]:.2f} over {g.matched[2]} layers (the paper: "
+                 f"{PAPER_R[0]} ± {PAPER_R[1]}); unrelated rising curves (other layers) give r {g.unrelated:.2f}; "
+                 f"matched − unrelated {g.difference:+.2f}, {INTERVAL_LEVEL:.0%} interval [{lo:+.2f}, {hi:+.2f}]")
         return [
-            f"{mark(self.early_layers_closer)} (a) early layers stay closer to the source than deep ones "
-            f"({PRIMARY}, first half vs second half of the layers, mean over epochs): {a}",
+            f"{mark(t.holds)} (a) distance to the source rises with depth ({PRIMARY}, mean over epochs ≥ 1): "
+            f"{rhos}; permutation p = {p} (holds below {TREND_LEVEL} with every ρ > 0); layers that break the "
+            f"order: {broken}",
             f"{mark(self.white_moves_more)} (b) the white-background target moves features more than the similar "
             f"one (reusability distance, Table 2): {b}",
-            f"{mark(self.metrics_agree)} (c) PWSM and Procrustes agree: Pearson r of their layer series "
-            + (f"{r:.2f} ± {s:.2f} over {n} layers (the paper: 0.83 ± 0.43)" if r is not None else
-               "undefined on every layer (a correlation over epochs needs at least two; the paper: 0.83 ± 0.43)"),
+            f"{mark(g.holds)} (c) {PRIMARY.split('@')[0].upper().replace(':0.5', ' α=0.5')} on positions and "
+            f"Procrustes on filter-map agree: {c}",
         ]
 
     def as_json(self) -> dict[str, Any]:
-        return {"early_vs_deep": self.early_vs_deep, "reusability": self.reusability,
-                "correlation": {"mean_r": self.correlation[0], "std_r": self.correlation[1],
-                                "layers": self.correlation[2]},
+        g = self.agreement
+        return {"depth_trend": {"spearman_rho": self.trend.rho, "breaks": self.trend.breaks,
+                                "p_value": self.trend.p_value, "level": TREND_LEVEL},
+                "reusability": self.reusability,
+                "agreement": {"measures": [PRIMARY, SECOND], "mean_r": g.matched[0], "std_r": g.matched[1],
+                              "layers": g.matched[2], "unrelated_r": g.unrelated, "difference": g.difference,
+                              "interval": g.interval, "level": INTERVAL_LEVEL, "paper_r": PAPER_R},
                 "early_layers_closer": self.early_layers_closer, "white_moves_more": self.white_moves_more,
                 "metrics_agree": self.metrics_agree}
 
 
 def findings(run_dirs: list[Path]) -> Findings:
     runs = {Path(p).name: read_run(p) for p in run_dirs}
-    early_vs_deep = {}
+    per_layer, names, first, second = {}, {}, [], []
     for name, run in runs.items():
         epochs = [r for r in run.epochs if r["epoch"] >= 1]
-        per_layer = np.nanmean(distance_matrix(epochs, layer_names(run), PRIMARY), axis=0)
-        half = len(per_layer) // 2
-        early_vs_deep[name] = (float(per_layer[:half].mean()), float(per_layer[-half:].mean()))
+        layers = layer_names(run)
+        names[name] = layers
+        per_layer[name] = np.nanmean(distance_matrix(epochs, layers, PRIMARY), axis=0)
+        first.append(distance_matrix(epochs, layers, PRIMARY))
+        second.append(distance_matrix(epochs, layers, SECOND))
     reuse = {row["run"]: (row["mean"], row["std"]) for row in reusability_table(list(runs.values()))
              if row["measure"] == PRIMARY}
-    pair = next(row for row in correlation_table(list(runs.values()))
-                if row["measures"] in (f"{PRIMARY} vs {SECOND}", f"{SECOND} vs {PRIMARY}"))
-    return Findings(early_vs_deep, reuse, (pair["mean_r"], pair["std_r"], pair["layers"]))
+    return Findings(depth_trend(per_layer, names), reuse, series_agreement(first, second))
