@@ -1,4 +1,6 @@
-"""Similarity-engine benchmark: ftdyn's batched/streaming layer distances against the naive way.
+"""Similarity-engine benchmark: ftdyn's batched/streaming layer distances against the naive way,
+through both entry points: `layer_distance(…, view="filter")` and the public batched function
+`distances(X, Y, metrics)` on the same per-filter matrices X, Y of shape (filters, images, positions).
 
 The naive baseline is what netrep-style code does: one matrix at a time in numpy float64, an explicit
 whitening matrix per side and α (eigen-decomposition of the p×p XᵀX), then an SVD of φ(X)ᵀφ(Y).
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engine.similarity import SourceSpectrumCache, layer_distance  # noqa: E402
+from engine.similarity import SourceSpectrumCache, distances, layer_distance  # noqa: E402
 
 ALPHAS = (0.25, 0.5, 1.0)
 METRICS = tuple(f"pwsm:{a:g}" for a in ALPHAS) + ("procrustes", "cka")
@@ -90,13 +92,25 @@ def bench_filter(n: int, c: int, hw: int, device: str, baseline_filters: int) ->
 
     result, seconds = timed(ours)  # first epoch: both sides decomposed
     _, epoch_seconds = timed(ours)  # every later epoch: the source side comes from the cache
+
+    def public():  # the public function on (filters, images, positions): no cache, one decomposition
+        x = ta.permute(1, 0, 2, 3).reshape(c, n, hw * hw)
+        y = tb.permute(1, 0, 2, 3).reshape(c, n, hw * hw)
+        values = distances(x, y, METRICS)
+        synchronise(device)
+        return values
+
+    api, api_seconds = timed(public)
     k = min(c, baseline_filters)
     naive, naive_seconds = timed(lambda: [naive_metrics(a[:, f].reshape(n, -1).astype(np.float64),
                                                         b[:, f].reshape(n, -1).astype(np.float64))
                                           for f in range(k)])
     diff = max(abs(naive[f][label] - result.per_filter[label][f]) for f in range(k) for label in METRICS)
-    return dict(case=f"filter  n={n} c={c} {hw}x{hw}", ours=seconds, epoch=epoch_seconds,
-                baseline=naive_seconds * c / k, k=f"{k}/{c}", diff=diff)
+    live = ~np.isnan(result.per_filter[METRICS[0]])
+    api_diff = max(float(np.abs(api[label].cpu().numpy()[live] - result.per_filter[label][live]).max())
+                   for label in METRICS)
+    return dict(case=f"filter  n={n} c={c} {hw}x{hw}", ours=seconds, epoch=epoch_seconds, api=api_seconds,
+                baseline=naive_seconds * c / k, k=f"{k}/{c}", diff=max(diff, api_diff))
 
 
 def bench_positions(n: int, c: int, hw: int, device: str) -> dict:
@@ -119,8 +133,28 @@ def bench_positions(n: int, c: int, hw: int, device: str) -> dict:
 
     expected, naive_seconds = timed(naive)
     diff = max(abs(expected[label] - result.values[label]) for label in METRICS)
-    return dict(case=f"positions n={n} c={c} {hw}x{hw}", ours=seconds, epoch=seconds, baseline=naive_seconds,
-                k="all", diff=diff)
+    return dict(case=f"positions n={n} c={c} {hw}x{hw}", ours=seconds, epoch=seconds, api=None,
+                baseline=naive_seconds, k="all", diff=diff)
+
+
+def time_shares(n: int, c: int, hw: int, device: str) -> None:
+    """Where a later epoch's time goes in the filter view (dual form: h·w > n): each step of the
+    method timed alone on all filters at once, in float64 — the floor the engine cannot go below."""
+    a, b = layer_pair(n, c, hw, seed=hw)
+    x = torch.from_numpy(b).to(device).permute(1, 0, 2, 3).reshape(c, n, hw * hw).double()
+    x = x - x.mean(1, keepdim=True)
+    steps = {}
+    gram, steps["Gram X Xᵀ (tuned side)"] = timed(lambda: x @ x.transpose(1, 2))
+    (lam, u), steps["eigh of the Gram"] = timed(lambda: torch.linalg.eigh(gram))
+    cross, steps["cross term Uᵀ U"] = timed(lambda: u.transpose(1, 2) @ u)
+    _, one = timed(lambda: torch.linalg.svdvals(cross))
+    nuclear = len(ALPHAS)  # one nuclear norm per α; Procrustes shares α = 1
+    steps[f"svdvals × {nuclear} (one per α)"] = one * nuclear
+    total = sum(steps.values())
+    print(f"\nwhere a later epoch's time goes, filter view n={n} c={c} {hw}x{hw} (dual form), {device}:")
+    for name, seconds in steps.items():
+        print(f"  {name:28s} {seconds:7.3f} s  {100 * seconds / total:5.1f} %")
+    print(f"  {'sum':28s} {total:7.3f} s")
 
 
 def main() -> None:
@@ -141,16 +175,23 @@ def main() -> None:
     print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
           f"metrics={','.join(METRICS)}")
     print("'first' = first call (source and tuned sides decomposed); 'epoch' = a later epoch, when the\n"
-          "source side's decompositions come from the cache (the same for views that stream).")
-    header = (f"{'case':34s} {'first s':>8s} {'epoch s':>8s} {'naive s':>9s} {'ratio first':>12s} "
-              f"{'ratio epoch':>12s} {'naive filters':>14s} {'max |diff|':>11s}")
+          "source side's decompositions come from the cache (the same for views that stream); 'api' = the\n"
+          "public distances(X, Y, metrics) on the same (filters, images, positions) matrices, no cache.\n"
+          "'max |diff|' covers the naive loop and the public function against layer_distance.")
+    header = (f"{'case':34s} {'first s':>8s} {'epoch s':>8s} {'api s':>8s} {'naive s':>9s} {'ratio first':>12s} "
+              f"{'ratio epoch':>12s} {'ratio api':>10s} {'naive filters':>14s} {'max |diff|':>11s}")
     print(header)
     print("-" * len(header))
     for case in cases:
         row = case()
-        print(f"{row['case']:34s} {row['ours']:8.3f} {row['epoch']:8.3f} {row['baseline']:9.2f} "
-              f"{row['baseline'] / row['ours']:11.1f}x {row['baseline'] / row['epoch']:11.1f}x "
+        api = f"{row['api']:8.3f}" if row["api"] else f"{'-':>8s}"
+        api_ratio = f"{row['baseline'] / row['api']:9.1f}x" if row["api"] else f"{'-':>10s}"
+        print(f"{row['case']:34s} {row['ours']:8.3f} {row['epoch']:8.3f} {api} {row['baseline']:9.2f} "
+              f"{row['baseline'] / row['ours']:11.1f}x {row['baseline'] / row['epoch']:11.1f}x {api_ratio} "
               f"{row['k']:>14s} {row['diff']:11.2e}", flush=True)
+
+    if not args.quick:
+        time_shares(256, 256, 28, args.device)
 
 
 if __name__ == "__main__":

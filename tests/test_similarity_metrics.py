@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import similarity_reference as ref
 from engine.similarity import (
+    distances,
     DegenerateWhiteningError,
     DegenerateWhiteningWarning,
     MomentAccumulator,
@@ -109,6 +110,28 @@ def test_float64_default_on_adversarial_cases(case):
         alphas, tol = (1.0,), TOL
     for alpha in alphas:
         assert pwsm_distance(X, Y, alpha) == pytest.approx(ref.exact_pwsm(X, Y, alpha), abs=tol), alpha
+
+
+@pytest.mark.parametrize("m,p", [(60, 12), (20, 45)])
+def test_several_metrics_from_one_call_equal_each_function_and_each_matrix(m, p):
+    """The public batched path (chunked, threaded) gives each matrix's own values, whatever the chunk."""
+    rng = np.random.default_rng(m + p)
+    pairs = [ref.DATA_KINDS[kind](rng, m, p) for kind in ("random", "relu", "dead-columns", "low-rank", "random")]
+    X = np.stack([x for x, _ in pairs])
+    Y = np.stack([y for _, y in pairs])
+    labels = ["pwsm:0.5", "pwsm:0.1", "procrustes", "cka"]
+    tiny_chunks = distances(X, Y, labels, chunk_bytes=1)  # one matrix per chunk
+    whole = distances(X, Y, labels)
+    for label in labels:
+        assert torch.equal(torch.nan_to_num(tiny_chunks[label], -1.0), torch.nan_to_num(whole[label], -1.0))
+    for i, (x, y) in enumerate(pairs):
+        single = distances(x, y, labels)
+        assert single["pwsm:0.5"] == pytest.approx(pwsm_distance(x, y, 0.5), abs=1e-12)
+        assert single["procrustes"] == pytest.approx(procrustes_distance(x, y), abs=1e-12)
+        assert single["cka"] == pytest.approx(cka_distance(x, y), abs=1e-12)
+        for label in labels:
+            assert float(whole[label][i]) == pytest.approx(single[label], abs=1e-12, nan_ok=True)
+        assert single["pwsm:0.1"] == pytest.approx(ref.pwsm(x, y, 0.1), abs=TOL)
 
 
 def test_netrep_pipeline_loses_directions_at_wide_spreads_where_we_do_not():

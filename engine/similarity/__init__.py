@@ -6,12 +6,10 @@ from engine.similarity.metrics import (
     DegenerateWhiteningError,
     DegenerateWhiteningWarning,
     Metric,
-    cka_distance,
     parse_metric,
     parse_metrics,
-    procrustes_distance,
-    pwsm_distance,
 )
+from engine.similarity.distances import cka_distance, distances, procrustes_distance, pwsm_distance
 from engine.similarity.streaming import MomentAccumulator
 from engine.similarity.views import (
     DEFAULT_VIEW,
@@ -37,6 +35,7 @@ __all__ = [
     "MomentAccumulator",
     "SourceSpectrumCache",
     "cka_distance",
+    "distances",
     "layer_distance",
     "parse_metric",
     "parse_metrics",

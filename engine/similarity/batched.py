@@ -1,0 +1,94 @@
+"""Many paired matrices at once — the one fast path behind every batched entry point.
+
+A batch X (b, m, p), Y (b, m, p') is cut into chunks that fit a memory budget; on a CPU the chunks
+are spread over torch's threads (batched eigh/SVD run one matrix at a time on one core in torch's
+CPU backend, and release the GIL). Each chunk is decomposed once (dual or primal, whichever is
+smaller: :func:`engine.similarity.metrics.choose_form`) and every metric asked for comes from that
+one decomposition (:func:`engine.similarity.metrics.metric_values`). The `filter` and `filter-map`
+views and the public functions (:mod:`engine.similarity.distances`) all end here.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from engine.similarity.metrics import choose_form, metric_values, pair_spectra
+from engine.similarity.spectral import SideSpectrum
+
+# Memory budget for one chunk of batched work (float64 Grams and their eigenvectors).
+DEFAULT_CHUNK_BYTES = 256 * 2**20
+
+
+class SourceSpectrumCache:
+    """Decompositions of the source model's side, reused every epoch (the source never changes).
+
+    Keyed by the caller's layer key, the view and the filter chunk; only dual-form (per-filter Gram)
+    spectra are kept, since the primal form needs the raw source matrix anyway.
+    """
+
+    def __init__(self):
+        self._store: dict[tuple, SideSpectrum] = {}
+
+    def get(self, key: tuple) -> SideSpectrum | None:
+        return self._store.get(key)
+
+    def put(self, key: tuple, spectrum: SideSpectrum) -> None:
+        self._store[key] = spectrum
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
+def filter_chunk_size(n_items: int, rows: int, features: int, chunk_bytes: int) -> int:
+    """How many per-filter problems fit the memory budget at once."""
+    side = min(rows, features)
+    per_item = 8 * (4 * side * side + 2 * rows * features)
+    return max(1, min(n_items, chunk_bytes // max(1, per_item)))
+
+
+def batched_metric_values(x: torch.Tensor, y: torch.Tensor, metrics, whitening_scale: str,
+                          precision: str | None, chunk: int, cache: SourceSpectrumCache | None = None,
+                          cache_key: tuple | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Metrics for a batch of paired matrices x, y (b, m, p), chunk by chunk.
+
+    Returns {label: (b,)} values plus both sides' centred sums of squares (b,) for dead detection.
+    The source side's dual spectra are taken from / stored in ``cache`` when one is given.
+    """
+    b, m, p = x.shape
+    form = choose_form(m, p, y.shape[-1])
+    workers = cpu_workers(x.device)
+    chunk = max(1, min(chunk, -(-b // workers)))
+    ranges = [(start, min(b, start + chunk)) for start in range(0, b, chunk)]
+
+    def one_chunk(bounds: tuple[int, int]):
+        start, stop = bounds
+        key = None if cache is None or form != "dual" else (cache_key, start, stop)
+        source = cache.get(key) if key is not None else None
+        pair = pair_spectra(x[start:stop], y[start:stop], precision, form, source)
+        if key is not None and source is None:
+            cache.put(key, pair.x)
+        return metric_values(pair, metrics, whitening_scale), pair.x.total_variance, pair.y.total_variance
+
+    results = run_in_parallel(one_chunk, ranges, workers)
+    values = {mt.label: torch.cat([r[0][mt.label] for r in results]) for mt in metrics}
+    return values, torch.cat([r[1] for r in results]), torch.cat([r[2] for r in results])
+
+
+def cpu_workers(device: torch.device) -> int:
+    """Batched eigh/SVD run one matrix at a time on one core in torch's CPU backend, so on CPU the
+    chunks are spread over as many threads as torch may use (they release the GIL)."""
+    return max(1, torch.get_num_threads()) if device.type == "cpu" else 1
+
+
+def run_in_parallel(fn, items: list, workers: int) -> list:
+    if workers == 1 or len(items) == 1:
+        return [fn(item) for item in items]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one core per chunk; matmuls would otherwise oversubscribe
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(fn, items))
+    finally:
+        torch.set_num_threads(threads)
