@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from engine.errors import FtdynError
+from engine.shuffle import BlockShuffle, Shuffle
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -63,12 +64,15 @@ class ImageList(Dataset):
             return self.transform(image.convert("RGB")), label
 
 
-def image_transform(image_size: int, augment: bool) -> Callable:
+def image_transform(image_size: int, augment: bool, shuffle: Shuffle | None = None) -> Callable:
     """Training augmentation is a mild random resized crop and flip; evaluation resizes to a
-    square as the authors did (aspect not kept, no crop), then ImageNet normalisation."""
+    square as the authors did (aspect not kept, no crop), then ImageNet normalisation, then the
+    block shuffle when one is asked for (ANALYSES.md §4: after normalisation)."""
     resize = [transforms.RandomResizedCrop(image_size, scale=(0.6, 1.0), antialias=True),
               transforms.RandomHorizontalFlip()] if augment else [transforms.Resize((image_size, image_size), antialias=True)]
-    return transforms.Compose(resize + [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    shuffled = [BlockShuffle(shuffle, image_size)] if shuffle is not None else []
+    return transforms.Compose(resize + [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+                              + shuffled)
 
 
 def pixel_transform(image_size: int) -> Callable:

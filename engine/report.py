@@ -7,6 +7,9 @@
   summarised as mean ± std over layers and runs (the paper reports 0.83 ± 0.43). A layer whose
   series is constant (r undefined) is left out and counted.
 * Per-layer distances by epoch.
+* Transfer (ANALYSES.md §4, Neyshabur et al. 2020): where runs differ in block shuffle or in
+  initialisation, final held-out accuracy and epochs to a target accuracy per block size, P-T
+  (pretrained) beside RI-T (random init), means over seeds, and the loss barrier between two seeds.
 """
 
 from __future__ import annotations
@@ -227,9 +230,83 @@ def posthoc_tables(results: list[tuple[str, dict[str, Any]]]) -> dict[str, list[
     return tables
 
 
+# Epochs to target: the first epoch whose held-out accuracy reaches this share of the better of the
+# two initialisations' final accuracies at the same block size.
+TARGET_SHARE = 0.9
+
+
+def run_settings(run: RunSnapshot) -> dict[str, Any]:
+    return (run.config or {}).get("run", {})
+
+
+def init_of(run: RunSnapshot) -> str:
+    return "RI-T" if str(run_settings(run).get("weights", "")).lower() == "none" else "P-T"
+
+
+def block_of(run: RunSnapshot) -> str:
+    return str(run_settings(run).get("shuffle_blocks") or "none")
+
+
+def block_order(block: str) -> tuple[int, int]:
+    """none (no shuffle) first, then blocks from large to small, pixel last."""
+    if block in ("none", "pixel"):
+        return (0, 0) if block == "none" else (2, 0)
+    return 1, -int(block)
+
+
+def held_out_curve(run: RunSnapshot) -> list[tuple[int, float]]:
+    return [(r["epoch"], r["held_out"]["accuracy"]) for r in run.epochs if r.get("held_out") and r["epoch"] >= 1]
+
+
+def seed_barrier(group: list[RunSnapshot]) -> float | None:
+    """The held-out loss barrier recorded between two runs of the group (two seeds of one cell)."""
+    names = {run_name(run) for run in group}
+    for run in group:
+        for result in read_results(run.path):
+            if result.get("name") == "barrier" and "problem" not in result:
+                ends = result.get("endpoints", {})
+                if str(ends.get("B", "")).rpartition("@")[0] in names and str(ends.get("A", "")).rpartition("@")[0] in names:
+                    return result.get("barriers", {}).get("held_out_loss")
+    return None
+
+
+def transfer_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
+    """One row per (model, data, strategy, block size): P-T beside RI-T (empty unless the runs vary
+    the block shuffle or the initialisation)."""
+    if len({block_of(r) for r in runs}) < 2 and len({init_of(r) for r in runs}) < 2:
+        return []
+    cells: dict[tuple, dict[str, list[RunSnapshot]]] = {}
+    for run in runs:
+        config = run.config or {}
+        key = (config.get("model", {}).get("name"), config.get("dataset", {}).get("root"),
+               config.get("strategy", {}).get("name"), block_of(run))
+        cells.setdefault(key, {}).setdefault(init_of(run), []).append(run)
+    rows = []
+    for (model, data, strategy, block), inits in cells.items():
+        finals = {init: [curve[-1][1] for curve in map(held_out_curve, group) if curve] for init, group in inits.items()}
+        best = max((float(np.mean(v)) for v in finals.values() if v), default=None)
+        target = None if best is None else TARGET_SHARE * best
+        row = {"model": model, "data": data, "strategy": strategy, "block": block, "target_accuracy": target}
+        for init in ("P-T", "RI-T"):
+            group = inits.get(init, [])
+            reached = [next((e for e, acc in held_out_curve(run) if acc >= target), None) for run in group] \
+                if target is not None else []
+            prefix = init.lower().replace("-", "") + "_"  # pt_, rit_
+            row.update({prefix + "runs": len(group),
+                        prefix + "final_accuracy": float(np.mean(finals[init])) if finals.get(init) else None,
+                        prefix + "final_accuracy_std": float(np.std(finals[init])) if len(finals.get(init, [])) > 1
+                        else None,
+                        prefix + "epochs_to_target": float(np.mean(reached)) if reached and None not in reached
+                        else None,
+                        prefix + "reached_target": sum(r is not None for r in reached),
+                        prefix + "barrier_loss": seed_barrier(group)})
+        rows.append(row)
+    return sorted(rows, key=lambda r: (str(r["model"]), str(r["data"]), str(r["strategy"]), block_order(r["block"])))
+
+
 def build_report(runs: list[RunSnapshot]) -> dict[str, list[dict[str, Any]]]:
     posthoc = posthoc_tables([(run_name(run), result) for run in runs for result in read_results(run.path)
                               if "problem" not in result])
     return {"accuracy": accuracy_table(runs), "reusability": reusability_table(runs),
             "correlation": correlation_table(runs), "strategies": strategy_table(runs), "layers": layer_table(runs),
-            "series": series_table(runs), **posthoc}
+            "series": series_table(runs), "transfer": transfer_table(runs), **posthoc}

@@ -33,6 +33,7 @@ from engine.analyses.parts import PartContext, build_epoch_parts, default_epoch_
 from engine.analyses.runner import EpochAnalyses
 from engine.capture import feature_map_shape, parse_measures
 from engine.data import ImageList, image_transform, load_image_data, pixel_transform, probe_indices, seeded_generator
+from engine.shuffle import BlockShuffle, parse_shuffle
 from engine.errors import FtdynError
 from engine.models import build_model, head_name, select_layers
 from engine.receptive import patch_fields, receptive_fields
@@ -106,6 +107,8 @@ class RunConfig:
     vis_filters: str | None = None  # 'layer:index,…'
     vis_k: int = 8
     analyses: list[str] = field(default_factory=lambda: default_epoch_parts())
+    shuffle_blocks: str | None = None  # block side in pixels, 'pixel', or None (ANALYSES.md §4)
+    shuffle_seed: int = 0  # the permutation's seed: one task for every run of a sweep
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -210,6 +213,10 @@ class Trainer:
     def prepare(self) -> None:
         config = self.config
         self.device = pick_device(config.device)
+        try:
+            self.shuffle = parse_shuffle(config.shuffle_blocks, config.image_size, config.shuffle_seed)
+        except ValueError as exc:
+            raise FtdynError(str(exc)) from None
         self.on_event("phase", name="scanning images")
         data = load_image_data(config.data, config.val_fraction, config.seed,
                                progress=lambda i, n: self.on_event("scan", done=i, total=n))
@@ -217,8 +224,8 @@ class Trainer:
         if data.skipped:
             self.on_event("warning", text=f"skipped {len(data.skipped)} unreadable files "
                                           f"(listed in {self.dir / 'skipped_files.txt'})")
-        train_set = ImageList(data.train.samples, image_transform(config.image_size, config.augment))
-        eval_transform = image_transform(config.image_size, augment=False)
+        train_set = ImageList(data.train.samples, self.transform(config.augment))
+        eval_transform = self.transform(augment=False)
         held_out = ImageList(data.held_out.samples, eval_transform)
         probe = Subset(held_out, probe_indices(data.held_out.targets, config.probe_size, config.seed))
         self.train_set, self.held_out, self.probe = train_set, held_out, probe
@@ -257,6 +264,10 @@ class Trainer:
         self.criterion = nn.CrossEntropyLoss()
         self.visualiser = self.make_visualiser(model) if config.vis else None
 
+    def transform(self, augment: bool):
+        """The run's image transform: resize (and augmentation), normalisation, block shuffle."""
+        return image_transform(self.config.image_size, augment, self.shuffle)
+
     def make_visualiser(self, model: nn.Module) -> Visualiser:
         config = self.config
         try:
@@ -266,6 +277,9 @@ class Trainer:
         fields = self.layer_fields(model)
         probe_samples = [self.held_out.samples[i] for i in self.probe.indices]
         images = np.stack([np.asarray(image) for image, _ in ImageList(probe_samples, pixel_transform(config.image_size))])
+        if self.shuffle is not None:  # show the inputs the network saw
+            shuffle = BlockShuffle(self.shuffle, config.image_size)
+            images = np.stack([shuffle.pixels(image) for image in images])
         labels = [label for _, label in probe_samples]
         filters = {layer.name: feature_map_shape(layer.shape, layer.layout)[0] for layer in self.layers}
         try:
@@ -469,7 +483,7 @@ class Trainer:
         """LP-FT's first phase: the head fitted by logistic regression on frozen features."""
         start = time.perf_counter()
         self.on_event("phase", name="linear probe: extracting frozen features")
-        plain = ImageList(self.train_set.samples, image_transform(self.config.image_size, augment=False))
+        plain = ImageList(self.train_set.samples, self.transform(augment=False))
         loader = DataLoader(plain, batch_size=self.config.batch_size, shuffle=False, **self.loader_options)
         features, labels = penultimate_features(self.model, loader, self.device)
         self.on_event("phase", name=f"linear probe: logistic regression on {features.shape[1]} features")

@@ -127,6 +127,12 @@ def run(
                                                  "comma-separated: distance (feature distance per layer), drift "
                                                  "(parameter drift per module) (default: every cheap one, both). "
                                                  "Barrier and criticality run afterwards: `ftdyn transfer --help`."),
+    shuffle_blocks: Optional[str] = typer.Option(None, "--shuffle-blocks", help="Block shuffling (Neyshabur et al. "
+                                                 "2020): cut every normalised image into B×B-pixel blocks and permute "
+                                                 "them with one fixed permutation, the same for training, held-out and "
+                                                 "probe images; B divides --image-size; 'pixel' permutes every value."),
+    shuffle_seed: int = typer.Option(0, "--shuffle-seed", help="Seed of the block permutation (kept apart from "
+                                                               "--seed so that runs with other seeds face the same task)."),
     tui: bool = typer.Option(False, "--tui", help="Train in the background (log: RUN/train.log) and open the "
                                                   "TUI on the run; quitting the TUI leaves training running."),
 ) -> None:
@@ -142,6 +148,7 @@ def run(
         fail(f"training stopped before it started: {last_line(out_dir / 'train.log')}")
     from engine.analyses.parts import parse_analyses
     from engine.errors import FtdynError
+    from engine.shuffle import parse_shuffle
     from engine.training import RunConfig, apply_preset, run_training
 
     explicit = {name for name, value in (("batch_size", batch_size), ("lr", lr), ("optimizer", optimizer),
@@ -162,8 +169,10 @@ def run(
                 val_fraction=val_fraction, save_every_epoch=save_every_epoch, preset=preset.value if preset else None,
                 vis=vis, vis_epochs=parse_epochs(vis_epochs), vis_filters=vis_filters, vis_k=vis_k,
                 strategy=strategy.value, train_blocks=split_list(train_blocks) or [], layer_decay=layer_decay,
-                warmup_epochs=warmup_epochs, analyses=parse_analyses(split_list(analyses)))
+                warmup_epochs=warmup_epochs, analyses=parse_analyses(split_list(analyses)),
+                shuffle_blocks=shuffle_blocks, shuffle_seed=shuffle_seed)
             config = apply_preset(config, explicit)
+            parse_shuffle(config.shuffle_blocks, config.image_size)  # refused before anything is written
         with TrainingProgress() as progress:
             path = run_training(config, resume=resume, on_event=progress.event)
         console.print(f"[green]finished[/] {path}  (`ftdyn report {path}`)")
@@ -313,6 +322,10 @@ def demo(
                               "a GPU)."),
     image_size: int = typer.Option(64, "--image-size", min=16, help="Generated image size (ViTs: a multiple of "
                                                                     "the patch size)."),
+    transfer: bool = typer.Option(False, "--transfer", help="Instead: Neyshabur et al.'s block-shuffle experiment "
+                                  "on the similar target — pretrained (P-T) against random init (RI-T) at block sizes "
+                                  "none, 16, 8, 4 px, and the loss barrier between two seeds of each (about 10 "
+                                  "minutes on a CPU)."),
 ) -> None:
     """The paper's experiment in minutes, offline: generated source and target domains (similar,
     different task, white background), a source model pretrained once and cached, three
@@ -323,6 +336,9 @@ def demo(
     from engine.errors import FtdynError
     from engine.record import read_run, write_json_atomic
     from engine.report import build_report
+
+    if transfer:
+        return demo_transfer(out_dir, DemoSettings(model=model, image_size=image_size), seed, device)
 
     settings = DemoSettings(model=model, image_size=image_size)
     if epochs:
@@ -350,6 +366,30 @@ def demo(
     out.print(f"runs: {out_dir} · `ftdyn tui {out_dir}` to explore · `ftdyn report {out_dir}` for the tables")
 
 
+def demo_transfer(out_dir: Path, settings, seed: int, device: str) -> None:
+    from engine.errors import FtdynError
+    from engine.models import check_model_name
+    from engine.record import write_json_atomic
+    from engine.transfer_demo import run_transfer_demo, transfer_findings
+
+    try:
+        check_model_name(settings.model)
+        with TrainingProgress() as progress:
+            runs = run_transfer_demo(out_dir, settings, seed=seed, device=device, on_event=progress.event)
+    except FtdynError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: run `ftdyn demo --transfer` again (the cache keeps what is done)")
+        raise typer.Exit(130)
+    result = transfer_findings(runs)
+    write_json_atomic(out_dir / "findings.json", result.as_json())
+    print_transfer(result.rows)
+    out.print("[bold]Neyshabur et al.'s findings on this demo[/]")
+    for line in result.lines():
+        out.print(line, highlight=False)
+    out.print(f"runs: {out_dir} · `ftdyn report {out_dir}` for every table and the barrier curves")
+
+
 @app.command()
 def sweep(
     out_dir: Path = typer.Option(..., "--out", help="Folder for the grid's run directories."),
@@ -357,7 +397,11 @@ def sweep(
     datasets: list[str] = typer.Option(..., "--data", help="Dataset folders, comma-separated."),
     strategies: list[str] = typer.Option(["full"], "--strategies", help="Strategies, comma-separated: "
                                          "full, linear-probe, lp-ft, surgical, discriminative, autorgn."),
-    weights: str = typer.Option("DEFAULT", "--weights"),
+    weights: list[str] = typer.Option(["DEFAULT"], "--weights", help="Initialisations, comma-separated: torchvision "
+                                      "weight names or files, and `none` for random initialisation (RI-T)."),
+    shuffle_blocks: Optional[list[str]] = typer.Option(None, "--shuffle-blocks", help="Block shuffles, comma-"
+                                                       "separated: block sizes in pixels, `pixel`, `none` "
+                                                       "(see `ftdyn run --help`)."),
     epochs: int = typer.Option(10, "--epochs", min=1),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     lr: float = typer.Option(1e-4, "--lr"),
@@ -372,13 +416,20 @@ def sweep(
     vis: bool = typer.Option(True, "--vis/--no-vis"),
     device: str = typer.Option("auto", "--device"),
     workers: int = typer.Option(2, "--workers", min=0),
-    seed: int = typer.Option(0, "--seed"),
+    seeds: list[str] = typer.Option(["0"], "--seed", "--seeds", help="Training seeds, comma-separated; with two "
+                                    "or more, the loss barrier between the first two is computed per cell."),
+    shuffle_seed: int = typer.Option(0, "--shuffle-seed", help="Seed of the block permutation, one for the grid."),
 ) -> None:
-    """Run models × datasets × strategies one after another; run it again to resume. Compare them
-    with `ftdyn report DIR`."""
+    """Run models × datasets × strategies (× block shuffles × initialisations × seeds) one after
+    another; run it again to resume. Compare them with `ftdyn report DIR`.
+
+    The transfer experiment of Neyshabur et al. 2020: `--shuffle-blocks 1,2,4,8,16,32,none
+    --weights DEFAULT,none --seeds 0,1` gives accuracy and training speed against block size for
+    pretrained (P-T) and random (RI-T) initialisation, and whether two seeds end in one basin."""
     from engine.errors import FtdynError
+    from engine.shuffle import parse_shuffle
     from engine.strategies import STRATEGIES
-    from engine.sweep import plan_sweep, run_sweep
+    from engine.sweep import plan_sweep, run_barriers, run_sweep
     from engine.training import RunConfig
 
     chosen = split_list(strategies) or ["full"]
@@ -387,15 +438,28 @@ def sweep(
         fail(f"unknown strategy '{unknown[0]}'; choose from {', '.join(STRATEGIES)}")
     if "surgical" in chosen and not train_blocks:
         fail("a sweep with surgical needs --train-blocks (see `ftdyn layers MODEL` for the groups)")
-    template = RunConfig(model="", data="", out="", weights=weights, epochs=epochs, batch_size=batch_size, lr=lr,
+    shuffles = [None if s.lower() == "none" else s for s in split_list(shuffle_blocks) or []] or [None]
+    try:
+        for shuffle in shuffles:
+            parse_shuffle(shuffle, image_size)
+    except ValueError as exc:
+        fail(str(exc))
+    try:
+        seed_list = [int(s) for s in split_list(seeds) or ["0"]]
+    except ValueError:
+        fail(f"--seeds takes whole numbers, e.g. 0,1 (got {','.join(split_list(seeds))})")
+    template = RunConfig(model="", data="", out="", epochs=epochs, batch_size=batch_size, lr=lr,
                          optimizer=optimizer.value, image_size=image_size, probe_size=probe_size,
                          metrics=split_list(metrics) or ["pwsm", "procrustes", "cka"], view=view,
                          train_blocks=split_list(train_blocks) or [], layer_decay=layer_decay,
-                         warmup_epochs=warmup_epochs, vis=vis, device=device, workers=workers, seed=seed)
-    cells = plan_sweep(template, split_list(models), split_list(datasets), chosen, out_dir)
+                         warmup_epochs=warmup_epochs, vis=vis, device=device, workers=workers,
+                         shuffle_seed=shuffle_seed)
+    cells = plan_sweep(template, split_list(models), split_list(datasets), chosen, out_dir, shuffles,
+                       split_list(weights) or ["DEFAULT"], seed_list)
     try:
         with TrainingProgress() as progress:
             outcome = run_sweep(cells, on_event=progress.event)
+            outcome += run_barriers(cells, on_event=progress.event)
     except FtdynError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -658,10 +722,36 @@ def print_tables(tables: dict[str, list[dict]]) -> None:
                             for k, v in r["learning_rates"].items()) or "—"] for r in tables["strategies"]])
     print_by_epoch("Layer distance by epoch (early → deep)", ["run", "measure", "layer"], tables["layers"],
                    ("run", "measure", "layer"))
+    if tables.get("transfer"):
+        print_transfer(tables["transfer"])
     if tables["series"]:
         print_by_epoch("Other analyses by epoch (drift: ‖θᵗ − θ⁰‖ per module; BatchNorm statistics left out)",
                        ["run", "analysis", "measure", "module"], tables["series"], ("run", "analysis", "measure", "row"))
     print_posthoc(tables)
+
+
+def print_transfer(rows: list[dict]) -> None:
+    """Neyshabur et al.'s block-shuffle table: P-T beside RI-T per block size, and the seed barriers."""
+    from engine.report import TARGET_SHARE
+
+    def accuracy(row: dict, init: str) -> str:
+        mean, std = row[f"{init}_final_accuracy"], row[f"{init}_final_accuracy_std"]
+        return "—" if mean is None else fmt_number(mean) + (f" ± {fmt_number(std)}" if std is not None else "")
+
+    def speed(row: dict, init: str) -> str:
+        if not row[f"{init}_runs"]:
+            return "—"
+        epochs = row[f"{init}_epochs_to_target"]
+        return fmt_number(epochs, 1) if epochs is not None else f"not reached ({row[f'{init}_reached_target']}/{row[f'{init}_runs']})"
+
+    print_table(f"Transfer · block shuffle (Neyshabur et al. 2020): final held-out accuracy (mean ± std over seeds), "
+                f"epochs to {TARGET_SHARE:.0%} of the better final accuracy at that block size, held-out loss barrier "
+                f"between two seeds",
+                ["model", "data", "block", "target", "P-T acc", "RI-T acc", "P-T epochs", "RI-T epochs",
+                 "P-T barrier", "RI-T barrier"],
+                [[str(r["model"]), Path(str(r["data"])).name, r["block"], fmt_number(r["target_accuracy"]),
+                  accuracy(r, "pt"), accuracy(r, "rit"), speed(r, "pt"), speed(r, "rit"),
+                  fmt_number(r["pt_barrier_loss"]), fmt_number(r["rit_barrier_loss"])] for r in rows])
 
 
 def print_by_epoch(title: str, columns: list[str], rows: list[dict], keys: tuple[str, ...]) -> None:

@@ -64,6 +64,13 @@ def safe_tag(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "run"
 
 
+def barrier_tag(run_a: Path, epoch_a: int, run_b: Path, epoch_b: int) -> str:
+    """The result's name for the path from RUN_A@epoch_a to RUN_B@epoch_b."""
+    if Path(run_b).resolve() == Path(run_a).resolve():
+        return f"barrier-e{epoch_a}-e{epoch_b}"
+    return f"barrier-e{epoch_a}-{safe_tag(Path(run_b).name)}-e{epoch_b}"
+
+
 def check_compatible(first: Path, second: Path, a: dict, b: dict) -> None:
     """Same architecture (model name and every tensor's shape) and the same class list."""
     ca, cb = saved_config(first), saved_config(second)
@@ -107,8 +114,7 @@ def run_barrier(first: str, second: str | None = None, points: int = 11, train_i
         state_a, state_b = state_a_run, model_state(run_b, epoch_b, device)
         check_compatible(run_a, run_b, state_a, state_b)
         labels = (f"{run_a.name}@{epoch_a}", f"{run_b.name}@{epoch_b}")
-        same = run_b.resolve() == run_a.resolve()
-        tag = f"barrier-e{epoch_a}-e{epoch_b}" if same else f"barrier-e{epoch_a}-{safe_tag(run_b.name)}-e{epoch_b}"
+        tag = barrier_tag(run_a, epoch_a, run_b, epoch_b)
     target = result_path(run_a, tag)
     splits = make_splits(trainer, train_images, bn_batches)
     endpoints_differ = any(not (state_a[k] == state_b[k]).all() for k in state_a if state_a[k].is_floating_point())

@@ -21,7 +21,7 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, Subset
 
-from engine.data import ImageList, image_transform
+from engine.data import ImageList
 from engine.training import Trainer, evaluate
 
 BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -62,7 +62,7 @@ class Splits:
 def make_splits(trainer: Trainer, train_images: int, bn_batches: int) -> Splits:
     config = trainer.config
     samples = trainer.train_set.samples
-    plain = ImageList(samples, image_transform(config.image_size, augment=False))
+    plain = ImageList(samples, trainer.transform(augment=False))
     order = np.random.default_rng(config.seed).permutation(len(samples))
     chosen = sorted(order[:train_images].tolist()) if 0 < train_images < len(samples) else list(range(len(samples)))
     loader = DataLoader(Subset(plain, chosen), batch_size=config.batch_size, shuffle=False, num_workers=0)

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from engine.similarity.metrics import choose_form, metric_values, pair_spectra
+from engine.similarity.metrics import choose_form, metric_values, needs_whitening, pair_spectra, unwhitened_values
 from engine.similarity.spectral import SideSpectrum
 
 # Memory budget for one chunk of batched work (float64 Grams and their eigenvectors).
@@ -62,8 +62,12 @@ def batched_metric_values(x: torch.Tensor, y: torch.Tensor, metrics, whitening_s
     chunk = max(1, min(chunk, -(-b // workers)))
     ranges = [(start, min(b, start + chunk)) for start in range(0, b, chunk)]
 
+    direct = not needs_whitening(metrics) and max(p, y.shape[-1]) <= m
+
     def one_chunk(bounds: tuple[int, int]):
         start, stop = bounds
+        if direct:  # nothing to whiten: no decomposition of either side
+            return unwhitened_values(x[start:stop], y[start:stop], metrics, precision)
         key = None if cache is None or form != "dual" else (cache_key, start, stop)
         source = cache.get(key) if key is not None else None
         pair = pair_spectra(x[start:stop], y[start:stop], precision, form, source)

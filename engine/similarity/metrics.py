@@ -283,3 +283,42 @@ def metric_values(pair: PairedSpectra, metrics: Sequence[Metric],
         value = torch.where(pair.identical, torch.zeros_like(value), value)
         out[metric.label] = torch.where(pair.live | pair.identical, value, torch.full_like(value, math.nan))
     return out
+
+
+def needs_whitening(metrics: Sequence[Metric]) -> bool:
+    """Only PWSM with α < 1 needs the eigen-decompositions; Procrustes, CKA and PWSM at α = 1 are
+    functions of XᵀY, XᵀX and YᵀY alone."""
+    return any(m.name == "pwsm" and m.alpha < 1.0 for m in metrics)
+
+
+def unwhitened_values(x: torch.Tensor, y: torch.Tensor, metrics: Sequence[Metric],
+                      precision: str | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Procrustes, CKA and PWSM at α = 1 of a batch X (b, m, p), Y (b, m, p') straight from their
+    definitions — ‖XᵀY‖_* by one SVD, no decomposition of either side — for p, p' ≤ m (the
+    `filter-map` view's small maps). Returns the values and both sides' ‖X‖²_F, as :func:`metric_values`
+    and ``total_variance`` would, with the same NaN for dead sides and 0 for identical inputs."""
+    dtype = compute_dtype_for(x.device, precision)
+    xc = x.to(dtype) - x.to(dtype).mean(1, keepdim=True)
+    yc = y.to(dtype) - y.to(dtype).mean(1, keepdim=True)
+    xt = xc.transpose(1, 2)
+    cross = (xt @ yc).to(torch.float64)
+    power_x = xc.to(torch.float64).pow(2).sum((1, 2))
+    power_y = yc.to(torch.float64).pow(2).sum((1, 2))
+    live = (power_x > 0) & (power_y > 0)
+    identical = bitwise_equal(x, y)
+    safe = lambda v: torch.where(live, v, torch.ones_like(v))  # noqa: E731
+    cos = (torch.linalg.svdvals(cross).sum(-1) / safe((power_x * power_y).sqrt())).clamp(-1.0, 1.0)
+    out = {}
+    for metric in metrics:
+        if metric.name == "cka":
+            gram_x = (xt @ xc).to(torch.float64).norm(dim=(1, 2))
+            gram_y = (yc.transpose(1, 2) @ yc).to(torch.float64).norm(dim=(1, 2))
+            value = 1.0 - (cross.pow(2).sum((1, 2)) / safe(gram_x * gram_y)).clamp(0.0, 1.0)
+        elif metric.name == "procrustes":
+            value = (2.0 - 2.0 * cos).clamp(0.0, 2.0)
+        else:  # PWSM at α = 1: angular Procrustes
+            value = torch.arccos(cos)
+        value = torch.where(identical, torch.zeros_like(value), value)
+        out[metric.label] = torch.where(live | identical, value, torch.full_like(value, math.nan))
+    return out, power_x, power_y
+
