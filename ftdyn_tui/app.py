@@ -42,6 +42,7 @@ from ftdyn_tui.model import (
     reusability_rows,
     run_colour,
     smooth,
+    transfer_result,
 )
 
 IMAGE_MODES = ("halfcell", "sixel", "kitty", "auto")
@@ -193,7 +194,7 @@ class RunsScreen(Screen):
     def action_open_results(self) -> None:
         run = self.current_run()
         if run is not None and run.config is not None and not run.problem:
-            self.app.push_screen(ResultsScreen(run))
+            self.app.push_screen(ResultsScreen(run, list(self.app.workspace.runs.values())))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -372,7 +373,7 @@ class DynamicsScreen(Screen):
         self.draw_main()
 
     def action_open_results(self) -> None:
-        self.app.push_screen(ResultsScreen(self.runs[0]))
+        self.app.push_screen(ResultsScreen(self.runs[0], list(self.app.workspace.runs.values())))
 
     def action_next_metric(self) -> None:
         view = self.measure.rpartition("@")[2]
@@ -559,10 +560,11 @@ class ResultsScreen(Screen):
     ResultsScreen #result-text { height: auto; max-height: 14; }
     """
 
-    def __init__(self, run: TrackedRun):
+    def __init__(self, run: TrackedRun, peers: list[TrackedRun] = ()):
         super().__init__()
         self.tracked = run
-        self.results = run.results
+        transfer = transfer_result(run, list(peers))
+        self.results = run.results + ([transfer] if transfer else [])
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -630,7 +632,7 @@ HELP = """\
 | | `space` | mark a run for overlay |
 | | `f` | filters of the highlighted run |
 | | `/` | filter the list; `escape` clears |
-| | `t` | post-hoc analyses of the highlighted run (loss barrier, criticality) |
+| | `t` | post-hoc analyses of the highlighted run (loss barrier, criticality; accuracy against block size where runs vary the shuffle) |
 | curves | `a` | next analysis (feature distance, parameter drift, …) |
 | | `m` / `v` | next metric / next view (drift: relative or absolute / block groups or hooked layers) |
 | | `h` | heatmap: rows × epochs, colour = value |

@@ -24,6 +24,7 @@ from engine.report import (
     layer_correlations,
     measure_pairs,
     reusability,
+    transfer_table,
 )
 
 SMOOTHING_STEPS = (0.0, 0.6, 0.9)
@@ -413,6 +414,29 @@ def heatmap_text(row_labels: list[str], column_labels: list[str], matrix: np.nda
 # Post-hoc results (RUN/analyses/*.json)
 
 
+def transfer_result(run: "TrackedRun", peers: list["TrackedRun"]) -> dict[str, Any] | None:
+    """The block-shuffle experiment around ``run`` as a post-hoc curve: final held-out accuracy against
+    block size, P-T and RI-T, over the runs that share its model and data (None where they do not
+    vary the shuffle or the initialisation)."""
+    if run.config is None:
+        return None
+    same = [p.snapshot() for p in peers if p.config is not None and not p.problem
+            and p.config.get("model", {}).get("name") == run.config.get("model", {}).get("name")
+            and p.config.get("dataset", {}).get("root") == run.config.get("dataset", {}).get("root")]
+    rows = [r for r in transfer_table(same) if r["block"] != "pixel"]
+    if not rows:
+        return None
+    size = int(run.config.get("run", {}).get("image_size") or 224)
+    rows.sort(key=lambda r: size if r["block"] == "none" else int(r["block"]))
+    return {"name": "transfer", "display": "curve",
+            "title": "final held-out accuracy against block size (no shuffle = image size)",
+            "x_label": "block size (px)", "x": [size if r["block"] == "none" else int(r["block"]) for r in rows],
+            "series": {"P-T": [r["pt_final_accuracy"] for r in rows], "RI-T": [r["rit_final_accuracy"] for r in rows]},
+            "barriers": {"P-T seeds, held-out loss": next((r["pt_barrier_loss"] for r in rows if r["block"] == "none"), None),
+                         "RI-T seeds, held-out loss": next((r["rit_barrier_loss"] for r in rows if r["block"] == "none"),
+                                                           None)}}
+
+
 def result_label(result: dict[str, Any]) -> str:
     """One line naming a result in a list: what it is and between what."""
     if result.get("problem"):
@@ -420,6 +444,8 @@ def result_label(result: dict[str, Any]) -> str:
     ends = result.get("endpoints")
     if ends:
         return f"{result.get('name')}: {ends.get('A')} → {ends.get('B')}"
+    if result.get("name") == "transfer":
+        return "transfer: accuracy against block size (P-T, RI-T)"
     epoch = (result.get("settings") or {}).get("epoch")
     return f"{result.get('name')}" + (f" @ epoch {epoch}" if epoch is not None else "")
 

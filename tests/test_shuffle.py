@@ -95,30 +95,35 @@ def test_every_split_and_the_pictures_see_one_recorded_shuffle(tmp_path, shapes_
     assert np.array_equal(trainer.visualiser.images[0], shuffle.pixels(shown))
 
 
-def test_transfer_sweep_grid_barriers_and_report(tmp_path, shapes_data, cli):
-    from engine.models import architecture
+COMMON = ["--models", "resnet18", "--epochs", "1", "--image-size", "32", "--batch-size", "8", "--probe-size", "9",
+          "--workers", "0", "--no-vis", "--lr", "1e-3"]
 
-    weights = tmp_path / "pretrained.pt"
+
+@pytest.fixture(scope="module")
+def transfer_grid(tmp_path_factory, shapes_data):
+    """block {16, none} × {a local checkpoint playing the pretrained model, none}: four runs."""
+    from typer.testing import CliRunner
+
+    from engine.models import architecture
+    from ftdyn_tui.cli import app
+
+    root = tmp_path_factory.mktemp("transfer")
+    weights = root / "pretrained.pt"
     torch.manual_seed(0)
-    torch.save(architecture("resnet18").state_dict(), weights)  # a local checkpoint plays P-T
-    common = ["--data", shapes_data, "--models", "resnet18", "--epochs", "1", "--image-size", "32",
-              "--batch-size", "8", "--probe-size", "9", "--workers", "0", "--no-vis", "--lr", "1e-3"]
-    grid = tmp_path / "grid"
-    result = cli("sweep", "--out", grid, *common, "--shuffle-blocks", "16,none", "--weights", f"{weights},none")
+    torch.save(architecture("resnet18").state_dict(), weights)
+    result = CliRunner().invoke(app, ["sweep", "--out", str(root / "grid"), "--data", str(shapes_data), *COMMON,
+                                      "--shuffle-blocks", "16,none", "--weights", f"{weights},none"])
     assert result.exit_code == 0, result.output
+    return root / "grid"
+
+
+def test_transfer_sweep_grid_and_report(transfer_grid, cli):
+    grid = transfer_grid
     names = sorted(p.name for p in grid.iterdir())
     assert names == ["resnet18-shapes-full-b16-pt", "resnet18-shapes-full-b16-rit",
                      "resnet18-shapes-full-bnone-pt", "resnet18-shapes-full-bnone-rit"]
     assert read_run(grid / names[0]).config["run"]["shuffle_blocks"] == "16"
     assert read_run(grid / names[2]).config["run"]["shuffle_blocks"] is None
-
-    seeds = tmp_path / "seeds"
-    result = cli("sweep", "--out", seeds, *common, "--weights", "none", "--seeds", "0,1")
-    assert result.exit_code == 0, result.output
-    assert "barrier resnet18-shapes-full-s0 ↔ resnet18-shapes-full-s1" in result.output
-    again = cli("sweep", "--out", seeds, *common, "--weights", "none", "--seeds", "0,1")
-    assert "already finished" in again.output and "already computed" in again.output
-
     from engine.report import transfer_table
 
     rows = transfer_table([read_run(p) for p in grid.iterdir()])
@@ -127,10 +132,36 @@ def test_transfer_sweep_grid_barriers_and_report(tmp_path, shapes_data, cli):
         assert row["pt_runs"] == 1 and row["rit_runs"] == 1
         assert 0 <= row["pt_final_accuracy"] <= 1 and 0 <= row["rit_final_accuracy"] <= 1
         assert row["target_accuracy"] == pytest.approx(0.9 * max(row["pt_final_accuracy"], row["rit_final_accuracy"]))
-    seeded = transfer_table([read_run(p) for p in seeds.iterdir()])
-    assert seeded == []  # one block size and one initialisation: nothing to compare
     report = cli("report", grid)
     assert report.exit_code == 0 and "Transfer · block shuffle" in report.output
+
+
+async def test_the_app_plots_accuracy_against_block_size(transfer_grid):
+    from ftdyn_tui.app import ResultsScreen, create_app
+
+    app = create_app([transfer_grid], poll_seconds=60)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("t")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, ResultsScreen)
+        curve = next(r for r in screen.results if r["name"] == "transfer")
+        assert curve["x"] == [16, 32] and set(curve["series"]) == {"P-T", "RI-T"}
+        assert all(0 <= v <= 1 for values in curve["series"].values() for v in values)
+
+
+def test_seed_pairs_get_their_barrier_once(tmp_path, shapes_data, cli):
+    seeds = tmp_path / "seeds"
+    args = ("sweep", "--out", seeds, "--data", shapes_data, *COMMON, "--weights", "none", "--seeds", "0,1")
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    assert "barrier resnet18-shapes-full-s0 ↔ resnet18-shapes-full-s1" in result.output
+    assert list((seeds / "resnet18-shapes-full-s0" / "analyses").glob("barrier-*.json"))
+    again = cli(*args)
+    assert "already finished" in again.output and "already computed" in again.output
+    from engine.report import transfer_table
+
+    assert transfer_table([read_run(p) for p in seeds.iterdir()]) == []  # nothing varies but the seed
 
 
 def test_bad_seeds_and_blocks_in_a_sweep_are_one_line(tmp_path, shapes_data, cli):
