@@ -183,14 +183,21 @@ def prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def run_demo(out: Path, settings: DemoSettings, seed: int = 0, device: str = "auto",
-             on_event: Event = quiet) -> list[Path]:
-    out = Path(out)
+def prepare_demo(out: Path, settings: DemoSettings, seed: int, device: str, on_event: Event,
+                 **recorded: Any) -> tuple[dict[str, Path], Path]:
+    """The demo's directory, generated domains and cached source model: (data folders, weights)."""
     prepare_out(out)
     data = prepare_data(settings, seed, on_event)
     weights = source_model(settings, data, seed, device, on_event)
-    write_json_atomic(out / "demo.json", {"settings": dataclasses.asdict(settings), "seed": seed,
+    write_json_atomic(out / "demo.json", {"settings": dataclasses.asdict(settings), "seed": seed, **recorded,
                                           "source_weights": str(weights)})
+    return data, weights
+
+
+def run_demo(out: Path, settings: DemoSettings, seed: int = 0, device: str = "auto",
+             on_event: Event = quiet) -> list[Path]:
+    out = Path(out)
+    data, weights = prepare_demo(out, settings, seed, device, on_event)
     runs = []
     for target in TARGETS:
         on_event("phase", name=f"fine-tuning on the '{target}' target")
@@ -213,7 +220,7 @@ class DepthTrend:
     """(a): per run, Spearman ρ of distance against depth, and the layers that break the order."""
 
     rho: dict[str, float | None]
-    breaks: dict[str, list[str]]  # run → "layer4 < layer3" for each layer below a shallower one
+    breaks: dict[str, list[str]]  # run → "layer4 < layer2, layer3": each layer below shallower ones
     p_value: float | None  # P(mean ρ ≥ observed) when every run's layer order is random
 
     @property
@@ -250,8 +257,8 @@ def depth_trend(per_layer: dict[str, np.ndarray], layers: dict[str, list[str]], 
         names = [n for n, k in zip(layers[run], keep) if k]
         values = values[keep]
         rho[run] = spearman(np.arange(len(values)), values) if len(values) >= 3 else None
-        breaks[run] = [f"{names[j]} < {names[int(np.argmax(values[:j]))]}" for j in range(1, len(values))
-                       if values[j] < values[:j].max()]
+        breaks[run] = [f"{names[j]} < " + ", ".join(names[i] for i in range(j) if values[i] > values[j])
+                       for j in range(1, len(values)) if values[j] < values[:j].max()]
         if rho[run] is not None:
             usable[run] = values
     if not usable:

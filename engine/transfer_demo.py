@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.demo import DemoSettings, Event, prepare_data, prepare_out, quiet, source_model
-from engine.record import read_run, write_json_atomic
+from engine.demo import DemoSettings, Event, prepare_demo, quiet
+from engine.record import read_run
 from engine.report import transfer_table
 from engine.sweep import cell_name, run_barriers, run_sweep
 from engine.training import RunConfig
@@ -36,9 +36,10 @@ LR = 1e-3
 EPOCHS = 6
 
 
-def plan(out: Path, settings: DemoSettings, weights: Path, data: Path, seed: int, device: str) -> list[RunConfig]:
+def plan(out: Path, settings: DemoSettings, weights: Path, data: Path, seed: int, device: str,
+         epochs: int) -> list[RunConfig]:
     """P-T and RI-T at every block size with one seed; unshuffled, with a second seed as well."""
-    template = RunConfig(model=settings.model, data=str(data), out="", epochs=EPOCHS, batch_size=settings.batch_size,
+    template = RunConfig(model=settings.model, data=str(data), out="", epochs=epochs, batch_size=settings.batch_size,
                          lr=LR, image_size=settings.image_size, probe_size=settings.probe_size,
                          metrics=["pwsm", "cka"], vis=False, device=device, workers=settings.workers,
                          shuffle_seed=seed)
@@ -53,14 +54,10 @@ def plan(out: Path, settings: DemoSettings, weights: Path, data: Path, seed: int
 
 
 def run_transfer_demo(out: Path, settings: DemoSettings, seed: int = 0, device: str = "auto",
-                      on_event: Event = quiet) -> list[Path]:
+                      on_event: Event = quiet, epochs: int | None = None) -> list[Path]:
     out = Path(out)
-    prepare_out(out)
-    data = prepare_data(settings, seed, on_event)
-    weights = source_model(settings, data, seed, device, on_event)
-    write_json_atomic(out / "demo.json", {"settings": dataclasses.asdict(settings), "seed": seed, "transfer": True,
-                                          "source_weights": str(weights)})
-    cells = plan(out, settings, weights, data[TARGET], seed, device)
+    data, weights = prepare_demo(out, settings, seed, device, on_event, transfer=True)
+    cells = plan(out, settings, weights, data[TARGET], seed, device, epochs or EPOCHS)
     run_sweep(cells, on_event=on_event)
     run_barriers(cells, on_event=on_event)
     return [Path(c.out) for c in cells]

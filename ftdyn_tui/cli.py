@@ -313,7 +313,8 @@ class TrainingProgress:
 def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Where the three runs go (a previous demo there "
                                                                  "is replaced)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Fine-tuning epochs per target (default: 5)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Fine-tuning epochs per target (default: 5; "
+                                         "with --transfer, per run, default 6)."),
     seed: int = typer.Option(0, "--seed", help="Seeds the generated data, the source model and the runs."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     no_tui: bool = typer.Option(False, "--no-tui", help="Print the report instead of opening the TUI."),
@@ -333,27 +334,17 @@ def demo(
     import dataclasses
 
     from engine.demo import DemoSettings, findings, run_demo
-    from engine.errors import FtdynError
     from engine.record import read_run, write_json_atomic
     from engine.report import build_report
 
     if transfer:
-        return demo_transfer(out_dir, DemoSettings(model=model, image_size=image_size), seed, device)
+        return demo_transfer(out_dir, DemoSettings(model=model, image_size=image_size), seed, device, epochs)
 
     settings = DemoSettings(model=model, image_size=image_size)
     if epochs:
         settings = dataclasses.replace(settings, epochs=epochs)
-    try:
-        from engine.models import check_model_name
-
-        check_model_name(model)
-        with TrainingProgress() as progress:
-            runs = run_demo(out_dir, settings, seed=seed, device=device, on_event=progress.event)
-    except FtdynError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: run `ftdyn demo` again (the cache keeps what is done)")
-        raise typer.Exit(130)
+    runs = demo_runs(model, "ftdyn demo", lambda event: run_demo(out_dir, settings, seed=seed, device=device,
+                                                                 on_event=event))
     result = findings(runs)
     write_json_atomic(out_dir / "findings.json", result.as_json())
     if not no_tui and sys.stdin.isatty() and sys.stdout.isatty():
@@ -366,21 +357,29 @@ def demo(
     out.print(f"runs: {out_dir} · `ftdyn tui {out_dir}` to explore · `ftdyn report {out_dir}` for the tables")
 
 
-def demo_transfer(out_dir: Path, settings, seed: int, device: str) -> None:
+def demo_runs(model: str, command: str, start) -> list[Path]:
+    """``start(on_event)`` under a progress display; bad input and Ctrl-C end in one line."""
     from engine.errors import FtdynError
     from engine.models import check_model_name
-    from engine.record import write_json_atomic
-    from engine.transfer_demo import run_transfer_demo, transfer_findings
 
     try:
-        check_model_name(settings.model)
+        check_model_name(model)
         with TrainingProgress() as progress:
-            runs = run_transfer_demo(out_dir, settings, seed=seed, device=device, on_event=progress.event)
+            return start(progress.event)
     except FtdynError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: run `ftdyn demo --transfer` again (the cache keeps what is done)")
+        console.print(f"[yellow]interrupted[/]: run `{command}` again (the cache keeps what is done)")
         raise typer.Exit(130)
+
+
+def demo_transfer(out_dir: Path, settings, seed: int, device: str, epochs: int | None) -> None:
+    from engine.record import write_json_atomic
+    from engine.transfer_demo import run_transfer_demo, transfer_findings
+
+    runs = demo_runs(settings.model, "ftdyn demo --transfer",
+                     lambda event: run_transfer_demo(out_dir, settings, seed=seed, device=device, on_event=event,
+                                                     epochs=epochs))
     result = transfer_findings(runs)
     write_json_atomic(out_dir / "findings.json", result.as_json())
     print_transfer(result.rows)

@@ -99,6 +99,8 @@ def test_depth_trend_is_a_test_that_can_fail():
     trend = depth_trend(rising, dict.fromkeys(rising, LAYERS))
     assert trend.holds and trend.rho == pytest.approx({"a": 0.9, "b": 0.9, "c": 1.0})
     assert trend.breaks == {"a": ["layer4 < layer3"], "b": ["layer2 < layer1"], "c": []}
+    deep_drop = depth_trend({"a": np.array([.1, .2, .3, .9, .15])}, {"a": LAYERS})
+    assert deep_drop.breaks == {"a": ["layer4 < layer1, layer2, layer3"]}  # every shallower layer it falls below
     # exact null: P(mean ρ ≥ 0.933) over three independent random orders of five layers is small
     assert trend.p_value < 0.01
     flat = {k: np.random.default_rng(i).random(5) for i, k in enumerate("abc")}
