@@ -321,7 +321,7 @@ class Findings:
         mark = lambda ok: "✓" if ok else "✗"  # noqa: E731
         t = self.trend
         rhos = ", ".join(f"{run} ρ {'—' if r is None else f'{r:+.2f}'}" for run, r in t.rho.items())
-        broken = "; ".join(f"{run}: {', '.join(b)}" for run, b in t.breaks.items() if b) or "none"
+        broken = " | ".join(f"{run}: {'; '.join(b)}" for run, b in t.breaks.items() if b) or "none"
         p = "undefined" if t.p_value is None else f"{t.p_value:.3f}"
         b = ", ".join(f"{run} {m:.3f} ± {s:.3f}" for run, (m, s) in self.reusability.items())
         g = self.agreement
