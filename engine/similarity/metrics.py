@@ -205,23 +205,26 @@ def constant_column_floor(raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor
     return m * (4 * torch.finfo(dtype).eps * raw.abs().amax(1).to(torch.float64)) ** 2
 
 
-def dual_spectrum(centred: torch.Tensor, dtype: torch.dtype, floor: torch.Tensor) -> SideSpectrum:
+def dual_spectrum(centred: torch.Tensor, raw: torch.Tensor, dtype: torch.dtype) -> SideSpectrum:
     """One side's dual spectrum from its Gram. Sides whose Gram cannot resolve every direction the
     data can have (fewer live eigenvalues than min(m − 1, live features), or an accuracy bound
     ε·√m·√(λ_max/λ_min) above DIRECT_EIGH_ERROR — column scales spread beyond about 1e±3) are
     decomposed again by an SVD of the data."""
     b, m, p = centred.shape
     side = spectrum_from_gram(centred @ centred.transpose(1, 2), m, p, dtype)
-    live_columns = (centred.to(torch.float64).pow(2).sum(1) > floor).sum(-1)
-    possible = torch.clamp(live_columns, max=structural_rank(m, p))
     lam = side.eigenvalues
     smallest = torch.where(lam > 0, lam, torch.full_like(lam, math.inf)).amin(-1)
     bound = torch.finfo(torch.float64).eps * math.sqrt(m) * (lam.amax(-1) / smallest).sqrt()
-    unresolved = ((side.live_count < possible) | (bound > DIRECT_EIGH_ERROR)).nonzero().flatten()
-    if len(unresolved):
-        again = decompose_data(centred[unresolved])
-        side.basis[unresolved] = again.basis
-        side.eigenvalues[unresolved] = again.eigenvalues
+    unresolved = bound > DIRECT_EIGH_ERROR
+    short = (side.live_count < structural_rank(m, p)).nonzero().flatten()
+    if len(short):  # rank-deficient: real (dead or collinear features) or unresolved?
+        live_columns = (centred[short].to(torch.float64).pow(2).sum(1) > constant_column_floor(raw[short], dtype)).sum(-1)
+        unresolved[short] |= side.live_count[short] < live_columns.clamp(max=structural_rank(m, p))
+    again = unresolved.nonzero().flatten()
+    if len(again):
+        redone = decompose_data(centred[again])
+        side.basis[again] = redone.basis
+        side.eigenvalues[again] = redone.eigenvalues
     return side
 
 
@@ -243,14 +246,14 @@ def pair_spectra(x: torch.Tensor, y: torch.Tensor, precision: str | None = None,
     yc = y.to(dtype)
     yc = yc - yc.mean(1, keepdim=True)
     identical = bitwise_equal(x, y)
-    floors = (constant_column_floor(x, dtype), constant_column_floor(y, dtype))
     if form == "dual":
-        sx = source if source is not None else dual_spectrum(xc, dtype, floors[0])
-        sy = dual_spectrum(yc, dtype, floors[1])
+        sx = source if source is not None else dual_spectrum(xc, x, dtype)
+        sy = dual_spectrum(yc, y, dtype)
         return PairedSpectra(sx, sy, dual_cross(sx, sy), m, identical)
     if source is not None:
         raise ValueError("a cached source spectrum is only reusable in the dual form")
     xt = xc.transpose(1, 2)
+    floors = (constant_column_floor(x, dtype), constant_column_floor(y, dtype))
     return pair_from_moments(xt @ xc, yc.transpose(1, 2) @ yc, xt @ yc, m, identical, dtype, floors)
 
 
