@@ -9,7 +9,8 @@
 * Per-layer distances by epoch.
 * Transfer (ANALYSES.md §4, Neyshabur et al. 2020): where runs differ in block shuffle or in
   initialisation, final held-out accuracy and epochs to a target accuracy per block size, P-T
-  (pretrained) beside RI-T (random init), means over seeds, and the loss barrier between two seeds.
+  (pretrained) beside RI-T (random init), means over seeds, and the loss barriers (training and
+  held-out loss) between two seeds.
 """
 
 from __future__ import annotations
@@ -258,16 +259,22 @@ def held_out_curve(run: RunSnapshot) -> list[tuple[int, float]]:
     return [(r["epoch"], r["held_out"]["accuracy"]) for r in run.epochs if r.get("held_out") and r["epoch"] >= 1]
 
 
-def seed_barrier(group: list[RunSnapshot]) -> float | None:
-    """The held-out loss barrier recorded between two runs of the group (two seeds of one cell)."""
+# The seed-pair barriers the transfer table shows: the training loss first — a basin is a property of
+# the training objective, and the held-out loss of overfit endpoints can sit above the whole path
+# (a barrier of 0 that says nothing) — and the held-out loss beside it.
+SEED_BARRIERS = ("train_loss", "held_out_loss")
+
+
+def seed_barriers(group: list[RunSnapshot]) -> dict[str, float | None]:
+    """The loss barriers recorded between two runs of the group (two seeds of one cell)."""
     names = {run_name(run) for run in group}
     for run in group:
         for result in read_results(run.path):
             if result.get("name") == "barrier" and "problem" not in result:
                 ends = result.get("endpoints", {})
                 if str(ends.get("B", "")).rpartition("@")[0] in names and str(ends.get("A", "")).rpartition("@")[0] in names:
-                    return result.get("barriers", {}).get("held_out_loss")
-    return None
+                    return {name: result.get("barriers", {}).get(name) for name in SEED_BARRIERS}
+    return dict.fromkeys(SEED_BARRIERS)
 
 
 def transfer_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
@@ -299,7 +306,7 @@ def transfer_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
                         prefix + "epochs_to_target": float(np.mean(reached)) if reached and None not in reached
                         else None,
                         prefix + "reached_target": sum(r is not None for r in reached),
-                        prefix + "barrier_loss": seed_barrier(group)})
+                        **{f"{prefix}barrier_{name}": value for name, value in seed_barriers(group).items()}})
         rows.append(row)
     return sorted(rows, key=lambda r: (str(r["model"]), str(r["data"]), str(r["strategy"]), block_order(r["block"])))
 

@@ -82,7 +82,8 @@ def run_barriers(cells: list[RunConfig], on_event: Callable = lambda kind, **inf
         on_event("phase", name=f"loss barrier {a.name} ↔ {b.name}")
         result, _ = run_barrier(str(a), str(b), on_event=on_event)
         outcome.append((f"barrier {a.name} ↔ {b.name}",
-                        f"held-out loss barrier {result['barriers']['held_out_loss']:.3f}"))
+                        f"loss barrier: training {result['barriers']['train_loss']:.3f}, "
+                        f"held-out {result['barriers']['held_out_loss']:.3f}"))
     return outcome
 
 

@@ -743,14 +743,18 @@ def print_transfer(rows: list[dict]) -> None:
         epochs = row[f"{init}_epochs_to_target"]
         return fmt_number(epochs, 1) if epochs is not None else f"not reached ({row[f'{init}_reached_target']}/{row[f'{init}_runs']})"
 
+    def barrier(row: dict, init: str) -> str:
+        train, held = row[f"{init}_barrier_train_loss"], row[f"{init}_barrier_held_out_loss"]
+        return "—" if train is None and held is None else f"{fmt_number(train)} / {fmt_number(held)}"
+
     print_table(f"Transfer · block shuffle (Neyshabur et al. 2020): final held-out accuracy (mean ± std over seeds), "
-                f"epochs to {TARGET_SHARE:.0%} of the better final accuracy at that block size, held-out loss barrier "
-                f"between two seeds",
+                f"epochs to {TARGET_SHARE:.0%} of the better final accuracy at that block size, loss barrier between "
+                f"two seeds (training / held-out loss)",
                 ["model", "data", "block", "target", "P-T acc", "RI-T acc", "P-T epochs", "RI-T epochs",
                  "P-T barrier", "RI-T barrier"],
                 [[str(r["model"]), Path(str(r["data"])).name, r["block"], fmt_number(r["target_accuracy"]),
                   accuracy(r, "pt"), accuracy(r, "rit"), speed(r, "pt"), speed(r, "rit"),
-                  fmt_number(r["pt_barrier_loss"]), fmt_number(r["rit_barrier_loss"])] for r in rows])
+                  barrier(r, "pt"), barrier(r, "rit")] for r in rows])
 
 
 def print_by_epoch(title: str, columns: list[str], rows: list[dict], keys: tuple[str, ...]) -> None:

@@ -23,6 +23,7 @@ from engine.report import (
     correlation_row,
     layer_correlations,
     measure_pairs,
+    SEED_BARRIERS,
     reusability,
     transfer_table,
 )
@@ -427,14 +428,15 @@ def transfer_result(run: "TrackedRun", peers: list["TrackedRun"]) -> dict[str, A
     if not rows:
         return None
     size = int(run.config.get("run", {}).get("image_size") or 224)
+    unshuffled = next((r for r in rows if r["block"] == "none"), None)
     rows.sort(key=lambda r: size if r["block"] == "none" else int(r["block"]))
     return {"name": "transfer", "display": "curve",
             "title": "final held-out accuracy against block size (no shuffle = image size)",
             "x_label": "block size (px)", "x": [size if r["block"] == "none" else int(r["block"]) for r in rows],
             "series": {"P-T": [r["pt_final_accuracy"] for r in rows], "RI-T": [r["rit_final_accuracy"] for r in rows]},
-            "barriers": {"P-T seeds, held-out loss": next((r["pt_barrier_loss"] for r in rows if r["block"] == "none"), None),
-                         "RI-T seeds, held-out loss": next((r["rit_barrier_loss"] for r in rows if r["block"] == "none"),
-                                                           None)}}
+            "barriers": {f"{init} seeds, {name.replace('_', ' ')}": unshuffled[f"{prefix}barrier_{name}"]
+                         for init, prefix in (("P-T", "pt_"), ("RI-T", "rit_")) for name in SEED_BARRIERS
+                         if unshuffled is not None}}
 
 
 def result_label(result: dict[str, Any]) -> str:

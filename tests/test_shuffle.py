@@ -190,7 +190,8 @@ def test_transfer_demo_mechanics(tmp_path, monkeypatch, cli):
     assert result.exit_code == 0, result.output
     found = json.loads((tmp_path / "demo" / "findings.json").read_text())
     assert [r["block"] for r in found["rows"]] == ["none", "8"]
-    assert set(found["seed_barrier_loss"]) == {"P-T", "RI-T"} and None not in found["seed_barrier_loss"].values()
+    assert set(found["seed_barriers"]) == {"P-T", "RI-T"}
+    assert all(None not in b.values() for b in found["seed_barriers"].values())
     assert None not in found["mean_accuracy_drop"].values()
     for mark in ("(i)", "(ii)"):
         assert any(f"{m} {mark}" in result.output for m in "✓✗")
