@@ -141,7 +141,7 @@ class PairedSpectra:
 # The precision of moments and Grams when none is asked for, on every device. float32 moments
 # (with float64 decompositions) are an opt-in: measured by benchmarks/float32_error.py, they stay
 # within FLOAT32_WELL_CONDITIONED_BOUND of float64 only on well-conditioned data, and reach
-# 4e-2 rad with channel scales spread over 1e±4 (docs/PRECISION.md). Products of float32
+# 7e-2 rad with channel scales spread over 1e±4 (docs/PRECISION.md). Products of float32
 # activations are exact in float64, so the default loses nothing to the activations' precision.
 DEFAULT_PRECISION = "float64"
 # Measured worst |float32 − float64| on well-conditioned data (ReLU activations, channel scales
@@ -152,7 +152,7 @@ FLOAT32_WELL_CONDITIONED_BOUND = 1e-5
 # float64 against 50-digit arithmetic over column spreads up to 1e±8, primal and dual
 # (benchmarks/column_spread.py), away from the near-identical floor (|Δθ| ≈ 4e-9 at θ ≈ 1e-7);
 # float32 against float64 over the adversarial cases of benchmarks/float32_error.py.
-MEASURED_WORST_ERROR = {"float64": 4.4e-12, "float32": 4.4e-2}
+MEASURED_WORST_ERROR = {"float64": 4.4e-12, "float32": 6.9e-2}
 
 
 def compute_dtype_for(device: torch.device, precision: str | None) -> torch.dtype:
