@@ -164,3 +164,17 @@ def test_default_precision_is_float64_on_every_device_and_exact_on_float32_input
     exact = layer_distance(np.float64(a32), np.float64(b32), ("pwsm:0", "pwsm:0.5", "cka"))
     for label, value in exact.values.items():
         assert abs(default.values[label] - value) < 1e-12
+
+
+@pytest.mark.parametrize("decades", [4, 6])
+def test_flat_view_is_exact_at_wide_channel_spreads(decades):
+    """Dead-ish channels next to live ones: the flat view's Gram cannot resolve them, so that side
+    is decomposed again from its data; equal to 50-digit arithmetic."""
+    pytest.importorskip("mpmath")
+    rng = np.random.default_rng(decades)
+    a = rng.normal(size=(12, 4, 2, 2))
+    b = a + 0.5 * rng.normal(size=a.shape)
+    scales = 10.0 ** rng.uniform(-decades, decades, size=4)[None, :, None, None]
+    a, b = a * scales, b * scales
+    got = layer_distance(torch.from_numpy(a), torch.from_numpy(b), ["pwsm:0.5"], view="flat").values["pwsm:0.5"]
+    assert got == pytest.approx(ref.exact_pwsm(a.reshape(12, -1), b.reshape(12, -1), 0.5), abs=1e-10)

@@ -42,7 +42,9 @@ from engine.similarity.metrics import (
     as_tensor,
     check_whitening,
     compute_dtype_for,
+    constant_column_floor,
     metric_values,
+    resolve_dual,
     parse_metrics,
     spectrum_from_gram,
 )
@@ -217,26 +219,38 @@ def whole_layer_result(view: str, pair: PairedSpectra, metrics: Sequence[Metric]
 
 def flat_layer_distance(a: torch.Tensor, b: torch.Tensor, metrics, whitening_scale: str, dtype: torch.dtype,
                         chunk_bytes: int) -> LayerDistance:
-    """`flat` view: the n×n Grams built channel-chunk by channel-chunk (no n×c·h·w float64 copy)."""
+    """`flat` view: the n×n Grams built channel-chunk by channel-chunk (no n×c·h·w float64 copy);
+    only a side whose Gram cannot resolve its directions (:func:`resolve_dual`) is decomposed again
+    from its whole centred data."""
     n, c = a.shape[:2]
+    p = a[0].numel()
     step = max(1, int(chunk_bytes // max(1, n * a[0, 0].numel() * 8 * 2)))
-    gram_x = torch.zeros(n, n, dtype=torch.float64, device=a.device)
-    gram_y = torch.zeros_like(gram_x)
-    var_x = torch.zeros(c, dtype=torch.float64, device=a.device)
-    var_y = torch.zeros_like(var_x)
-    for start in range(0, c, step):
-        for acts, gram, var in ((a, gram_x, var_x), (b, gram_y, var_y)):
-            block = acts[:, start:start + step].to(dtype)
+    sides = []
+    var = {}
+    for name, acts in (("x", a), ("y", b)):
+        gram = torch.zeros(n, n, dtype=torch.float64, device=a.device)
+        var[name] = torch.zeros(c, dtype=torch.float64, device=a.device)
+        live_columns = torch.zeros((), dtype=torch.int64, device=a.device)
+        for start in range(0, c, step):
+            raw = acts[:, start:start + step]
+            block = raw.to(dtype)
             block = block - block.mean(0, keepdim=True)
-            var[start:start + step] = block.pow(2).sum((0, 2, 3)).to(torch.float64)
+            power = block.pow(2).sum(0).to(torch.float64)  # per column (channel, row, col)
+            var[name][start:start + step] = power.sum((1, 2))
+            live_columns += (power > constant_column_floor(raw.reshape(n, -1)[None], dtype)[0].reshape(power.shape)).sum()
             flat = block.reshape(n, -1)
             gram += (flat @ flat.T).to(torch.float64)
-    p = a[0].numel()
-    sx = spectrum_from_gram(gram_x[None], n, p, dtype)
-    sy = spectrum_from_gram(gram_y[None], n, p, dtype)
+
+        def centred(rows, acts=acts):
+            whole = acts.reshape(n, -1).to(dtype)
+            return (whole - whole.mean(0, keepdim=True))[None][rows]
+
+        sides.append(resolve_dual(spectrum_from_gram(gram[None], n, p, dtype), n, p,
+                                  lambda rows, count=live_columns: count.expand(len(rows)), centred))
+    sx, sy = sides
     identical = torch.tensor([torch.equal(a, b)], device=a.device)
     pair = PairedSpectra(sx, sy, dual_cross(sx, sy), n, identical)
-    return whole_layer_result("flat", pair, metrics, whitening_scale, channel_dead_count(var_x, var_y, dtype))
+    return whole_layer_result("flat", pair, metrics, whitening_scale, channel_dead_count(var["x"], var["y"], dtype))
 
 
 def filter_layer_distance(a: torch.Tensor, b: torch.Tensor, metrics, whitening_scale: str,
