@@ -25,7 +25,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from engine.domains import GENERATOR_VERSION, write_domain
 from engine.errors import FtdynError
 from engine.record import read_run, write_json_atomic
 from engine.report import distance_matrix, layer_names, mean_std, pearson, reusability_table
-from engine.training import RunConfig, run_training
+from engine.training import Event, RunConfig, quiet, run_training
 
 TARGETS = ("similar", "task", "white")
 PRIMARY = "pwsm:0.5@positions"
@@ -89,13 +89,6 @@ def cache_dir() -> Path:
         return Path(os.environ["FTDYN_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "ftdyn"
-
-
-Event = Callable[..., None]
-
-
-def quiet(kind: str, **info: Any) -> None:
-    return None
 
 
 def prepare_data(settings: DemoSettings, seed: int, on_event: Event = quiet) -> dict[str, Path]:

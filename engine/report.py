@@ -240,8 +240,22 @@ def run_settings(run: RunSnapshot) -> dict[str, Any]:
     return (run.config or {}).get("run", {})
 
 
+# The two arms of the transfer experiment and the short key of each (column prefixes, cell names).
+INITS = {"P-T": "pt", "RI-T": "rit"}
+
+
+def init_label(weights: str | None) -> str:
+    """P-T (pretrained, then trained) or RI-T (randomly initialised, then trained)."""
+    return "RI-T" if str(weights).lower() == "none" else "P-T"
+
+
 def init_of(run: RunSnapshot) -> str:
-    return "RI-T" if str(run_settings(run).get("weights", "")).lower() == "none" else "P-T"
+    return init_label(run_settings(run).get("weights", ""))
+
+
+def unshuffled_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The transfer table's row without shuffling (where the seed barriers are)."""
+    return next((r for r in rows if r["block"] == "none"), None)
 
 
 def block_of(run: RunSnapshot) -> str:
@@ -294,11 +308,11 @@ def transfer_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
         best = max((float(np.mean(v)) for v in finals.values() if v), default=None)
         target = None if best is None else TARGET_SHARE * best
         row = {"model": model, "data": data, "strategy": strategy, "block": block, "target_accuracy": target}
-        for init in ("P-T", "RI-T"):
+        for init, key in INITS.items():
             group = inits.get(init, [])
             reached = [next((e for e, acc in held_out_curve(run) if acc >= target), None) for run in group] \
                 if target is not None else []
-            prefix = init.lower().replace("-", "") + "_"  # pt_, rit_
+            prefix = key + "_"
             row.update({prefix + "runs": len(group),
                         prefix + "final_accuracy": float(np.mean(finals[init])) if finals.get(init) else None,
                         prefix + "final_accuracy_std": float(np.std(finals[init])) if len(finals.get(init, [])) > 1

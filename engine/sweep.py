@@ -18,12 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from engine.record import CONFIG, read_run
+from engine.report import INITS, init_label
 from engine.training import RunConfig, run_training
-
-
-def init_label(weights: str) -> str:
-    """P-T (pretrained, then trained) or RI-T (randomly initialised, then trained)."""
-    return "RI-T" if str(weights).lower() == "none" else "P-T"
 
 
 def cell_name(model: str, data: str, strategy: str, shuffle: str | None = None, weights: str | None = None,
@@ -32,7 +28,7 @@ def cell_name(model: str, data: str, strategy: str, shuffle: str | None = None, 
     if shuffle is not None:
         name += f"-b{shuffle}"
     if weights is not None:
-        name += "-" + init_label(weights).lower().replace("-", "")
+        name += "-" + INITS[init_label(weights)]
     if seed is not None:
         name += f"-s{seed}"
     return name

@@ -28,7 +28,7 @@ import numpy as np
 
 from engine.demo import DemoSettings, Event, prepare_demo, quiet
 from engine.record import read_run
-from engine.report import SEED_BARRIERS, transfer_table
+from engine.report import INITS, SEED_BARRIERS, transfer_table, unshuffled_row
 from engine.sweep import cell_name, run_barriers, run_sweep
 from engine.training import RunConfig
 
@@ -112,9 +112,10 @@ def transfer_findings(run_dirs: list[Path]) -> TransferFindings:
     runs = [read_run(p) for p in run_dirs]
     rows = transfer_table(runs)
     classes = len(((runs[0].config or {}).get("dataset") or {}).get("classes") or []) if runs else 0
-    unshuffled = next((r for r in rows if r["block"] == "none"), None)
+    unshuffled = unshuffled_row(rows)
     drop, barrier = {}, {}
-    for init, prefix in (("P-T", "pt_"), ("RI-T", "rit_")):
+    for init, key in INITS.items():
+        prefix = key + "_"
         base = unshuffled[prefix + "final_accuracy"] if unshuffled else None
         shuffled = [r[prefix + "final_accuracy"] for r in rows if r["block"] != "none"
                     and r[prefix + "final_accuracy"] is not None]

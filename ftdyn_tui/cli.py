@@ -731,7 +731,7 @@ def print_tables(tables: dict[str, list[dict]]) -> None:
 
 def print_transfer(rows: list[dict]) -> None:
     """Neyshabur et al.'s block-shuffle table: P-T beside RI-T per block size, and the seed barriers."""
-    from engine.report import TARGET_SHARE
+    from engine.report import INITS, TARGET_SHARE
 
     def accuracy(row: dict, init: str) -> str:
         mean, std = row[f"{init}_final_accuracy"], row[f"{init}_final_accuracy_std"]
@@ -753,8 +753,8 @@ def print_transfer(rows: list[dict]) -> None:
                 ["model", "data", "block", "target", "P-T acc", "RI-T acc", "P-T epochs", "RI-T epochs",
                  "P-T barrier", "RI-T barrier"],
                 [[str(r["model"]), Path(str(r["data"])).name, r["block"], fmt_number(r["target_accuracy"]),
-                  accuracy(r, "pt"), accuracy(r, "rit"), speed(r, "pt"), speed(r, "rit"),
-                  barrier(r, "pt"), barrier(r, "rit")] for r in rows])
+                  *[accuracy(r, key) for key in INITS.values()], *[speed(r, key) for key in INITS.values()],
+                  *[barrier(r, key) for key in INITS.values()]] for r in rows])
 
 
 def print_by_epoch(title: str, columns: list[str], rows: list[dict], keys: tuple[str, ...]) -> None:

@@ -23,9 +23,11 @@ from engine.report import (
     correlation_row,
     layer_correlations,
     measure_pairs,
+    INITS,
     SEED_BARRIERS,
     reusability,
     transfer_table,
+    unshuffled_row,
 )
 
 SMOOTHING_STEPS = (0.0, 0.6, 0.9)
@@ -428,15 +430,15 @@ def transfer_result(run: "TrackedRun", peers: list["TrackedRun"]) -> dict[str, A
     if not rows:
         return None
     size = int(run.config.get("run", {}).get("image_size") or 224)
-    unshuffled = next((r for r in rows if r["block"] == "none"), None)
-    rows.sort(key=lambda r: size if r["block"] == "none" else int(r["block"]))
+    pixels = lambda row: size if row["block"] == "none" else int(row["block"])  # noqa: E731
+    rows.sort(key=pixels)
+    unshuffled = unshuffled_row(rows)
     return {"name": "transfer", "display": "curve",
             "title": "final held-out accuracy against block size (no shuffle = image size)",
-            "x_label": "block size (px)", "x": [size if r["block"] == "none" else int(r["block"]) for r in rows],
-            "series": {"P-T": [r["pt_final_accuracy"] for r in rows], "RI-T": [r["rit_final_accuracy"] for r in rows]},
-            "barriers": {f"{init} seeds, {name.replace('_', ' ')}": unshuffled[f"{prefix}barrier_{name}"]
-                         for init, prefix in (("P-T", "pt_"), ("RI-T", "rit_")) for name in SEED_BARRIERS
-                         if unshuffled is not None}}
+            "x_label": "block size (px)", "x": [pixels(r) for r in rows],
+            "series": {init: [r[f"{key}_final_accuracy"] for r in rows] for init, key in INITS.items()},
+            "barriers": {f"{init} seeds, {name.replace('_', ' ')}": unshuffled[f"{key}_barrier_{name}"]
+                         for init, key in INITS.items() for name in SEED_BARRIERS if unshuffled is not None}}
 
 
 def result_label(result: dict[str, Any]) -> str:

@@ -35,6 +35,7 @@ from engine.similarity.spectral import (
     decompose_data,
     decompose_gram,
     decompose_moments,
+    direct_eigh_bound,
     double_centre,
     dual_cross,
     primal_cross,
@@ -198,6 +199,12 @@ def bitwise_equal(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x == y).flatten(1).all(1)
 
 
+def centred(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The batch X (b, m, p) in ``dtype`` with each column's mean over the m rows removed."""
+    x = x.to(dtype)
+    return x - x.mean(1, keepdim=True)
+
+
 def constant_column_floor(raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(b, p) variance a constant column of ``raw`` (b, m, p) can show after centring in ``dtype``:
     m residuals of a few ε times the column's magnitude each."""
@@ -220,10 +227,7 @@ def resolve_dual(side: SideSpectrum, m: int, p: int, live_columns, data) -> Side
     DIRECT_EIGH_ERROR (column scales spread beyond about 1e±3) — are decomposed again by an SVD of
     the data. ``live_columns(rows)`` counts the live features of those batch rows, ``data(rows)``
     gives their centred matrices; both are only called for the rows that need them."""
-    lam = side.eigenvalues
-    smallest = torch.where(lam > 0, lam, torch.full_like(lam, math.inf)).amin(-1)
-    bound = torch.finfo(torch.float64).eps * math.sqrt(m) * (lam.amax(-1) / smallest).sqrt()
-    unresolved = bound > DIRECT_EIGH_ERROR
+    unresolved = direct_eigh_bound(side.eigenvalues, side.eigenvalues > 0, m) > DIRECT_EIGH_ERROR
     short = (side.live_count < structural_rank(m, p)).nonzero().flatten()
     if len(short):  # rank-deficient: real (dead or collinear features) or unresolved?
         unresolved[short] |= side.live_count[short] < live_columns(short).clamp(max=structural_rank(m, p))
@@ -248,10 +252,7 @@ def pair_spectra(x: torch.Tensor, y: torch.Tensor, precision: str | None = None,
     py = y.shape[-1]
     dtype = compute_dtype_for(x.device, precision)
     form = form or choose_form(m, px, py)
-    xc = x.to(dtype)
-    xc = xc - xc.mean(1, keepdim=True)
-    yc = y.to(dtype)
-    yc = yc - yc.mean(1, keepdim=True)
+    xc, yc = centred(x, dtype), centred(y, dtype)
     identical = bitwise_equal(x, y)
     if form == "dual":
         sx = source if source is not None else dual_spectrum(xc, x, dtype)
@@ -272,7 +273,9 @@ def metric_values(pair: PairedSpectra, metrics: Sequence[Metric],
     """
     if whitening_scale not in WHITENING_SCALES:
         raise ValueError(f"unknown whitening_scale {whitening_scale!r}; use one of {WHITENING_SCALES}")
-    out: dict[str, torch.Tensor] = {}
+    for metric in metrics:
+        if metric.name == "pwsm":
+            check_whitening(metric.alpha, pair.n_rows, max(pair.x.n_features, pair.y.n_features))
     cos_by_alpha: dict[float, torch.Tensor] = {}
 
     def cosine(alpha: float) -> torch.Tensor:
@@ -280,18 +283,25 @@ def metric_values(pair: PairedSpectra, metrics: Sequence[Metric],
             cos_by_alpha[alpha] = whitened_cosine(pair.cross, pair.x, pair.y, alpha, whitening_scale)
         return cos_by_alpha[alpha]
 
+    return values_from(metrics, cosine, lambda: cka_similarity(pair.cross, pair.x, pair.y), pair.live, pair.identical)
+
+
+def values_from(metrics: Sequence[Metric], cosine, cka, live: torch.Tensor,
+                identical: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The metrics from cos θ_α (``cosine(α)``) and the CKA similarity (``cka()``), as METRICS.md §2
+    writes them; exactly 0 where the inputs were identical, NaN where a side is dead."""
+    out: dict[str, torch.Tensor] = {}
     for metric in metrics:
         if metric.name == "pwsm":
-            check_whitening(metric.alpha, pair.n_rows, max(pair.x.n_features, pair.y.n_features))
             value = torch.arccos(cosine(metric.alpha))
         elif metric.name == "procrustes":
             value = (2.0 - 2.0 * cosine(1.0)).clamp(0.0, 2.0)
         elif metric.name == "cka":
-            value = 1.0 - cka_similarity(pair.cross, pair.x, pair.y)
+            value = 1.0 - cka()
         else:  # parse_metric guards this; kept for Metric objects built by hand
             raise ValueError(f"unknown metric {metric.name!r}")
-        value = torch.where(pair.identical, torch.zeros_like(value), value)
-        out[metric.label] = torch.where(pair.live | pair.identical, value, torch.full_like(value, math.nan))
+        value = torch.where(identical, torch.zeros_like(value), value)
+        out[metric.label] = torch.where(live | identical, value, torch.full_like(value, math.nan))
     return out
 
 
@@ -308,27 +318,19 @@ def unwhitened_values(x: torch.Tensor, y: torch.Tensor, metrics: Sequence[Metric
     `filter-map` view's small maps). Returns the values and both sides' ‖X‖²_F, as :func:`metric_values`
     and ``total_variance`` would, with the same NaN for dead sides and 0 for identical inputs."""
     dtype = compute_dtype_for(x.device, precision)
-    xc = x.to(dtype) - x.to(dtype).mean(1, keepdim=True)
-    yc = y.to(dtype) - y.to(dtype).mean(1, keepdim=True)
+    xc, yc = centred(x, dtype), centred(y, dtype)
     xt = xc.transpose(1, 2)
     cross = (xt @ yc).to(torch.float64)
     power_x = xc.to(torch.float64).pow(2).sum((1, 2))
     power_y = yc.to(torch.float64).pow(2).sum((1, 2))
     live = (power_x > 0) & (power_y > 0)
-    identical = bitwise_equal(x, y)
     safe = lambda v: torch.where(live, v, torch.ones_like(v))  # noqa: E731
     cos = (torch.linalg.svdvals(cross).sum(-1) / safe((power_x * power_y).sqrt())).clamp(-1.0, 1.0)
-    out = {}
-    for metric in metrics:
-        if metric.name == "cka":
-            gram_x = (xt @ xc).to(torch.float64).norm(dim=(1, 2))
-            gram_y = (yc.transpose(1, 2) @ yc).to(torch.float64).norm(dim=(1, 2))
-            value = 1.0 - (cross.pow(2).sum((1, 2)) / safe(gram_x * gram_y)).clamp(0.0, 1.0)
-        elif metric.name == "procrustes":
-            value = (2.0 - 2.0 * cos).clamp(0.0, 2.0)
-        else:  # PWSM at α = 1: angular Procrustes
-            value = torch.arccos(cos)
-        value = torch.where(identical, torch.zeros_like(value), value)
-        out[metric.label] = torch.where(live | identical, value, torch.full_like(value, math.nan))
-    return out, power_x, power_y
 
+    def cka() -> torch.Tensor:
+        gram_x = (xt @ xc).to(torch.float64).norm(dim=(1, 2))
+        gram_y = (yc.transpose(1, 2) @ yc).to(torch.float64).norm(dim=(1, 2))
+        return (cross.pow(2).sum((1, 2)) / safe(gram_x * gram_y)).clamp(0.0, 1.0)
+
+    # only α = 1 reaches here (needs_whitening): the cosine of angular Procrustes
+    return values_from(metrics, lambda alpha: cos, cka, live, bitwise_equal(x, y)), power_x, power_y

@@ -101,6 +101,16 @@ def symmetric(moment: torch.Tensor) -> torch.Tensor:
 DIRECT_EIGH_ERROR = 1e-12
 
 
+def direct_eigh_bound(eigenvalues: torch.Tensor, live: torch.Tensor, size: int) -> torch.Tensor:
+    """ε·√k·√(λ_max/λ_min) over the live eigenvalues: what a direct eigh of a k×k second moment can
+    put into the metrics; inf where a live eigenvalue is not positive, 0 where none is live."""
+    smallest = torch.where(live, eigenvalues, torch.full_like(eigenvalues, math.inf)).amin(-1)
+    largest = torch.where(live, eigenvalues, torch.zeros_like(eigenvalues)).amax(-1)
+    ratio = largest / smallest.clamp_min(torch.finfo(eigenvalues.dtype).tiny)
+    bound = torch.finfo(torch.float64).eps * math.sqrt(size) * ratio.sqrt()
+    return torch.where(smallest > 0, bound, torch.full_like(bound, math.inf))
+
+
 def decompose_moments(moment: torch.Tensor, n_rows: int, source_dtype: torch.dtype,
                       column_floor: torch.Tensor | None = None) -> SideSpectrum:
     """Primal spectrum of centred second moments XᵀX (b, p, p), exact at any column scales.
@@ -117,10 +127,7 @@ def decompose_moments(moment: torch.Tensor, n_rows: int, source_dtype: torch.dty
     possible = (~dead).sum(-1).clamp(max=structural_rank(n_rows, p))
     eigenvalues, vectors = torch.linalg.eigh(moment)  # ascending
     live = torch.arange(p, device=moment.device) >= (p - possible).unsqueeze(-1)
-    smallest = torch.where(live, eigenvalues, torch.full_like(eigenvalues, math.inf)).amin(-1)
-    largest = eigenvalues[..., -1]
-    bound = torch.finfo(torch.float64).eps * math.sqrt(p) * (largest / smallest.clamp_min(torch.finfo(torch.float64).tiny)).sqrt()
-    resolved = (smallest > 0) & (bound <= DIRECT_EIGH_ERROR) | (possible == 0)
+    resolved = direct_eigh_bound(eigenvalues, live, p) <= DIRECT_EIGH_ERROR
     eigenvalues = torch.where(live, eigenvalues, torch.zeros_like(eigenvalues))
     inverse_root = torch.where(live, eigenvalues, torch.ones_like(eigenvalues)).rsqrt() * live
     side = SideSpectrum(vectors * inverse_root.unsqueeze(-2), eigenvalues, p, "primal", torch.ones_like(variance))

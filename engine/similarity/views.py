@@ -42,6 +42,7 @@ from engine.similarity.metrics import (
     as_tensor,
     check_whitening,
     compute_dtype_for,
+    centred,
     constant_column_floor,
     metric_values,
     resolve_dual,
@@ -241,12 +242,9 @@ def flat_layer_distance(a: torch.Tensor, b: torch.Tensor, metrics, whitening_sca
             flat = block.reshape(n, -1)
             gram += (flat @ flat.T).to(torch.float64)
 
-        def centred(rows, acts=acts):
-            whole = acts.reshape(n, -1).to(dtype)
-            return (whole - whole.mean(0, keepdim=True))[None][rows]
-
         sides.append(resolve_dual(spectrum_from_gram(gram[None], n, p, dtype), n, p,
-                                  lambda rows, count=live_columns: count.expand(len(rows)), centred))
+                                  lambda rows, count=live_columns: count.expand(len(rows)),
+                                  lambda rows, acts=acts: centred(acts.reshape(1, n, -1), dtype)[rows]))
     sx, sy = sides
     identical = torch.tensor([torch.equal(a, b)], device=a.device)
     pair = PairedSpectra(sx, sy, dual_cross(sx, sy), n, identical)
