@@ -17,15 +17,19 @@ only ever appended, so a reader sees a prefix of them, at worst with a partial l
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import stat
 import socket
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+
+from engine.run_lock import writer_alive
 
 # 1: feature distances only (records' `layers`); 2: analyses as parts — config.json declares them
 # (`analyses`), records gain each part's section and `timing.analyses_s`, RUN/analyses/ holds
@@ -66,23 +70,43 @@ def fsync_directory(path: Path) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Publish a whole file at once: temp file in the same directory, fsync, rename over."""
+    """Publish a whole file at once: temp file in the same directory, fsync, rename over. The temp
+    file is created afresh (never through a link planted at its name), the rename replaces a link at
+    ``path`` rather than writing where it points, and a failed write (disk full) leaves no temp file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        with open(fd, "wb", closefd=True) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_directory(path.parent)
 
 
 def append_lines(path: Path, objects: list[Any]) -> None:
     """Append JSON objects, one per line, flushed and fsync'd: readers see whole lines or none."""
     data = "".join(json.dumps(clean_json(o), allow_nan=False, separators=(",", ":")) + "\n" for o in objects)
-    with open(path, "ab") as f:
-        f.write(data.encode())
-        f.flush()
-        os.fsync(f.fileno())
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data.encode())
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError:  # disk full half-way: no partial line for the next append to run into
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -158,35 +182,184 @@ class RunSnapshot:
 
     @property
     def state(self) -> str:
-        return effective_state(self.status)
+        return effective_state(self.status, run_dir=self.path)
 
 
-def effective_state(status: dict[str, Any] | None, at: float | None = None) -> str:
-    """The recorded state, or 'stalled' for a run whose heartbeat stopped (killed, machine gone)."""
-    if not status:
+def effective_state(status: dict[str, Any] | None, at: float | None = None, run_dir: Path | None = None) -> str:
+    """The recorded state, or 'stalled' for a run whose writer is gone (killed, machine lost): at once
+    when the writer ran on this host and its lock is free, else once its heartbeat is older than
+    ``STALL_SECONDS``."""
+    if not isinstance(status, dict):
         return "unknown"
     state = status.get("state", "unknown")
-    if state == "running" and (at or now()) - float(status.get("updated_at", 0)) > STALL_SECONDS:
+    state = state if state in STATES else "unknown"
+    if state != "running":
+        return state
+    updated = status.get("updated_at")
+    if not isinstance(updated, (int, float)) or (at or now()) - float(updated) > STALL_SECONDS:
+        return "stalled"
+    if run_dir is not None and status.get("host") == socket.gethostname() and writer_alive(run_dir) is False:
         return "stalled"
     return state
 
 
-def read_json(path: Path) -> Any:
+class RunFormatError(ValueError):
+    """A file of a run directory is not what ftdyn writes (worded for the user: which file, what)."""
+
+
+def parse_json(data: bytes, name: str) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:  # RecursionError: hostile nesting
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else f"{type(exc).__name__}: {exc}"
+        raise RunFormatError(f"{name} is not valid JSON ({reason})") from None
+
+
+def read_json(path: Path) -> Any:
+    """A whole JSON file of a run directory (None when it is not there yet). Links, FIFOs and devices
+    are refused: a run directory from someone else must not make us read elsewhere or block."""
+    data = read_plain(path)
+    return None if data is None else parse_json(data, path.name)
+
+
+def read_plain(path: Path, offset: int = 0) -> bytes | None:
+    """The bytes of a plain file from ``offset`` (None when absent); :class:`RunFormatError` for a link or
+    anything that is not a plain file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RunFormatError(f"{path.name} is a link; a run directory's files must be plain files") from None
+        raise
+    with open(fd, "rb", closefd=True) as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RunFormatError(f"{path.name} is not a plain file")
+        f.seek(offset)
+        return f.read()
 
 
-def parse_records(data: bytes) -> tuple[list[dict[str, Any]], int]:
-    """Complete lines of a record file → (records, bytes consumed). A partial last line is left."""
+def record_problem(record: Any) -> str | None:
+    """Why one line of records.jsonl is not a record ftdyn wrote (None when it is one)."""
+    if not isinstance(record, dict):
+        return f"a {type(record).__name__}, not an object"
+    if not isinstance(record.get("kind"), str):
+        return "no 'kind'"
+    if record["kind"] in ("epoch", "step") and not is_count(record.get("epoch")):
+        return "'epoch' is not a whole number ≥ 0"
+    if record.get("step") is not None and not is_count(record["step"]):
+        return "'step' is not a whole number ≥ 0"
+    for key in ("train", "held_out"):
+        split = record.get(key)
+        if split is None:
+            continue
+        if not isinstance(split, dict):
+            return f"'{key}' is not an object"
+        if not is_number(split.get("accuracy")) or not (split.get("loss") is None or is_number(split["loss"])):
+            return f"'{key}' has no numeric accuracy and loss"
+    return None
+
+
+def config_problem(config: Any) -> str | None:
+    """Why config.json is not one ftdyn wrote (None when it is): the fields every reader relies on."""
+    if not isinstance(config, dict):
+        return f"{CONFIG} holds a {type(config).__name__}, not an object"
+    shapes = {"run": dict, "model": dict, "dataset": dict, "strategy": dict, "layers": list, "measures": list,
+              "analyses": list}
+    for key, kind in shapes.items():
+        if config.get(key) is not None and not isinstance(config[key], kind):
+            return f"{CONFIG}: '{key}' is not {'an object' if kind is dict else 'a list'}"
+    for key, field_name in (("layers", "name"), ("measures", "label")):
+        if not all(isinstance(item, dict) and isinstance(item.get(field_name), str) for item in config.get(key) or []):
+            return f"{CONFIG}: an entry of '{key}' has no '{field_name}'"
+    for key, field_name in (("model", "name"), ("dataset", "root"), ("strategy", "name")):
+        value = (config.get(key) or {}).get(field_name)
+        if value is not None and not isinstance(value, str):
+            return f"{CONFIG}: '{key}.{field_name}' is not text"
+    classes = (config.get("dataset") or {}).get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        return f"{CONFIG}: 'dataset.classes' is not a list of names"
+    for part in config.get("analyses") or []:
+        problem = declaration_problem(part)
+        if problem:
+            return f"{CONFIG}: an analysis declaration {problem}"
+    return None
+
+
+def declaration_problem(part: Any) -> str | None:
+    """Why an analysis part's declaration cannot be drawn (None when it can)."""
+    if not isinstance(part, dict) or not isinstance(part.get("name"), str):
+        return "has no name"
+    if part.get("display") != "series":
+        return None
+    if not is_text_list(part.get("measures")):
+        return f"'{part['name']}' has no list of measures"
+    rows = part.get("rows")
+    if not isinstance(rows, dict) or not all(isinstance(v, str) and is_text_list(r) for v, r in rows.items()):
+        return f"'{part['name']}' has no rows per view"
+    for key in ("section", "layout", "title", "unit"):
+        if part.get(key) is not None and not isinstance(part[key], str):
+            return f"'{part['name']}': '{key}' is not text"
+    return None
+
+
+def status_problem(status: Any) -> str | None:
+    """Why status.json is not one ftdyn wrote (None when it is)."""
+    if not isinstance(status, dict):
+        return f"{STATUS} holds a {type(status).__name__}, not an object"
+    for key in ("state", "host", "message"):
+        if status.get(key) is not None and not isinstance(status[key], str):
+            return f"{STATUS}: '{key}' is not text"
+    for key in ("epoch", "total_epochs", "pid"):
+        if status.get(key) is not None and not is_count(status[key]):
+            return f"{STATUS}: '{key}' is not a whole number"
+    for key in ("started_at", "updated_at", "finished_at", "best_accuracy"):
+        if status.get(key) is not None and not is_number(status[key]):
+            return f"{STATUS}: '{key}' is not a number"
+    return None
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_text_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def vis_entry_problem(entry: Any) -> str | None:
+    """Why one line of vis/index.jsonl is not an image entry (None when it is one)."""
+    if not isinstance(entry, dict):
+        return f"a {type(entry).__name__}, not an object"
+    for key in ("layer", "kind", "class", "path"):
+        if not isinstance(entry.get(key), str):
+            return f"no '{key}'"
+    for key in ("filter", "epoch") + (("image",) if entry["kind"] == "sample" else ()):
+        if not is_count(entry.get(key)):
+            return f"'{key}' is not a whole number ≥ 0"
+    return None
+
+
+def is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def parse_records(data: bytes, check=record_problem, name: str = RECORDS,
+                  first_line: int = 1) -> tuple[list[dict[str, Any]], int]:
+    """Complete lines of a record file → (records, bytes consumed). A partial last line is left. A line
+    that is not JSON, or not what ``check`` accepts, raises :class:`RunFormatError` naming it."""
     records, consumed = [], 0
-    for line in data.splitlines(keepends=True):
+    for number, line in enumerate(data.splitlines(keepends=True), first_line):
         if not line.endswith(b"\n"):
             break
         consumed += len(line)
         if line.strip():
-            records.append(json.loads(line))
+            record = parse_json(line, f"{name} line {number}")
+            problem = check(record)
+            if problem:
+                raise RunFormatError(f"{name} line {number} is not an ftdyn entry ({problem})")
+            records.append(record)
     return records, consumed
 
 
@@ -194,26 +367,28 @@ class JsonlFollower:
     """Follows an append-only JSON-lines file: :meth:`poll` returns only the complete lines added
     since the last call, and starts over if the file was replaced or truncated (a resume)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, check=record_problem):
         self.path = path
+        self.check = check
         self.items: list[dict[str, Any]] = []
         self._offset = 0
+        self._lines = 0
         self._inode: int | None = None
 
     def poll(self) -> list[dict[str, Any]]:
         try:
-            stat = self.path.stat()
+            stat = self.path.stat(follow_symlinks=False)
         except FileNotFoundError:
             return []
         if self._inode is not None and (stat.st_ino != self._inode or stat.st_size < self._offset):
-            self.items, self._offset = [], 0
+            self.items, self._offset, self._lines = [], 0, 0
         self._inode = stat.st_ino
         if stat.st_size == self._offset:
             return []
-        with open(self.path, "rb") as f:
-            f.seek(self._offset)
-            new, consumed = parse_records(f.read())
+        data = read_plain(self.path, self._offset) or b""
+        new, consumed = parse_records(data, self.check, self.path.name, self._lines + 1)
         self._offset += consumed
+        self._lines += data[:consumed].count(b"\n")
         self.items += new
         return new
 
@@ -244,12 +419,23 @@ class RunReader:
         return self._records.poll()
 
     def snapshot(self) -> RunSnapshot:
+        """Config, status and records as they are now, or — for a corrupt run — what could be read
+        and the reason (``problem``): one malformed file never raises into the caller."""
         try:
             config, status = self.config(), self.status()
             self.poll()
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-            return RunSnapshot(self.dir, self._config, None, list(self.records),
-                               f"'{self.dir}' is not a readable ftdyn run ({type(exc).__name__}: {exc})")
+        except (RunFormatError, UnicodeDecodeError, OSError) as exc:
+            reason = str(exc) if isinstance(exc, RunFormatError) else f"{type(exc).__name__}: {exc}"
+            config = self._config if self._config is not None and not config_problem(self._config) else None
+            return RunSnapshot(self.dir, config, None, list(self.records),
+                               f"'{self.dir}' is not a readable ftdyn run ({reason})")
+        reason = (config_problem(config) if config is not None else None) or \
+            (status_problem(status) if status is not None else None)
+        if reason:  # what is well-formed is still shown: a corrupt status must not hide the records
+            config = config if config is not None and not config_problem(config) else None
+            status = status if status is not None and not status_problem(status) else None
+            return RunSnapshot(self.dir, config, status, list(self.records),
+                               f"'{self.dir}' is not a readable ftdyn run ({reason})")
         problem = None
         if config is None and status is None:
             problem = f"'{self.dir}' is not an ftdyn run directory (no {CONFIG} or {STATUS})"
@@ -258,7 +444,7 @@ class RunReader:
 
 def read_vis_index(run_dir: str | Path) -> list[dict[str, Any]]:
     """Entries of RUN/vis/index.jsonl (complete lines only): one per written image."""
-    follower = JsonlFollower(Path(run_dir) / VIS_INDEX)
+    follower = JsonlFollower(Path(run_dir) / VIS_INDEX, vis_entry_problem)
     follower.poll()
     return follower.items
 
@@ -267,13 +453,29 @@ def read_run(run_dir: str | Path) -> RunSnapshot:
     return RunReader(run_dir).snapshot()
 
 
+# Discovery of runs below a folder is bounded: a runs folder is shallow, and a shared one may hold
+# links that loop or lead into a whole file system.
+MAX_DEPTH, MAX_FOLDERS = 8, 20_000
+
+
 def find_runs(root: str | Path) -> Iterator[Path]:
-    """Run directories at or below ``root`` (a directory holding config.json or status.json)."""
-    root = Path(root)
-    if (root / CONFIG).exists() or (root / STATUS).exists():
-        yield root
-        return
-    if root.is_dir():
-        for child in sorted(root.iterdir()):
-            if child.is_dir():
-                yield from find_runs(child)
+    """Run directories at or below ``root`` (a directory holding config.json or status.json). Links
+    are followed once: each real folder is visited at most once (no loops, no run listed twice), at
+    most ``MAX_DEPTH`` levels down and ``MAX_FOLDERS`` folders in all."""
+    visited: set[tuple[int, int]] = set()
+    pending = [(Path(root), 0)]
+    while pending and len(visited) < MAX_FOLDERS:
+        folder, depth = pending.pop()
+        try:
+            info = folder.stat()
+            if not stat.S_ISDIR(info.st_mode) or (info.st_dev, info.st_ino) in visited:
+                continue
+            visited.add((info.st_dev, info.st_ino))
+            if (folder / CONFIG).exists() or (folder / STATUS).exists():
+                yield folder
+                continue
+            if depth < MAX_DEPTH:
+                children = sorted((c for c in folder.iterdir() if not c.name.startswith(".")), reverse=True)
+                pending += [(child, depth + 1) for child in children]
+        except (OSError, RuntimeError):  # unreadable, vanished, a link loop
+            continue

@@ -18,7 +18,15 @@ from typing import Any
 import numpy as np
 
 from engine.analyses import declared_parts, measure_rows, part_value, read_results, series_matrix
-from engine.record import VIS_INDEX, JsonlFollower, RunReader, RunSnapshot, effective_state, find_runs
+from engine.record import (
+    VIS_INDEX,
+    JsonlFollower,
+    RunReader,
+    RunSnapshot,
+    effective_state,
+    find_runs,
+    vis_entry_problem,
+)
 from engine.report import (
     correlation_row,
     layer_correlations,
@@ -45,7 +53,7 @@ class TrackedRun:
 
     def __post_init__(self):
         self.reader = RunReader(self.path)
-        self._vis = JsonlFollower(self.path / VIS_INDEX)
+        self._vis = JsonlFollower(self.path / VIS_INDEX, vis_entry_problem)
         self._matrices: dict[tuple[str, str], tuple[int, np.ndarray]] = {}
         self._parts: tuple[dict | None, list[dict[str, Any]]] | None = None
 
@@ -111,7 +119,7 @@ class TrackedRun:
 
     @property
     def state(self) -> str:
-        return "corrupt" if self.problem else effective_state(self.status)
+        return "corrupt" if self.problem else effective_state(self.status, run_dir=self.path)
 
     @property
     def model_name(self) -> str:
@@ -194,7 +202,7 @@ def part_series(run: TrackedRun, part: str, measure: str, row: str,
     xs, ys = [], []
     for record in run.records:
         value = part_value(record, declaration, measure, row)
-        if value is not None:
+        if value is not None and record.get("step") is not None:
             xs.append(float(record["step"]))
             ys.append(float(value))
     return xs, ys
@@ -343,7 +351,7 @@ def export_csv(runs: list[TrackedRun], measure: str, part: str = "distance") -> 
             continue
         for record in run.epochs:
             for row in measure_rows(declaration, measure):
-                writer.writerow([run.name, part, measure, row, record["epoch"], record["step"],
+                writer.writerow([run.name, part, measure, row, record["epoch"], record.get("step"),
                                  part_value(record, declaration, measure, row),
                                  (record.get("held_out") or {}).get("accuracy")])
     return buffer.getvalue()

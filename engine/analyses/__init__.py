@@ -80,14 +80,22 @@ def measure_rows(part: dict[str, Any], measure: str) -> list[str]:
 def part_value(record: dict[str, Any], part: dict[str, Any], measure: str, row: str) -> float | None:
     """One value of a series part in one record, or None where it was not measured."""
     metric, _, view = measure.rpartition("@")
-    section = record.get(part.get("section", part.get("name", ""))) or {}
-    if not isinstance(section, dict):
-        return None
+    section = part.get("section", part.get("name", ""))
     if part.get("layout") == "layers":
-        value = ((section.get(row) or {}).get(view) or {}).get("values", {}).get(metric)
+        value = dig(record, section, row, view, "values", metric)
     else:
-        value = ((section.get(view) or {}).get(metric) or {}).get(row)
+        value = dig(record, section, view, metric, row)
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def dig(value: Any, *keys: str) -> Any:
+    """value[k1][k2]… or None where a level is missing or not an object (a record from someone else
+    may hold anything)."""
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
 
 
 def series_matrix(records: list[dict[str, Any]], part: dict[str, Any], measure: str) -> "np.ndarray":
@@ -117,7 +125,7 @@ def read_results(run_dir: str | Path) -> list[dict[str, Any]]:
             continue
         try:
             result = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             found.append({"name": path.stem, "file": path.name, "problem": f"unreadable ({type(exc).__name__})"})
             continue
         if isinstance(result, dict) and result.get("display") in DISPLAY_KINDS:
