@@ -157,6 +157,14 @@ class RunWriter:
             self._heartbeat.join(timeout=5)
         self.update_status(state=state, message=message, finished_at=now())
 
+    def finish_if_possible(self, state: str, message: str) -> None:
+        """:meth:`finish` where the disk allows: a failure's own cause (disk full, a vanished folder)
+        must not hide it behind a second error."""
+        try:
+            self.finish(state, message)
+        except OSError:
+            pass
+
     def append_record(self, record: dict[str, Any]) -> None:
         append_lines(self.dir / RECORDS, [record])
 
@@ -267,8 +275,8 @@ def config_problem(config: Any) -> str | None:
         return f"{CONFIG} holds a {type(config).__name__}, not an object"
     shapes = {"run": dict, "model": dict, "dataset": dict, "strategy": dict, "layers": list, "measures": list,
               "analyses": list}
-    for key, kind in shapes.items():
-        if config.get(key) is not None and not isinstance(config[key], kind):
+    for key, kind in shapes.items():  # present means well-formed (readers write config.get(key, {}).get(…))
+        if key in config and not isinstance(config[key], kind):
             return f"{CONFIG}: '{key}' is not {'an object' if kind is dict else 'a list'}"
     for key, field_name in (("layers", "name"), ("measures", "label")):
         if not all(isinstance(item, dict) and isinstance(item.get(field_name), str) for item in config.get(key) or []):
@@ -335,6 +343,8 @@ def vis_entry_problem(entry: Any) -> str | None:
     for key in ("layer", "kind", "class", "path"):
         if not isinstance(entry.get(key), str):
             return f"no '{key}'"
+    if entry["kind"] not in ("class", "sample"):
+        return f"kind '{entry['kind'][:20]}' is neither class nor sample"
     for key in ("filter", "epoch") + (("image",) if entry["kind"] == "sample" else ()):
         if not is_count(entry.get(key)):
             return f"'{key}' is not a whole number ≥ 0"
@@ -342,7 +352,8 @@ def vis_entry_problem(entry: Any) -> str | None:
 
 
 def is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    """A whole number ≥ 0 that fits the int64 arrays readers put epochs and steps in."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62
 
 
 def parse_records(data: bytes, check=record_problem, name: str = RECORDS,
@@ -367,9 +378,10 @@ class JsonlFollower:
     """Follows an append-only JSON-lines file: :meth:`poll` returns only the complete lines added
     since the last call, and starts over if the file was replaced or truncated (a resume)."""
 
-    def __init__(self, path: Path, check=record_problem):
+    def __init__(self, path: Path, check=record_problem, name: str | None = None):
         self.path = path
         self.check = check
+        self.name = name or path.name  # as errors name it: 'vis/index.jsonl line 19 …'
         self.items: list[dict[str, Any]] = []
         self._offset = 0
         self._lines = 0
@@ -386,7 +398,7 @@ class JsonlFollower:
         if stat.st_size == self._offset:
             return []
         data = read_plain(self.path, self._offset) or b""
-        new, consumed = parse_records(data, self.check, self.path.name, self._lines + 1)
+        new, consumed = parse_records(data, self.check, self.name, self._lines + 1)
         self._offset += consumed
         self._lines += data[:consumed].count(b"\n")
         self.items += new
@@ -444,7 +456,7 @@ class RunReader:
 
 def read_vis_index(run_dir: str | Path) -> list[dict[str, Any]]:
     """Entries of RUN/vis/index.jsonl (complete lines only): one per written image."""
-    follower = JsonlFollower(Path(run_dir) / VIS_INDEX, vis_entry_problem)
+    follower = JsonlFollower(Path(run_dir) / VIS_INDEX, vis_entry_problem, VIS_INDEX)
     follower.poll()
     return follower.items
 

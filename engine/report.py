@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.analyses import declared_parts, measure_rows, part_value, read_results
+from engine.analyses import declared_parts, dig, measure_rows, part_value, read_results
 from engine.record import RunSnapshot
 
 
@@ -39,7 +39,8 @@ def layer_names(run: RunSnapshot) -> list[str]:
 
 def layer_value(record: dict[str, Any], layer: str, measure: str) -> float | None:
     metric, _, view = measure.rpartition("@")
-    return record.get("layers", {}).get(layer, {}).get(view, {}).get("values", {}).get(metric)
+    value = dig(record, "layers", layer, view, "values", metric)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def layer_series(run: RunSnapshot, layer: str, measure: str, first_epoch: int = 0) -> list[tuple[int, float | None]]:
@@ -285,9 +286,10 @@ def seed_barriers(group: list[RunSnapshot]) -> dict[str, float | None]:
     for run in group:
         for result in read_results(run.path):
             if result.get("name") == "barrier" and "problem" not in result:
-                ends = result.get("endpoints", {})
-                if str(ends.get("B", "")).rpartition("@")[0] in names and str(ends.get("A", "")).rpartition("@")[0] in names:
-                    return {name: result.get("barriers", {}).get(name) for name in SEED_BARRIERS}
+                ends = {end: str(dig(result, "endpoints", end)) for end in ("A", "B")}
+                if ends["B"].rpartition("@")[0] in names and ends["A"].rpartition("@")[0] in names:
+                    values = {name: dig(result, "barriers", name) for name in SEED_BARRIERS}
+                    return {name: v if isinstance(v, (int, float)) else None for name, v in values.items()}
     return dict.fromkeys(SEED_BARRIERS)
 
 

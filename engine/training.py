@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import math
+import os
 import signal
 import threading
 import time
@@ -37,8 +39,10 @@ from engine.shuffle import BlockShuffle, parse_shuffle
 from engine.errors import FtdynError
 from engine.models import build_model, head_name, select_layers
 from engine.receptive import patch_fields, receptive_fields
-from engine.record import CONFIG, RunReader, RunWriter
+from engine.record import CONFIG, RunFormatError, RunReader, RunWriter, config_problem, write_atomic
+from engine.run_lock import LOCK, RunLock
 from engine.similarity.metrics import DegenerateWhiteningError
+from engine.untrusted import visible
 from engine.strategies import (
     LP_C_GRID,
     RGN_BATCHES,
@@ -150,34 +154,41 @@ def source_fingerprint(model: nn.Module) -> float:
 
 
 class InterruptRequest:
-    """Ctrl-C during the loop asks it to stop at the next step boundary (the epoch in progress is
-    dropped, as after a kill). Python's default handler raises KeyboardInterrupt wherever the signal
-    lands, and one raised inside a finaliser (a DataLoader's or a tensor's ``__del__``) is swallowed:
-    the run then went on. A second Ctrl-C raises at once."""
+    """Ctrl-C (SIGINT) or SIGTERM (``kill``, a scheduler's pre-emption, ``docker stop``) during the
+    loop asks it to stop at the next step boundary (the epoch in progress is dropped, as after a
+    kill) and the run is recorded as interrupted. Python's default handler raises KeyboardInterrupt
+    wherever the signal lands, and one raised inside a finaliser (a DataLoader's or a tensor's
+    ``__del__``) is swallowed: the run then went on. A second signal raises at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.requested = False
-        self.previous = None
+        self.requested: str | None = None  # the signal's name once one arrived
+        self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> "InterruptRequest":
-        self.requested = False
+        self.requested = None
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self.handle)
+            self.previous = {number: signal.signal(number, self.handle) for number in self.SIGNALS}
         return self
 
-    def handle(self, _signum, _frame) -> None:
+    def handle(self, signum, _frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested = signal.Signals(signum).name
 
     def check(self) -> None:
         if self.requested:
             raise KeyboardInterrupt
 
+    @property
+    def how(self) -> str:
+        return "SIGTERM" if self.requested == "SIGTERM" else "Ctrl-C"
+
     def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-            self.previous = None
+        for number, previous in self.previous.items():
+            signal.signal(number, previous)
+        self.previous = {}
 
 
 def source_model(config: RunConfig, classes: int) -> tuple[nn.Module, str]:
@@ -354,7 +365,28 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------
 
     def run(self) -> Path:
-        config = self.config
+        """The whole run, as the one writer of its directory (a second writer is refused)."""
+        check_config(self.config)
+        created = not self.dir.exists()
+        lock = RunLock(self.dir)
+        try:
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise FtdynError(f"cannot create the run directory '{self.dir}' ({exc.strerror}); choose another "
+                                 f"--out") from None
+            warning = lock.acquire()
+            if warning:
+                self.on_event("warning", text=warning)
+            return self.run_locked()
+        finally:
+            lock.release()
+            if created and [p.name for p in self.dir.iterdir()] == [LOCK]:
+                # refused before it wrote anything: no folder is left behind
+                (self.dir / LOCK).unlink(missing_ok=True)
+                self.dir.rmdir()
+
+    def run_locked(self) -> Path:
         exists = (self.dir / CONFIG).exists()
         if exists and not self.resume_requested:
             raise FtdynError(f"run directory '{self.dir}' already holds a run; pass --resume to continue it "
@@ -363,8 +395,7 @@ class Trainer:
             raise FtdynError(f"nothing to resume in '{self.dir}' (no {CONFIG}); start it without --resume")
         self.prepare()
         if self.data.skipped:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / "skipped_files.txt").write_text("\n".join(self.data.skipped) + "\n")
+            write_atomic(self.dir / "skipped_files.txt", ("\n".join(self.data.skipped) + "\n").encode())
         start_epoch = self.restore() if self.resume_requested else None
         if start_epoch is None:
             self.writer.write_config(self.config_record())
@@ -372,24 +403,18 @@ class Trainer:
         try:
             with self.interrupt:
                 self.epochs(start_epoch)
+                if self.visualiser is not None:
+                    self.on_event("phase", name="writing the visualisation montages")
+                    self.visualiser.write_all_montages()
         except KeyboardInterrupt:
-            self.writer.finish("interrupted", "stopped by Ctrl-C; continue with --resume")
+            self.writer.finish_if_possible("interrupted", f"stopped by {self.interrupt.how}; continue with --resume")
             raise
-        except NonFiniteLoss as exc:
-            self.writer.finish("failed", str(exc))
-            raise
-        except torch.cuda.OutOfMemoryError:
-            message = (f"CUDA out of memory at batch size {config.batch_size}; try --batch-size "
-                       f"{max(1, config.batch_size // 2)} (or a smaller --probe-size / --image-size); "
-                       f"recorded epochs are kept, continue with --resume")
-            self.writer.finish("failed", message)
-            raise FtdynError(message) from None
         except BaseException as exc:
-            self.writer.finish("failed", f"{type(exc).__name__}: {exc}")
-            raise
-        if self.visualiser is not None:
-            self.on_event("phase", name="writing the visualisation montages")
-            self.visualiser.write_all_montages()
+            failure = failure_message(exc, self.config)
+            self.writer.finish_if_possible("failed", failure or f"{type(exc).__name__}: {exc}")
+            if failure is None:  # not an input or environment problem: a defect, with its traceback
+                raise
+            raise FtdynError(failure) from None
         self.writer.finish("finished")
         return self.dir
 
@@ -537,25 +562,38 @@ class Trainer:
     def restore(self) -> int | None:
         """Load the last checkpoint and reconcile the record file with it; returns its epoch
         (None when the run was killed before its first checkpoint: it starts over)."""
-        saved = RunReader(self.dir).config()
-        if saved["dataset"]["classes"] != self.data.classes:
+        saved = saved_config(self.dir)
+        if saved["dataset"].get("classes") != self.data.classes:
             raise FtdynError(f"the data at '{self.config.data}' has classes {self.data.classes[:5]}… but the run "
-                             f"was started with {saved['dataset']['classes'][:5]}…; resume with the same --data")
-        if abs(saved["model"]["source_fingerprint"] - source_fingerprint(self.source)) > 1e-6 * abs(
-                saved["model"]["source_fingerprint"]):
+                             f"was started with {(saved['dataset'].get('classes') or [])[:5]}…; resume with the same --data")
+        recorded = saved["model"].get("source_fingerprint")
+        if not isinstance(recorded, (int, float)) or abs(recorded - source_fingerprint(self.source)) > 1e-6 * abs(recorded):
             raise FtdynError("the source model's weights differ from the ones this run started with; "
                              "resume with the same --model and --weights")
         path = self.dir / "checkpoints" / "last.pt"
-        if not path.exists():
-            return None
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.global_step, self.best_accuracy = state["global_step"], state["best_accuracy"]
         reader = RunReader(self.dir)
-        reader.poll()
-        last = state["epoch"]
+        try:
+            reader.poll()
+        except RunFormatError as exc:
+            raise FtdynError(f"cannot resume '{self.dir}': {exc}; the record was not written by ftdyn as it is") from None
+        if not path.exists():
+            if any(r["kind"] == "epoch" for r in reader.records):
+                raise FtdynError(f"cannot resume '{self.dir}': its records reach epoch {reader.records[-1]['epoch']} "
+                                 f"but checkpoints/last.pt is missing; restore it, or start a new run")
+            return None  # killed before its first checkpoint: it starts over
+        state = load_checkpoint(path, self.device)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.global_step, self.best_accuracy = int(state["global_step"]), float(state["best_accuracy"])
+            last = int(state["epoch"])
+            if not isinstance(state["record"], dict):
+                raise TypeError("its record is not an object")
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise FtdynError(f"cannot resume from '{path}': it does not fit this run ({reason[:200]}); it may come "
+                             f"from another run or be damaged") from None
         # Records of the epoch in progress when the run stopped are dropped; it is run again.
         keep = [r for r in reader.records if r["epoch"] <= last]
         if not any(r["kind"] == "epoch" and r["epoch"] == last for r in keep):
@@ -595,9 +633,58 @@ def per_filter_changes(layers: dict[str, dict]) -> dict[str, np.ndarray]:
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
+    """torch.save to a temp file renamed over ``path``: a reader never sees half a checkpoint, and a
+    failed save (disk full) leaves the previous checkpoint and no temp file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    try:
+        with open(tmp, "wb") as f:  # a Python file: a full disk raises OSError(ENOSPC), not a bare RuntimeError
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def check_config(config: RunConfig) -> None:
+    """Settings no run can use, refused before anything is written."""
+    for name, value, low in (("--lr", config.lr, "> 0"), ("--weight-decay", config.weight_decay, "≥ 0"),
+                             ("--grad-clip", config.grad_clip, "> 0"), ("--layer-decay", config.layer_decay, "> 0")):
+        if value is None:
+            continue
+        if not math.isfinite(value) or (value <= 0 if low == "> 0" else value < 0):
+            raise FtdynError(f"{name} must be a finite number {low} (got {value})")
+    data, out = Path(config.data).expanduser().resolve(), Path(config.out).expanduser().resolve()
+    if out == data or out.is_relative_to(data):
+        raise FtdynError(f"--out '{config.out}' is inside --data '{config.data}': the next scan would take the run's "
+                         f"checkpoints/ and vis/ for classes; put runs outside the data folder")
+    if data.is_relative_to(out):
+        raise FtdynError(f"--data '{config.data}' is inside --out '{config.out}'; put runs and data in separate folders")
+    if out.exists() and not out.is_dir():
+        raise FtdynError(f"--out '{config.out}' is a file, not a folder; choose another --out")
+
+
+def failure_message(exc: BaseException, config: RunConfig) -> str | None:
+    """A failure of the environment (memory, disk, a file) worded as what happened and what to do; None
+    for anything else (a defect, whose traceback is needed). Recorded epochs are always kept."""
+    kept = "recorded epochs are kept, continue with --resume"
+    if isinstance(exc, FtdynError):
+        return str(exc)
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return (f"CUDA out of memory at batch size {config.batch_size}; try --batch-size "
+                f"{max(1, config.batch_size // 2)} (or a smaller --probe-size / --image-size); {kept}")
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
+            "DefaultCPUAllocator" in str(exc) or "not enough memory" in str(exc))):
+        return (f"out of memory (CPU RAM) at batch size {config.batch_size}; try a smaller --batch-size, "
+                f"--probe-size, --image-size or --workers; {kept}")
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing '{exc.filename}'" if exc.filename else ""
+        return f"disk full{where} ({exc.strerror}); free space under '{config.out}', then {kept}"
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write{f' {exc.filename!r}' if exc.filename else ''} ({exc.strerror}); make '{config.out}' " \
+               f"writable, then {kept}"
+    return None
 
 
 def visualise_from_checkpoints(run_dir: str | Path, layer: str, filter_index: int, classes: list[str] | None = None,
@@ -626,8 +713,7 @@ def visualise_from_checkpoints(run_dir: str | Path, layer: str, filter_index: in
     visualiser.settings.classes = classes
     visualiser.focus(layer, filter_index)
     for epoch in wanted:
-        state = trainer.source.state_dict() if epoch == 0 else torch.load(
-            checkpoints[epoch], map_location=trainer.device, weights_only=True)["model"]
+        state = trainer.source.state_dict() if epoch == 0 else load_checkpoint(checkpoints[epoch], trainer.device)["model"]
         trainer.model.load_state_dict(state)
         evidence = FilterEvidence([layer], visualiser.samples)
         EpochAnalyses(trainer.source, {layer: filters.layout}, []).run(trainer.model, trainer.probe_loader,
@@ -639,10 +725,53 @@ def visualise_from_checkpoints(run_dir: str | Path, layer: str, filter_index: in
 
 
 def saved_config(run_dir: Path) -> dict[str, Any]:
-    saved = RunReader(run_dir).config()
+    """A run's config.json, checked: a foreign, damaged or hostile one is a one-line error naming it."""
+    try:
+        saved = RunReader(run_dir).config()
+    except (RunFormatError, OSError, UnicodeDecodeError) as exc:
+        raise FtdynError(f"'{run_dir}' is not a readable ftdyn run ({exc})") from None
     if saved is None:
         raise FtdynError(f"'{run_dir}' is not an ftdyn run directory (no {CONFIG})")
+    problem = config_problem(saved)
+    if problem is None and not (isinstance(saved.get("run"), dict) and isinstance(saved.get("dataset"), dict)
+                                and isinstance(saved.get("model"), dict)):
+        problem = f"{CONFIG} has no run, dataset and model settings"
+    if problem:
+        raise FtdynError(f"'{run_dir}' is not a readable ftdyn run ({problem})")
     return saved
+
+
+def config_from_saved(run_dir: Path, saved: dict[str, Any], **changes: Any) -> RunConfig:
+    """The RunConfig a run was started with (``changes`` applied); settings this version does not know
+    are refused by name rather than guessed."""
+    settings = dict(saved["run"], out=str(run_dir), **changes)
+    settings.setdefault("analyses", ["distance"])  # a schema-1 run measured feature distances only
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise FtdynError(f"'{run_dir}' was written by another ftdyn version (unknown setting "
+                         f"'{visible(unknown[0], 40)}'); open it with that version")
+    for spec in dataclasses.fields(RunConfig):
+        if spec.name in settings and not setting_fits(settings[spec.name], spec.type):
+            raise FtdynError(f"'{run_dir}' has a damaged {CONFIG}: setting '{spec.name}' is not {spec.type}")
+    try:
+        return RunConfig(**settings)
+    except TypeError as exc:
+        raise FtdynError(f"'{run_dir}' lacks settings this version needs ({exc})") from None
+
+
+def setting_fits(value: Any, annotation: str) -> bool:
+    """Whether a setting read from config.json has the type RunConfig declares (``'float | None'``, …)."""
+    kinds = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}
+    for option in annotation.split("|"):
+        option = option.strip()
+        if option.startswith("list["):
+            inner = kinds[option[5:-1]]
+            if isinstance(value, list) and all(isinstance(v, inner) and not isinstance(v, bool) for v in value):
+                return True
+        elif isinstance(value, kinds[option]) and (option == "bool" or not isinstance(value, bool)):
+            return True
+    return False
 
 
 def open_run(run_dir: str | Path, on_event: Event = quiet, data: str | None = None) -> Trainer:
@@ -650,12 +779,26 @@ def open_run(run_dir: str | Path, on_event: Event = quiet, data: str | None = No
     source model, layers — for work from its checkpoints. ``data`` replaces a moved data folder."""
     run_dir = Path(run_dir)
     saved = saved_config(run_dir)
-    settings = dict(saved["run"], vis=False, workers=0, out=str(run_dir))
-    if data is not None:
-        settings["data"] = str(data)
-    trainer = Trainer(RunConfig(**settings), on_event)
+    changes = dict(vis=False, workers=0) | ({"data": str(data)} if data is not None else {})
+    trainer = Trainer(config_from_saved(run_dir, saved, **changes), on_event)
     trainer.prepare()
     return trainer
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint of a run directory, which may come from someone else: never unpickled (weights
+    only), and a damaged or foreign file is a one-line error naming it."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+    except Exception as exc:  # torch raises many types for truncated, foreign or unsafe files
+        raise FtdynError(f"cannot read checkpoint '{path}' ({type(exc).__name__}: "
+                         f"{(str(exc).strip().splitlines() or [''])[0][:160]}); it is damaged or not an ftdyn "
+                         f"checkpoint — move it away and use another (runs keep every epoch with --save-every-epoch)") \
+            from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or \
+            not isinstance(state.get("epoch"), int):
+        raise FtdynError(f"checkpoint '{path}' is not an ftdyn checkpoint (no model state and epoch)")
+    return state
 
 
 def model_state(run_dir: Path, epoch: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -663,14 +806,14 @@ def model_state(run_dir: Path, epoch: int, device: torch.device) -> dict[str, to
     run_dir = Path(run_dir)
     saved = saved_config(run_dir)
     if epoch == 0:
-        model, _ = source_model(RunConfig(**dict(saved["run"], out=str(run_dir))), len(saved["dataset"]["classes"]))
+        model, _ = source_model(config_from_saved(run_dir, saved), len(saved["dataset"]["classes"]))
         return model.to(device).state_dict()
     checkpoints = available_checkpoints(run_dir)
     if epoch not in checkpoints:
         raise FtdynError(f"'{run_dir}' has no checkpoint for epoch {epoch} (available: "
                          f"{', '.join(map(str, sorted({0, *checkpoints})))}); runs keep every epoch with "
                          f"--save-every-epoch")
-    return torch.load(checkpoints[epoch], map_location=device, weights_only=True)["model"]
+    return load_checkpoint(checkpoints[epoch], device)["model"]
 
 
 def last_epoch(run_dir: Path) -> int:
@@ -688,8 +831,11 @@ def available_checkpoints(run_dir: Path) -> dict[int, Path]:
     for path in sorted(folder.glob("*.pt")):
         if path.is_symlink() or not path.is_file():
             continue
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # only the epoch is read
-        found.setdefault(int(state["epoch"]), path)
+        try:
+            state = load_checkpoint(path, mmap=True)  # only the epoch is read
+        except FtdynError:
+            continue  # a damaged file is not offered; the ones that load are
+        found.setdefault(state["epoch"], path)
     return found
 
 

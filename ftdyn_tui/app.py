@@ -22,6 +22,9 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static
 from textual_plotext import PlotextPlot
 
+from engine.record import write_atomic
+from engine.untrusted import visible
+
 from ftdyn_tui.model import (
     CURVE_COLOURS,
     SMOOTHING_STEPS,
@@ -30,10 +33,12 @@ from ftdyn_tui.model import (
     accuracy_series,
     correlation_rows,
     export_csv,
+    export_path,
     filter_images,
     filter_rows,
     heatmap_text,
     layer_colour,
+    load_picture,
     measure_rows,
     part_series,
     positive_only,
@@ -48,6 +53,11 @@ from ftdyn_tui.model import (
 IMAGE_MODES = ("halfcell", "sixel", "kitty", "auto")
 STATE_STYLE = {"running": "green", "finished": "bold", "failed": "red", "interrupted": "yellow",
                "stalled": "magenta", "corrupt": "red", "unknown": "dim"}
+
+
+def plain(value: object, style: str = "") -> Text:
+    """A string from a run directory as a widget's content: never markup, control characters visible."""
+    return Text(visible(value), style=style)
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -108,28 +118,30 @@ class RunsScreen(Screen):
         table.clear()
         runs = self.visible_runs()
         for run in runs:
-            style = STATE_STYLE.get(run.state, "")
-            table.add_row("●" if run.path in self.marked else "", run.name, f"[{style}]{run.state}[/]",
-                          run.model_name, run.dataset_name, run.strategy, run.progress, fmt(run.best_accuracy),
-                          key=str(run.path))
+            state = run.state
+            table.add_row("●" if run.path in self.marked else "", plain(run.name), Text(state, STATE_STYLE.get(state, "")),
+                          plain(run.model_name), plain(run.dataset_name), plain(run.strategy), plain(run.progress),
+                          fmt(run.best_accuracy), key=str(run.path))
         if runs:
             table.move_cursor(row=min(keep, len(runs) - 1))
         self.query_one("#message", Static).update(self.message_text(runs))
 
-    def message_text(self, runs: list[TrackedRun]) -> str:
+    def message_text(self, runs: list[TrackedRun]) -> Text:
+        """The line under the table, as plain text (paths, problems and messages come from run directories)."""
         workspace = self.app.workspace
         missing = workspace.missing()
         if missing:
-            return f"[red]{', '.join(map(str, missing))} does not exist[/] — start a run with `ftdyn run … --out DIR`"
+            return Text.assemble((f"{plain(', '.join(map(str, missing)))} does not exist", "red"),
+                                 " — start a run with `ftdyn run … --out DIR`")
         if not workspace.runs:
             where = ", ".join(map(str, workspace.paths))
-            return f"No ftdyn runs under {where} yet — they appear here as soon as `ftdyn run --out …` starts one."
+            return plain(f"No ftdyn runs under {where} yet — they appear here as soon as `ftdyn run --out …` starts one.")
         current = self.current_run()
         if current is not None and current.problem:
-            return f"[red]{current.problem}[/]"
+            return plain(current.problem, "red")
         if current is not None and current.status and current.status.get("message"):
-            return f"{current.name}: {current.status['message']}"
-        return f"{len(runs)} run(s) · space marks runs to overlay · enter opens curves · f opens filters"
+            return plain(f"{current.name}: {current.status['message']}")
+        return Text(f"{len(runs)} run(s) · space marks runs to overlay · enter opens curves · f opens filters")
 
     def current_run(self) -> TrackedRun | None:
         table = self.query_one("#runs", DataTable)
@@ -180,11 +192,12 @@ class RunsScreen(Screen):
         return marked or ([current] if current is not None else [])
 
     def action_open_dynamics(self) -> None:
-        runs = [run for run in self.chosen_runs() if run.config is not None and not run.problem]
+        runs = [run for run in self.chosen_runs() if run.config is not None and not run.problem
+                and any(part["measures"] for part in run.parts)]
         if runs:
             self.app.push_screen(DynamicsScreen(runs))
         else:
-            self.notify("Nothing to plot yet: the run has no readable record.", severity="warning")
+            self.notify("Nothing to plot: the run has no readable record or records no measure.", severity="warning")
 
     def action_open_filters(self) -> None:
         run = self.current_run()
@@ -316,11 +329,11 @@ class DynamicsScreen(Screen):
                 if self.log_y:
                     xs, ys = positive_only(xs, ys)
                 if xs:
-                    label = f"{run.name} · {row}" if overlay else row
+                    label = visible(f"{run.name} · {row}" if overlay else row, 60)
                     plt.plot(xs, ys, label=label, color=layer_colour(hue, depth, len(rows)), marker="braille")
                     points += len(xs)
         plt.yscale("log" if self.log_y else "linear")
-        options = [self.measure if self.part == "distance" else f"{self.part} · {self.measure}"]
+        options = [visible(self.measure if self.part == "distance" else f"{self.part} · {self.measure}", 80)]
         if self.log_y:
             options.append("log y (epoch 0 = 0 not drawn)")
         if self.smoothing:
@@ -341,7 +354,7 @@ class DynamicsScreen(Screen):
                 xs, ys = accuracy_series(run, split, "accuracy")
                 if xs:
                     name = "held-out" if split == "held_out" else "train"
-                    label = f"{run.name} {name}" if len(self.runs) > 1 else name
+                    label = visible(f"{run.name} {name}" if len(self.runs) > 1 else name, 60)
                     plt.plot(xs, ys, label=label, color=layer_colour(hue, depth, 2), marker="braille")
         plt.title("accuracy")
         plt.ylim(0, 1)
@@ -357,9 +370,9 @@ class DynamicsScreen(Screen):
         if self.part != "distance":
             return
         for row in reusability_rows(self.runs, self.measure):
-            reuse.add_row(*row)
+            reuse.add_row(*map(plain, row))
         for row in correlation_rows(self.runs):
-            corr.add_row(*row)
+            corr.add_row(*map(plain, row))
 
     def action_next_part(self) -> None:
         if len(self.part_names) < 2:
@@ -400,10 +413,14 @@ class DynamicsScreen(Screen):
         self.draw_main()
 
     def action_export(self) -> None:
-        prefix = "" if self.part == "distance" else f"{self.part}-"
-        target = self.runs[0].path / f"export-{prefix}{self.measure.replace('@', '_').replace(':', '')}.csv"
-        target.write_text(export_csv(self.runs, self.measure, self.part))
-        self.notify(f"wrote {target}")
+        """The curves as CSV into the first run's folder; never through a link planted at its name."""
+        target = export_path(self.runs[0], self.part, self.measure)
+        try:
+            write_atomic(target, export_csv(self.runs, self.measure, self.part).encode())
+        except OSError as exc:
+            self.notify(visible(f"cannot write {target}: {exc.strerror}"), severity="error", markup=False)
+            return
+        self.notify(visible(f"wrote {target}"), markup=False)
 
     def action_open_filters(self) -> None:
         self.app.push_screen(FilterScreen(self.runs[0]))
@@ -444,7 +461,7 @@ class FilterScreen(Screen):
         yield Header()
         with Horizontal():
             with Vertical(id="pickers"):
-                yield OptionList(*self.tracked.layers, id="layers")
+                yield OptionList(*[plain(layer) for layer in self.tracked.layers], id="layers")
                 yield DataTable(id="filters", cursor_type="row")
             with Vertical(id="images"):
                 yield Static(id="caption")
@@ -472,8 +489,10 @@ class FilterScreen(Screen):
         table.clear()
         rows, dead, measure = filter_rows(self.tracked, self.current_layer) if self.current_layer else ([], None, None)
         for row in rows:
-            table.add_row(str(row.index), fmt(row.distance), row.chosen_by or "", str(row.images), key=str(row.index))
-        table.border_title = f"{self.current_layer} · {measure or 'no filter view'} · dead {dead if dead is not None else '?'}"
+            table.add_row(str(row.index), fmt(row.distance), plain(row.chosen_by or ""), str(row.images),
+                          key=str(row.index))
+        table.border_title = plain(f"{self.current_layer} · {measure or 'no filter view'} · "
+                                   f"dead {dead if dead is not None else '?'}")
         if rows:
             table.move_cursor(row=min(cursor, len(rows) - 1) if keep else 0)
             self.filter_index = int(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
@@ -503,17 +522,21 @@ class FilterScreen(Screen):
         source, current = self.query_one("#source"), self.query_one("#current")
         if not by_epoch:
             source.image = current.image = None
-            caption.update("No images for this filter. Runs draw them with --vis (the default); "
-                           f"`ftdyn vis RUN --layer {self.current_layer} --filter {self.filter_index}` draws any filter "
-                           "from saved checkpoints.")
+            self.shown_paths = {"source": None, "current": None}
+            caption.update(plain("No images for this filter. Runs draw them with --vis (the default); "
+                                 f"`ftdyn vis RUN --layer {self.current_layer} --filter {self.filter_index}` draws any "
+                                 "filter from saved checkpoints."))
             return
         epochs = sorted(by_epoch)
         if self.epoch not in epochs:
             self.epoch = epochs[-1]
-        source.image = str(by_epoch[epochs[0]]) if epochs[0] == 0 else None
-        current.image = str(by_epoch[self.epoch])
-        caption.update(f"filter {self.filter_index} · {self.kind}-based · {label}\n"
-                       f"left: source (epoch 0)   right: epoch {self.epoch}  [{epochs[0]}…{epochs[-1]}]")
+        self.shown_paths = {"source": by_epoch[epochs[0]] if epochs[0] == 0 else None, "current": by_epoch[self.epoch]}
+        pictures = [load_picture(path) if path else (None, None) for path in self.shown_paths.values()]
+        source.image, current.image = (picture for picture, _ in pictures)
+        problems = [problem for _, problem in pictures if problem]
+        lines = [f"filter {self.filter_index} · {self.kind}-based · {label}",
+                 f"left: source (epoch 0)   right: epoch {self.epoch}  [{epochs[0]}…{epochs[-1]}]"] + problems[:1]
+        caption.update(Text("\n").join(plain(line) for line in lines))
 
     def action_epoch(self, step: int) -> None:
         by_epoch, _ = self.shown()
@@ -538,8 +561,9 @@ class FilterScreen(Screen):
             self.notify("No image shown.", severity="warning")
             return
         path = str(by_epoch[self.epoch].resolve())
-        self.app.copy_to_clipboard(path)  # OSC 52: reaches the local clipboard over SSH where the terminal allows
-        self.notify(f"{path}\n(copied to the clipboard where the terminal allows; scp it off the box)")
+        self.app.copy_to_clipboard(visible(path, 4000))  # OSC 52: reaches the local clipboard over SSH where allowed
+        self.notify(f"{visible(path, 4000)}\n(copied to the clipboard where the terminal allows; scp it off the box)",
+                    markup=False)
         self.last_written_path = path
 
 
@@ -579,7 +603,7 @@ class ResultsScreen(Screen):
     def on_mount(self) -> None:
         if not self.results:
             self.query_one("#result-plot").display = self.query_one("#result-matrix").display = False
-            self.query_one("#result-text", Static).update(Text(
+            self.query_one("#result-text", Static).update(plain(
                 f"No post-hoc analyses in {self.tracked.path} yet. `ftdyn transfer barrier RUN [RUN2]` and "
                 f"`ftdyn transfer criticality RUN` write them into RUN/analyses/."))
             return
@@ -590,7 +614,15 @@ class ResultsScreen(Screen):
         self.show(event.option_index)
 
     def show(self, index: int) -> None:
-        result = self.results[index]
+        """One result drawn; a result file the drawing cannot use is named with its reason instead."""
+        try:
+            self.draw_result(self.results[index])
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            self.query_one("#result-plot").display = self.query_one("#result-matrix").display = False
+            self.query_one("#result-text", Static).update(
+                plain(f"{self.results[index].get('file', 'this result')} cannot be drawn ({type(exc).__name__}: {exc})"))
+
+    def draw_result(self, result: dict) -> None:
         plot, matrix = self.query_one("#result-plot", PlotextPlot), self.query_one("#result-matrix", Static)
         plot.display = result.get("display") == "curve"
         matrix.display = result.get("display") == "matrix"
@@ -602,10 +634,10 @@ class ResultsScreen(Screen):
             for (name, ys), colour in zip((result.get("series") or {}).items(), CURVE_COLOURS):
                 points = [(x, y) for x, y in zip(xs, ys) if isinstance(y, (int, float))]
                 if points:
-                    plt.plot([p[0] for p in points], [p[1] for p in points], label=name.replace("_", " "),
+                    plt.plot([p[0] for p in points], [p[1] for p in points], label=visible(name.replace("_", " "), 40),
                              color=colour, marker="braille")
-            plt.title(str(result.get("title", "")))
-            plt.xlabel(str(result.get("x_label", "")))
+            plt.title(visible(result.get("title", ""), 120))
+            plt.xlabel(visible(result.get("x_label", ""), 40))
             plot.refresh()
         if matrix.display:
             columns = [f"{c:.2g}" if isinstance(c, float) else str(c) for c in result.get("columns", [])]
@@ -613,7 +645,7 @@ class ResultsScreen(Screen):
                                        np.array(result.get("values") or [[]], dtype=np.float64),
                                        max(40, self.size.width - 44), title=str(result.get("title", "")),
                                        unit=str(result.get("value_label", ""))))
-        self.query_one("#result-text", Static).update(Text("\n".join(result_summary(result))))
+        self.query_one("#result-text", Static).update(Text("\n".join(visible(line) for line in result_summary(result))))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -706,7 +738,7 @@ class FtdynApp(App):
         self.polling = False
         self.polls += 1
         if error:
-            self.notify(error, severity="error")
+            self.notify(visible(error, 4000), severity="error", markup=False)
         if changed and hasattr(self.screen, "runs_changed"):
             self.screen.runs_changed()
 

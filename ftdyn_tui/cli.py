@@ -15,6 +15,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
+
+from engine.untrusted import visible
 
 app = typer.Typer(
     help="Watch how a pretrained image network's features move while it is fine-tuned: per-layer distance "
@@ -28,8 +31,15 @@ out = Console()
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """The one-line error every bad input ends in: plain text (a path or a name from a shared run
+    directory may hold markup or escape sequences), then exit status 2."""
+    console.print(Text.assemble(("error:", "bold red"), " ", visible(message, 4000)), highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+def say(label: str, style: str, message: str) -> None:
+    """A 'warning:' or 'note:' line on stderr, as plain text."""
+    console.print(Text.assemble((label, style), " ", visible(message, 4000)), highlight=False, soft_wrap=True)
 
 
 def split_list(values: Optional[list[str]]) -> Optional[list[str]]:
@@ -142,8 +152,8 @@ def run(
         process = start_detached(child_args, out_dir)
         if wait_for_run(out_dir, process):
             open_tui([out_dir], ImageMode.halfcell)
-            console.print(f"training continues in the background (pid {process.pid}); `ftdyn tui {out_dir}` "
-                          f"re-attaches, {out_dir / 'train.log'} has its output")
+            console.print(Text(f"training continues in the background (pid {process.pid}); `ftdyn tui {out_dir}` "
+                               f"re-attaches, {out_dir / 'train.log'} has its output"))
             return
         fail(f"training stopped before it started: {last_line(out_dir / 'train.log')}")
     from engine.analyses.parts import parse_analyses
@@ -175,13 +185,13 @@ def run(
             parse_shuffle(config.shuffle_blocks, config.image_size)  # refused before anything is written
         with TrainingProgress() as progress:
             path = run_training(config, resume=resume, on_event=progress.event)
-        console.print(f"[green]finished[/] {path}  (`ftdyn report {path}`)")
+        console.print(Text.assemble(("finished", "green"), f" {path}  (`ftdyn report {path}`)"))
     except FtdynError as exc:
         fail(str(exc))
     except ValueError as exc:  # argument checks inside the engine (unknown view or metric)
         fail(str(exc))
     except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted[/]: the run is resumable with `ftdyn run --out {out_dir} --resume`")
+        say("interrupted:", "yellow", f"the run is resumable with `ftdyn run --out {out_dir} --resume`")
         raise typer.Exit(130)
 
 
@@ -241,16 +251,15 @@ def resumed_config(out_dir: Path, data: Optional[Path], epochs: Optional[int], d
     """The run's own configuration; --epochs may extend it; --data (moved data), --device and
     --workers may change."""
     from engine.errors import FtdynError
-    from engine.record import RunReader
-    from engine.training import RunConfig
+    from engine.record import CONFIG
+    from engine.training import config_from_saved, saved_config
 
-    saved = RunReader(out_dir).config()
-    if saved is None:
+    if not (out_dir / CONFIG).exists():
         raise FtdynError(f"nothing to resume in '{out_dir}' (no config.json); start it without --resume")
-    settings = dict(saved["run"], epochs=epochs or saved["run"]["epochs"], device=device, workers=workers,
-                    out=str(out_dir), data=str(data) if data else saved["run"]["data"])
-    settings.setdefault("analyses", ["distance"])  # a schema-1 run measured feature distances only
-    return RunConfig(**settings)
+    saved = saved_config(out_dir)
+    changes = dict(device=device, workers=workers) | ({"epochs": epochs} if epochs else {}) | \
+        ({"data": str(data)} if data else {})
+    return config_from_saved(out_dir, saved, **changes)
 
 
 class TrainingProgress:
@@ -275,9 +284,9 @@ class TrainingProgress:
 
     def event(self, kind: str, **info) -> None:
         if kind == "phase":
-            self.progress.console.print(f"[dim]{info['name']}[/]")
+            self.progress.console.print(Text(visible(info["name"], 4000), style="dim"))
         elif kind == "warning":
-            self.progress.console.print(f"[yellow]warning:[/] {info['text']}")
+            self.progress.console.print(Text.assemble(("warning:", "yellow"), " ", visible(info["text"], 4000)))
         elif kind == "scan" and info["done"] == info["total"]:
             self.progress.console.print(f"[dim]checked {info['total']} files[/]")
         elif kind == "generate":
@@ -292,7 +301,7 @@ class TrainingProgress:
             self.progress.update(self.tasks[key], completed=info["done"], info=info.get("info", ""))
         elif kind == "sweep":
             verb = "resuming" if info["resume"] else "starting"
-            self.progress.console.print(f"[bold]sweep {info['index']}/{info['total']}[/]: {verb} {info['name']}")
+            self.progress.console.print(f"[bold]sweep {info['index']}/{info['total']}[/]: {verb} {escape(visible(info['name']))}")
         elif kind == "epoch":
             if self.task is not None:
                 self.progress.remove_task(self.task)
@@ -354,7 +363,7 @@ def demo(
     out.print("[bold]The paper's findings on this demo[/]")
     for line in result.lines():
         out.print(line, highlight=False)
-    out.print(f"runs: {out_dir} · `ftdyn tui {out_dir}` to explore · `ftdyn report {out_dir}` for the tables")
+    out.print(Text(f"runs: {out_dir} · `ftdyn tui {out_dir}` to explore · `ftdyn report {out_dir}` for the tables"))
 
 
 def demo_runs(model: str, command: str, start) -> list[Path]:
@@ -369,7 +378,7 @@ def demo_runs(model: str, command: str, start) -> list[Path]:
     except FtdynError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted[/]: run `{command}` again (the cache keeps what is done)")
+        say("interrupted:", "yellow", f"run `{command}` again (the cache keeps what is done)")
         raise typer.Exit(130)
 
 
@@ -386,7 +395,7 @@ def demo_transfer(out_dir: Path, settings, seed: int, device: str, epochs: int |
     out.print("[bold]Neyshabur et al.'s findings on this demo[/]")
     for line in result.lines():
         out.print(line, highlight=False)
-    out.print(f"runs: {out_dir} · `ftdyn report {out_dir}` for every table and the barrier curves")
+    out.print(Text(f"runs: {out_dir} · `ftdyn report {out_dir}` for every table and the barrier curves"))
 
 
 @app.command()
@@ -462,11 +471,11 @@ def sweep(
     except FtdynError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted[/]: run the same command again to resume the sweep")
+        say("interrupted:", "yellow", "run the same command again to resume the sweep")
         raise typer.Exit(130)
     for name, what in outcome:
-        console.print(f"{name}: {what}")
-    console.print(f"compare them: `ftdyn report {out_dir}`")
+        console.print(Text(visible(f"{name}: {what}")))
+    console.print(Text(f"compare them: `ftdyn report {out_dir}`"))
 
 
 @app.command()
@@ -550,7 +559,7 @@ def vis(
     except FtdynError as exc:
         fail(str(exc))
     folder = run_dir / "vis" / layer / f"f{filter_index:04d}"
-    out.print(f"drew epochs {', '.join(map(str, drawn))} → {folder} (montage-class.png, montage-sample.png)")
+    out.print(Text(visible(f"drew epochs {', '.join(map(str, drawn))} → {folder} (montage-class.png, montage-sample.png)", 4000)))
 
 
 @app.command()
@@ -571,16 +580,34 @@ def report(
         if not found:
             fail(f"no ftdyn run found in '{path}' (a run directory holds config.json)")
         snapshots += [read_run(p) for p in found]
-    for snapshot in snapshots:
-        if snapshot.problem:
-            fail(snapshot.problem)
-    emit(fmt, build_report(snapshots), print_tables)
+    readable = []
+    for snapshot in snapshots:  # a corrupt run is named and left out; the others are reported
+        problem = snapshot.problem or report_problem(snapshot)
+        if problem:
+            say("skipped:", "yellow", problem)
+        else:
+            readable.append(snapshot)
+    if not readable:
+        fail("no readable run to report" + (" (see above)" if snapshots else ""))
+    emit(fmt, build_report(readable), print_tables)
+
+
+def report_problem(snapshot) -> str | None:
+    """Why one run cannot be tabulated (a record ftdyn's checks let through but the tables cannot use):
+    the run is left out with its reason instead of failing the report of every other run."""
+    from engine.report import build_report
+
+    try:
+        build_report([snapshot])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        return f"'{snapshot.path}' cannot be tabulated ({type(exc).__name__}: {exc})"
+    return None
 
 
 def emit(fmt: ReportFormat, tables: dict[str, list[dict]], print_as_tables, as_json: dict | None = None) -> None:
     """Tables to stdout as JSON (``as_json`` instead where given), CSV or terminal tables."""
     if fmt == ReportFormat.json:
-        out.print_json(json.dumps(tables if as_json is None else as_json))
+        out.print_json(json.dumps(tables if as_json is None else as_json), ensure_ascii=True)  # escapes every control character
     elif fmt == ReportFormat.csv:
         sys.stdout.write(tables_as_csv(tables))
     else:
@@ -661,9 +688,9 @@ def run_posthoc(work) -> tuple[dict, Path]:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: nothing was written")
         raise typer.Exit(130)
-    console.print(f"[green]wrote[/] {escape(str(path))}")
+    console.print(Text.assemble(("wrote", "green"), " ", visible(str(path), 4000)))
     for note in result.get("notes", []):
-        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+        say("note:", "yellow", note)
     return result, path
 
 
@@ -681,8 +708,8 @@ def tables_as_csv(tables: dict[str, list[dict]]) -> str:
         if rows:
             writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
             writer.writeheader()
-            writer.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()}
-                             for row in rows)
+            writer.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else visible(v, 10_000)
+                              if isinstance(v, str) else v for k, v in row.items()} for row in rows)
         buffer.write("\n")
     return buffer.getvalue()
 
@@ -692,11 +719,12 @@ def fmt_number(value, digits: int = 3) -> str:
 
 
 def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """A terminal table whose cells are plain text: names from run directories are never markup."""
     table = Table(title=title)
     for column in columns:
-        table.add_column(column, justify="right" if column.isdigit() else "left")
+        table.add_column(Text(visible(column)), justify="right" if column.isdigit() else "left")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*[Text(visible(cell)) for cell in row])
     out.print(table)
 
 
@@ -779,7 +807,7 @@ def print_posthoc(tables: dict[str, list[dict]]) -> None:
         for row in tables["barrier_curve"]:
             curves.setdefault((row["run"], row["A"], row["B"]), []).append(row)
         for (run, a, b), rows in curves.items():
-            out.print(curve_text(f"{run}: A = {a} → B = {b}", [r["lambda"] for r in rows],
+            out.print(curve_text(visible(f"{run}: A = {a} → B = {b}"), [r["lambda"] for r in rows],
                                  {n.replace("_", " "): [r[n] for r in rows] for n in names}, "λ"))
     if tables.get("criticality"):
         from ftdyn_tui.model import heatmap_text
@@ -791,7 +819,7 @@ def print_posthoc(tables: dict[str, list[dict]]) -> None:
             alphas = sorted({a for values in modules.values() for a in values})
             matrix = [[values.get(a, float("nan")) for a in alphas] for values in modules.values()]
             out.print(heatmap_text(list(modules), [f"{a:.2g}" for a in alphas], matrix, width=min(out.width, 100),
-                                   title=f"{run}: train error after rewinding one module to (1 − α)·θ⁰ + α·θᵀ "
+                                   title=f"{visible(run)}: train error after rewinding one module to (1 − α)·θ⁰ + α·θᵀ "
                                          f"(columns: α)", unit="train error"))
         print_table("Module criticality", ["run", "module", "smallest α within ε", "ε", "μ", "‖θᵀ − θ⁰‖"],
                     [[r["run"], r["module"], fmt_number(r["alpha_min"], 2), str(r["epsilon"]), fmt_number(r["mu"], 3),

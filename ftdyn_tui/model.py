@@ -10,6 +10,7 @@ from __future__ import annotations
 import colorsys
 import csv
 import io
+import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.analyses import declared_parts, measure_rows, part_value, read_results, series_matrix
+from engine.untrusted import inside, is_regular_file, safe_file_name, visible
+from engine.analyses import declared_parts, dig, measure_rows, part_value, read_results, series_matrix
 from engine.record import (
     VIS_INDEX,
     JsonlFollower,
@@ -53,7 +55,7 @@ class TrackedRun:
 
     def __post_init__(self):
         self.reader = RunReader(self.path)
-        self._vis = JsonlFollower(self.path / VIS_INDEX, vis_entry_problem)
+        self._vis = JsonlFollower(self.path / VIS_INDEX, vis_entry_problem, VIS_INDEX)
         self._matrices: dict[tuple[str, str], tuple[int, np.ndarray]] = {}
         self._parts: tuple[dict | None, list[dict[str, Any]]] | None = None
 
@@ -66,7 +68,7 @@ class TrackedRun:
             try:
                 self._vis.poll()
             except (ValueError, UnicodeDecodeError, OSError) as exc:
-                self.problem = f"'{self.path}' has an unreadable image index ({type(exc).__name__}: {exc})"
+                self.problem = f"'{self.path}' has an unreadable image index ({exc})"
         return before != (self.config is None, self.status, len(self.records), self.problem, len(self.vis))
 
     @property
@@ -123,16 +125,16 @@ class TrackedRun:
 
     @property
     def model_name(self) -> str:
-        return (self.config or {}).get("model", {}).get("name", "?")
+        return dig(self.config, "model", "name") or "?"
 
     @property
     def dataset_name(self) -> str:
-        root = (self.config or {}).get("dataset", {}).get("root")
+        root = dig(self.config, "dataset", "root")
         return Path(root).name if root else "?"
 
     @property
     def strategy(self) -> str:
-        return (self.config or {}).get("strategy", {}).get("name", "?")
+        return dig(self.config, "strategy", "name") or "?"
 
     @property
     def measures(self) -> list[str]:
@@ -165,14 +167,20 @@ class Workspace:
         self.runs: dict[Path, TrackedRun] = {}
 
     def poll(self) -> set[Path]:
-        """Find new runs and read new records; returns the runs that changed."""
+        """Find new runs and read new records; returns the runs that changed. A run that cannot be
+        read becomes *corrupt* with its reason; every other run goes on."""
         changed = set()
         for root in self.paths:
             for path in find_runs(root):
                 if path not in self.runs:
                     self.runs[path] = TrackedRun(path)
         for path, run in self.runs.items():
-            if run.refresh():
+            try:
+                refreshed = run.refresh()
+            except Exception as exc:  # noqa: BLE001 — whatever a hostile file does, it stays in its run
+                run.problem = f"'{path}' is not a readable ftdyn run ({type(exc).__name__}: {exc})"
+                refreshed = True
+            if refreshed:
                 changed.add(path)
         return changed
 
@@ -321,9 +329,12 @@ def filter_rows(run: TrackedRun, layer: str) -> tuple[list[FilterRow], int | Non
     distances: dict[int, float | None] = {}
     if measure and run.epochs:
         metric, _, view = measure.rpartition("@")
-        entry = run.epochs[-1].get("layers", {}).get(layer, {}).get(view, {})
-        dead = entry.get("dead")
-        distances = dict(enumerate(entry.get("per_filter", {}).get(metric, [])))
+        entry = run.epochs[-1]
+        dead = dig(entry, "layers", layer, view, "dead")
+        dead = dead if isinstance(dead, int) else None
+        values = dig(entry, "layers", layer, view, "per_filter", metric)
+        distances = {i: float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+                     for i, v in enumerate(values if isinstance(values, list) else [])}
     indices = set(distances) | set(images)
     rows = [FilterRow(i, distances.get(i), chosen.get(i), images.get(i, 0)) for i in indices]
     rows.sort(key=lambda row: (row.distance is None, -(row.distance or 0.0), row.index))
@@ -331,13 +342,40 @@ def filter_rows(run: TrackedRun, layer: str) -> tuple[list[FilterRow], int | Non
 
 
 def filter_images(run: TrackedRun, layer: str, index: int) -> dict[tuple[str, str], dict[int, Path]]:
-    """(kind, class or image label) → {epoch: path} for one filter."""
+    """(kind, class or image label) → {epoch: path} for one filter. Only files inside the run's vis/
+    folder are offered: an index entry naming an absolute path, ``..`` or a link that leads out is
+    left out (a shared run directory must not make the app open other files)."""
     found: dict[tuple[str, str], dict[int, Path]] = {}
     for entry in run.vis:
         if entry["layer"] == layer and entry["filter"] == index:
+            path = inside(run.path / "vis", entry["path"])
+            if path is None:
+                continue
             label = entry["class"] if entry["kind"] == "class" else f"{entry['class']} #{entry['image']}"
-            found.setdefault((entry["kind"], label), {})[entry["epoch"]] = run.path / "vis" / entry["path"]
+            found.setdefault((entry["kind"], label), {})[entry["epoch"]] = path
     return found
+
+
+def export_path(run: TrackedRun, part: str, measure: str) -> Path:
+    """Where the curves' CSV export goes: the first run's folder, under a name made from the measure's
+    label with nothing but letters, digits and ``._+-`` (a label from a run directory names no path)."""
+    prefix = "" if part == "distance" else f"{part}-"
+    return run.path / f"export-{safe_file_name(prefix + measure)}.csv"
+
+
+def load_picture(path: Path):
+    """A PNG of the run as a decoded PIL image, or None with the reason when it is missing, damaged or
+    not a plain file (drawn as a message instead of failing the screen)."""
+    from PIL import Image
+
+    if not is_regular_file(path):
+        return None, f"{path.name} is missing or not a plain file"
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy(), None
+    except Exception as exc:  # noqa: BLE001 — Pillow raises many types for damaged files
+        return None, f"{path.name} cannot be decoded ({type(exc).__name__})"
 
 
 def export_csv(runs: list[TrackedRun], measure: str, part: str = "distance") -> str:
@@ -382,6 +420,9 @@ def heatmap_text(row_labels: list[str], column_labels: list[str], matrix: np.nda
     from rich.text import Text
 
     matrix = np.asarray(matrix, dtype=np.float64)
+    row_labels = [visible(label, 64) for label in row_labels]  # names from a run directory: plain, one line
+    column_labels = [visible(label, 16) for label in column_labels]
+    title = visible(title)
     label_width = min(24, max([len(label) for label in row_labels] + [4]))
     room = max(8, width - label_width - 2)
     columns = list(range(len(column_labels)))
@@ -452,14 +493,15 @@ def transfer_result(run: "TrackedRun", peers: list["TrackedRun"]) -> dict[str, A
 def result_label(result: dict[str, Any]) -> str:
     """One line naming a result in a list: what it is and between what."""
     if result.get("problem"):
-        return f"{result.get('file')}: {result['problem']}"
+        return visible(f"{result.get('file')}: {result['problem']}")
     ends = result.get("endpoints")
-    if ends:
-        return f"{result.get('name')}: {ends.get('A')} → {ends.get('B')}"
+    if isinstance(ends, dict):
+        return visible(f"{result.get('name')}: {ends.get('A')} → {ends.get('B')}")
     if result.get("name") == "transfer":
         return "transfer: accuracy against block size (P-T, RI-T)"
-    epoch = (result.get("settings") or {}).get("epoch")
-    return f"{result.get('name')}" + (f" @ epoch {epoch}" if epoch is not None else "")
+    settings = result.get("settings")
+    epoch = settings.get("epoch") if isinstance(settings, dict) else None
+    return visible(f"{result.get('name')}" + (f" @ epoch {epoch}" if epoch is not None else ""))
 
 
 def result_summary(result: dict[str, Any]) -> list[str]:

@@ -1,0 +1,262 @@
+"""Reliability: one writer per run, a signal or a failure of any kind recorded as such, nothing recorded
+lost, and every bad input or environment a one-line error."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY_RUN
+from engine.record import effective_state, read_run
+from engine.run_lock import LOCK, RunLock, RunLocked, writer_alive
+from test_bad_input import assert_clean_error, run
+from test_run import run_command, wait_for
+
+
+def epochs_recorded(run_dir: Path) -> list[int]:
+    return [r["epoch"] for r in read_run(run_dir).epochs]
+
+
+def start(out: Path, data: Path, *extra) -> subprocess.Popen:
+    return subprocess.Popen(run_command("--out", out, "--data", data, *TINY_RUN, *extra),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_second_writer_and_resume_of_a_live_run_are_refused_then_sigterm_interrupts(tmp_path, shapes_data):
+    out = tmp_path / "run"
+    first = start(out, shapes_data, "--epochs", "200")  # long enough to still be running whatever the machine
+    assert wait_for(lambda: len(read_run(out).epochs) >= 1)
+    assert writer_alive(out) is True and effective_state(read_run(out).status, run_dir=out) == "running"
+    for extra in ((), ("--resume",)):
+        second = subprocess.run(run_command("--out", out, "--data", shapes_data, "--epochs", "200", *TINY_RUN, *extra),
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        error = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+        assert len(error) == 1 and f"pid {first.pid} on host" in error[0] and "being written" in error[0], second.stderr
+    first.send_signal(signal.SIGTERM)  # a scheduler's pre-emption, `kill`, `docker stop`
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 130 and "Traceback" not in stderr
+    status = read_run(out).status
+    assert status["state"] == "interrupted" and "SIGTERM" in status["message"]
+    assert writer_alive(out) is False
+    done = epochs_recorded(out)
+    assert done == sorted(set(done))  # no epoch written twice
+    subprocess.run(run_command("--out", out, "--resume", "--epochs", str(done[-1] + 1)), check=True,
+                   capture_output=True, timeout=300)
+    assert epochs_recorded(out) == list(range(done[-1] + 2)) and read_run(out).state == "finished"
+
+
+def test_a_killed_writer_leaves_no_stale_lock_and_reads_as_stalled_at_once(tmp_path, shapes_data):
+    out = tmp_path / "run"
+    process = start(out, shapes_data, "--epochs", "200")
+    assert wait_for(lambda: len(read_run(out).epochs) >= 1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    snapshot = read_run(out)
+    assert snapshot.status["state"] == "running"  # nobody wrote a final state …
+    assert snapshot.state == "stalled"  # … yet the lock, gone with the process, says so without waiting
+    lock = RunLock(out)
+    assert lock.acquire() is None  # no stale lock to clean up by hand
+    lock.release()
+
+
+def test_lock_names_its_holder_and_dies_with_it(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from engine.run_lock import RunLock
+        RunLock({str(tmp_path)!r}).acquire()
+        print("held", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(RunLocked, match=f"pid {holder.pid} on host"):
+        RunLock(tmp_path).acquire()
+    holder.kill()
+    holder.wait()
+    assert writer_alive(tmp_path) is False
+    assert (tmp_path / LOCK).exists()
+    RunLock(tmp_path).acquire()
+
+
+def jpeg_folder(tmp_path: Path, shapes_data: Path) -> Path:
+    """The shapes data as JPEGs (the format whose truncation Pillow's verify() misses)."""
+    data = tmp_path / "jpeg"
+    for png in shapes_data.rglob("*.png"):
+        target = data / png.relative_to(shapes_data).with_suffix(".jpg")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(png).convert("RGB").save(target, quality=90)
+    return data
+
+
+def test_truncated_jpeg_is_skipped_at_the_scan_and_the_run_goes_on(tmp_path, shapes_data, cli):
+    data = jpeg_folder(tmp_path, shapes_data)
+    victims = sorted((data / "train" / "disc").glob("*.jpg"))[:1] + sorted((data / "val" / "square").glob("*.jpg"))[:1]
+    for victim in victims:
+        victim.write_bytes(victim.read_bytes()[: len(victim.read_bytes()) * 2 // 3])
+        with Image.open(victim) as image:
+            image.verify()  # what the scan used to rely on: it passes
+    result = run(cli, data, tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "skipped 2 unreadable files" in result.output
+    listed = (tmp_path / "run" / "skipped_files.txt").read_text().split()
+    assert sorted(listed) == sorted(map(str, victims))
+    assert read_run(tmp_path / "run").state == "finished"
+
+
+def test_empty_class_folder_is_refused_by_name(tmp_path, shapes_data, cli):
+    data = tmp_path / "data"
+    shutil.copytree(shapes_data, data)
+    (data / "train" / "hexagon").mkdir()
+    (data / "train" / "hexagon" / "notes.txt").write_text("no images here")
+    assert_clean_error(run(cli, data, tmp_path / "run"), "'hexagon'", "no readable images", "remove the folder")
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("where", ["out-in-data", "data-in-out"])
+def test_out_and_data_must_not_nest(tmp_path, shapes_data, cli, where):
+    data = tmp_path / "data"
+    shutil.copytree(shapes_data, data)
+    if where == "out-in-data":
+        result = run(cli, data, data / "runs" / "r1")
+        assert_clean_error(result, "inside --data", "outside the data folder")
+    else:
+        result = run(cli, data, tmp_path)
+        assert_clean_error(result, "inside --out")
+    assert not (data / "runs").exists()
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (("--lr", "-1"), "--lr must be a finite number > 0"),
+    (("--lr", "nan"), "--lr must be a finite number > 0"),
+    (("--lr", "inf"), "--lr must be a finite number > 0"),
+    (("--grad-clip", "0"), "--grad-clip must be a finite number > 0"),
+    (("--weight-decay", "-0.1"), "--weight-decay must be a finite number ≥ 0"),
+])
+def test_impossible_settings_are_refused_before_anything_is_written(tmp_path, shapes_data, cli, args, fragment):
+    assert_clean_error(run(cli, shapes_data, tmp_path / "run", *args), fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_that_is_a_file(tmp_path, shapes_data, cli):
+    (tmp_path / "run").write_text("a file")
+    assert_clean_error(run(cli, shapes_data, tmp_path / "run"), "is a file, not a folder")
+
+
+def finished_run(tmp_path: Path, shapes_data: Path, cli) -> Path:
+    out = tmp_path / "run"
+    assert run(cli, shapes_data, out).exit_code == 0
+    return out
+
+
+def test_out_of_memory_is_recorded_as_failed_and_keeps_the_records(tmp_path, shapes_data, cli, monkeypatch):
+    from engine.training import Trainer
+
+    def exhausted(self, epoch):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 123456789 bytes")
+
+    monkeypatch.setattr(Trainer, "train_epoch", exhausted)
+    out = tmp_path / "run"
+    assert_clean_error(run(cli, shapes_data, out), "out of memory (CPU RAM)", "--batch-size", "--resume")
+    snapshot = read_run(out)
+    assert snapshot.status["state"] == "failed" and "out of memory" in snapshot.status["message"]
+    assert epochs_recorded(out) == [0]
+    assert not [p for p in out.rglob(".*tmp")]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "pickle", "wrong-shapes", "not-a-checkpoint"])
+def test_damaged_checkpoint_on_resume_is_one_line_and_loses_nothing(tmp_path, shapes_data, cli, damage):
+    out = finished_run(tmp_path, shapes_data, cli)
+    last = out / "checkpoints" / "last.pt"
+    before = (out / "records.jsonl").read_bytes()
+    if damage == "truncated":
+        last.write_bytes(last.read_bytes()[:1000])
+    elif damage == "pickle":
+        class Exploit:
+            def __reduce__(self):
+                return (os.system, ("touch " + str(tmp_path / "pwned"),))
+        last.write_bytes(pickle.dumps({"model": Exploit(), "epoch": 1}))
+    elif damage == "wrong-shapes":
+        state = torch.load(last, weights_only=True)
+        state["model"] = {k: torch.zeros(3) for k in state["model"]}
+        torch.save(state, last)
+    else:
+        torch.save({"hello": torch.zeros(1)}, last)
+    result = cli("run", "--out", out, "--resume", "--epochs", "2", "--workers", "0")
+    assert_clean_error(result, "checkpoint" if damage != "wrong-shapes" else "does not fit this run")
+    assert (out / "records.jsonl").read_bytes() == before
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("config,fragment", [
+    ("[]", "holds a list"),
+    ("{not json", "config.json is not valid JSON"),
+    ('{"run": {"model": 3}, "dataset": {}, "model": {}}', "setting 'model' is not str"),
+    ('{"run": {"wings": 2}, "dataset": {}, "model": {}}', "unknown setting 'wings'"),
+    ('{"schema": 2}', "no run, dataset and model settings"),
+])
+def test_foreign_or_damaged_config_on_resume_and_vis(tmp_path, shapes_data, cli, config, fragment):
+    out = finished_run(tmp_path, shapes_data, cli)
+    (out / "config.json").write_text(config)
+    assert_clean_error(cli("run", "--out", out, "--resume", "--epochs", "2"), fragment)
+    assert_clean_error(cli("vis", out, "--layer", "layer1", "--filter", "0"), fragment)
+
+
+def in_small_filesystem(script: str, size: str, where: Path) -> subprocess.CompletedProcess:
+    """``script`` (sh) with $FS a fresh tmpfs of ``size`` mounted on ``where``, in a private user and mount
+    namespace (no root needed where unprivileged user namespaces are allowed); gone when it ends."""
+    where.mkdir(exist_ok=True)
+    return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                           f'mount -t tmpfs -o size={size} none "$FS" && {script}'],
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, FS=str(where)))
+
+
+@pytest.fixture()
+def small_filesystems(tmp_path):
+    if shutil.which("unshare") is None:
+        pytest.skip("no `unshare` here to mount a small file system")
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                            f'mount -t tmpfs -o size=1m none "{tmp_path}"'], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"this environment does not allow a private tmpfs mount ({probe.stderr.strip()[:120]})")
+
+
+def test_disk_full_is_recorded_as_failed_with_no_temp_files_and_epoch_0_kept(tmp_path, shapes_data, small_filesystems):
+    # resnet18's checkpoints: epoch 0 (45 MB model, no optimiser state yet) fits in 160 MB, epoch 1's
+    # last.pt (model + Adam's two moments, ~135 MB) does not: the disk fills mid-run.
+    command = " ".join(map(str, run_command("--out", "$FS/run", "--data", shapes_data, "--epochs", "3", *TINY_RUN)))
+    report = tmp_path / "report"
+    script = (f'{command} 2> "{report}.err"; echo $? > "{report}.rc"; '
+              f'cp "$FS/run/status.json" "$FS/run/records.jsonl" "{tmp_path}/"; '
+              f'ls -A "$FS/run" "$FS/run/checkpoints" > "{report}.ls"')
+    result = in_small_filesystem(script, "160m", tmp_path / "fs")
+    assert result.returncode == 0, result.stderr
+    stderr = Path(f"{report}.err").read_text()
+    assert Path(f"{report}.rc").read_text().strip() == "2", stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "disk full" in errors[0] and "--resume" in errors[0] and "Traceback" not in stderr
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "failed" and "disk full" in status["message"]
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "records.jsonl").read_text().splitlines()
+            if json.loads(line)["kind"] == "epoch"] == [0]
+    listing = Path(f"{report}.ls").read_text()
+    assert ".tmp" not in listing and "last.pt" in listing, listing
+
+
+def test_read_only_out_is_one_line(tmp_path, shapes_data, small_filesystems):
+    command = " ".join(map(str, run_command("--out", "$FS/run", "--data", shapes_data, "--epochs", "1", *TINY_RUN)))
+    script = f'mount -o remount,ro "$FS" && {command}'
+    result = in_small_filesystem(script, "1m", tmp_path / "fs")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1 and "Read-only" in errors[0], result.stderr
