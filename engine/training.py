@@ -381,7 +381,7 @@ class Trainer:
             return self.run_locked()
         finally:
             lock.release()
-            if created and [p.name for p in self.dir.iterdir()] == [LOCK]:
+            if created and self.dir.is_dir() and [p.name for p in self.dir.iterdir()] == [LOCK]:
                 # refused before it wrote anything: no folder is left behind
                 (self.dir / LOCK).unlink(missing_ok=True)
                 self.dir.rmdir()
@@ -636,15 +636,48 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
     """torch.save to a temp file renamed over ``path``: a reader never sees half a checkpoint, and a
     failed save (disk full) leaves the previous checkpoint and no temp file."""
     tmp = path.with_name(f".{path.name}.tmp")
+    target = WriteChecked(tmp)
     try:
-        with open(tmp, "wb") as f:  # a Python file: a full disk raises OSError(ENOSPC), not a bare RuntimeError
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            torch.save(state, target)
+            os.fsync(target.fd)
+        finally:
+            target.close()
         tmp.replace(path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if target.error is not None and target.error is not exc:
+            raise target.error from None  # torch reports a failed write as "unexpected pos …": say what it was
         raise
+
+
+class WriteChecked:
+    """The file torch.save writes a checkpoint through. torch turns a failed write (disk full, quota)
+    into a bare RuntimeError; this keeps the OSError, with its errno, for the one-line message."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as exc:
+            exc.filename = exc.filename or str(self.path)
+            self.error = self.error or exc
+            raise
+        return len(data) if isinstance(data, (bytes, bytearray)) else memoryview(data).nbytes
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def check_config(config: RunConfig) -> None:
@@ -733,11 +766,13 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
     if saved is None:
         raise FtdynError(f"'{run_dir}' is not an ftdyn run directory (no {CONFIG})")
     problem = config_problem(saved)
-    if problem is None and not (isinstance(saved.get("run"), dict) and isinstance(saved.get("dataset"), dict)
-                                and isinstance(saved.get("model"), dict)):
-        problem = f"{CONFIG} has no run, dataset and model settings"
+    if problem is None and not all(key in saved for key in ("run", "dataset", "model", "layers")):
+        problem = f"{CONFIG} has no run, dataset, model and layers settings"
+    if problem is None and not isinstance(saved["dataset"].get("classes"), list):
+        problem = f"{CONFIG} names no classes"
     if problem:
         raise FtdynError(f"'{run_dir}' is not a readable ftdyn run ({problem})")
+    config_from_saved(run_dir, saved)  # its settings are checked here, before any command relies on them
     return saved
 
 

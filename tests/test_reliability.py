@@ -202,9 +202,9 @@ def test_damaged_checkpoint_on_resume_is_one_line_and_loses_nothing(tmp_path, sh
 @pytest.mark.parametrize("config,fragment", [
     ("[]", "holds a list"),
     ("{not json", "config.json is not valid JSON"),
-    ('{"run": {"model": 3}, "dataset": {}, "model": {}}', "setting 'model' is not str"),
-    ('{"run": {"wings": 2}, "dataset": {}, "model": {}}', "unknown setting 'wings'"),
-    ('{"schema": 2}', "no run, dataset and model settings"),
+    ('{"run": {"model": 3}, "dataset": {"classes": []}, "model": {}, "layers": []}', "setting 'model' is not str"),
+    ('{"run": {"wings": 2}, "dataset": {"classes": []}, "model": {}, "layers": []}', "unknown setting 'wings'"),
+    ('{"schema": 2}', "no run, dataset, model and layers settings"),
 ])
 def test_foreign_or_damaged_config_on_resume_and_vis(tmp_path, shapes_data, cli, config, fragment):
     out = finished_run(tmp_path, shapes_data, cli)
