@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,8 +65,22 @@ class ImageList(Dataset):
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        with Image.open(path) as image:
-            return self.transform(image.convert("RGB")), label
+        try:
+            with Image.open(path) as image:
+                return self.transform(image.convert("RGB")), label
+        except (OSError, ValueError, SyntaxError) as exc:  # what Pillow raises for a damaged file
+            raise UnreadableImage(f"image '{path}' cannot be decoded ({type(exc).__name__}: {exc})") from None
+
+
+class UnreadableImage(FtdynError):
+    """An image that passed the scan but cannot be decoded now (it changed during the run). Raised in a
+    DataLoader worker, it reaches the main process with the worker's traceback folded into its text:
+    :meth:`one_line` recovers the sentence."""
+
+    def one_line(self) -> str:
+        found = re.findall(r"image '.*' cannot be decoded \(.*\)", str(self))
+        what = found[-1] if found else "an image cannot be decoded"
+        return f"{what}; it changed after the scan: replace or remove it, then continue with --resume"
 
 
 def image_transform(image_size: int, augment: bool, shuffle: Shuffle | None = None) -> Callable:

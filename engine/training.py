@@ -34,7 +34,15 @@ from torch.utils.data import DataLoader, Subset
 from engine.analyses.parts import PartContext, build_epoch_parts, default_epoch_parts, parse_analyses
 from engine.analyses.runner import EpochAnalyses
 from engine.capture import feature_map_shape, parse_measures
-from engine.data import ImageList, image_transform, load_image_data, pixel_transform, probe_indices, seeded_generator
+from engine.data import (
+    ImageList,
+    UnreadableImage,
+    image_transform,
+    load_image_data,
+    pixel_transform,
+    probe_indices,
+    seeded_generator,
+)
 from engine.shuffle import BlockShuffle, parse_shuffle
 from engine.errors import FtdynError
 from engine.models import build_model, head_name, select_layers
@@ -591,7 +599,7 @@ class Trainer:
             if not isinstance(state["record"], dict):
                 raise TypeError("its record is not an object")
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            reason = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
             raise FtdynError(f"cannot resume from '{path}': it does not fit this run ({reason[:200]}); it may come "
                              f"from another run or be damaged") from None
         # Records of the epoch in progress when the run stopped are dropped; it is run again.
@@ -702,6 +710,8 @@ def failure_message(exc: BaseException, config: RunConfig) -> str | None:
     """A failure of the environment (memory, disk, a file) worded as what happened and what to do; None
     for anything else (a defect, whose traceback is needed). Recorded epochs are always kept."""
     kept = "recorded epochs are kept, continue with --resume"
+    if isinstance(exc, UnreadableImage):
+        return exc.one_line()
     if isinstance(exc, FtdynError):
         return str(exc)
     if isinstance(exc, torch.cuda.OutOfMemoryError):

@@ -114,6 +114,19 @@ def test_truncated_jpeg_is_skipped_at_the_scan_and_the_run_goes_on(tmp_path, sha
     assert read_run(tmp_path / "run").state == "finished"
 
 
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_an_image_damaged_after_the_scan_is_one_line_naming_it(tmp_path, shapes_data, cli, monkeypatch, workers):
+    data = jpeg_folder(tmp_path, shapes_data)
+    victim = sorted((data / "train" / "disc").glob("*.jpg"))[0]
+    victim.write_bytes(victim.read_bytes()[:200])
+    monkeypatch.setattr("engine.data.is_readable_image", lambda path: True)  # as if it broke after the scan
+    out = tmp_path / "run"
+    result = run(cli, data, out, "--workers", workers)
+    assert_clean_error(result, f"image '{victim}' cannot be decoded", "changed after the scan", "--resume")
+    assert "Original Traceback" not in result.output
+    assert read_run(out).status["state"] == "failed" and epochs_recorded(out) == [0]
+
+
 def test_empty_class_folder_is_refused_by_name(tmp_path, shapes_data, cli):
     data = tmp_path / "data"
     shutil.copytree(shapes_data, data)
