@@ -140,13 +140,21 @@ def scan_split(root: Path, classes: list[str], skipped: list[str],
                     skipped.append(str(path))
                 if progress:
                     progress(i, len(candidates))
-    empty = [name for label, name in enumerate(classes)
-             if (root / name).is_dir() and not any(sample_label == label for _, sample_label in samples)]
+    present = {label for _, label in samples}
+    empty = [name for label, name in enumerate(classes) if (root / name).is_dir() and label not in present]
     if empty:
         raise FtdynError(f"class folder{'s' if len(empty) > 1 else ''} {', '.join(repr(n) for n in empty[:5])} in "
                          f"'{root}' hold{'' if len(empty) > 1 else 's'} no readable images; add images or remove the "
                          f"folder (a class with no images cannot be learned or measured)")
     return Split(samples, root)
+
+
+def scanned_folders(root: str | Path) -> list[Path]:
+    """The folders whose class sub-folders the scan reads: ``train/`` and ``val/`` (or ``test/``) where
+    both exist, else ``root`` itself."""
+    root = Path(root).expanduser()
+    held_out = next((root / name for name in ("val", "test") if (root / name).is_dir()), None)
+    return [root / "train", held_out] if (root / "train").is_dir() and held_out is not None else [root]
 
 
 def load_image_data(root: str | Path, val_fraction: float = 0.2, seed: int = 0,

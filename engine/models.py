@@ -24,7 +24,7 @@ import torchvision
 from torch import nn
 
 from engine.capture import Layout, detect_layout, feature_map_shape
-from engine.errors import FtdynError
+from engine.errors import FtdynError, exception_line
 
 def classification_models() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
@@ -176,7 +176,7 @@ def build_model(model_name: str, weights: str | None, num_classes: int, seed: in
             missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as exc:  # a tensor of the wrong shape
             raise FtdynError(f"weights file '{resolved}' does not fit {model_name}: "
-                             f"{str(exc).splitlines()[-1].strip()}") from None
+                             f"{exception_line(exc, last=True)}") from None
         if missing or unexpected:
             example = (missing or unexpected)[0]
             raise FtdynError(f"weights file '{resolved}' does not fit {model_name}: {len(missing)} missing and "
@@ -242,7 +242,7 @@ def trace_layers(model: nn.Module, image_size: int) -> list[LayerInfo]:
             device = next(model.parameters()).device  # "meta" traces shapes without computing
             model(torch.zeros(1, 3, image_size, image_size, device=device))
     except (RuntimeError, ValueError, AssertionError) as exc:  # the architecture cannot take this size
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = exception_line(exc)
         raise FtdynError(f"{type(model).__name__} cannot run on {image_size}×{image_size} images ({reason}); "
                          f"choose another --image-size (e.g. 224)") from None
     finally:

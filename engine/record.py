@@ -17,7 +17,6 @@ only ever appended, so a reader sees a prefix of them, at worst with a partial l
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from engine.run_lock import writer_alive
+from engine.untrusted import NOFOLLOW, RunFormatError, number_or_none, read_plain
 
 # 1: feature distances only (records' `layers`); 2: analyses as parts — config.json declares them
 # (`analyses`), records gain each part's section and `timing.analyses_s`, RUN/analyses/ holds
@@ -78,7 +78,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         tmp.unlink()
     except FileNotFoundError:
         pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o644)
     try:
         with open(fd, "wb", closefd=True) as f:
             f.write(data)
@@ -94,7 +94,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 def append_lines(path: Path, objects: list[Any]) -> None:
     """Append JSON objects, one per line, flushed and fsync'd: readers see whole lines or none."""
     data = "".join(json.dumps(clean_json(o), allow_nan=False, separators=(",", ":")) + "\n" for o in objects)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW, 0o644)
     try:
         size = os.fstat(fd).st_size
         try:
@@ -141,7 +141,10 @@ class RunWriter:
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
-            self.update_status()
+            try:
+                self.update_status()
+            except OSError:
+                pass  # a full disk: the training thread meets it at its next write and records it
 
     def update_status(self, **fields: Any) -> None:
         with self._lock:
@@ -211,10 +214,6 @@ def effective_state(status: dict[str, Any] | None, at: float | None = None, run_
     return state
 
 
-class RunFormatError(ValueError):
-    """A file of a run directory is not what ftdyn writes (worded for the user: which file, what)."""
-
-
 def parse_json(data: bytes, name: str) -> Any:
     try:
         return json.loads(data)
@@ -228,24 +227,6 @@ def read_json(path: Path) -> Any:
     are refused: a run directory from someone else must not make us read elsewhere or block."""
     data = read_plain(path)
     return None if data is None else parse_json(data, path.name)
-
-
-def read_plain(path: Path, offset: int = 0) -> bytes | None:
-    """The bytes of a plain file from ``offset`` (None when absent); :class:`RunFormatError` for a link or
-    anything that is not a plain file."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise RunFormatError(f"{path.name} is a link; a run directory's files must be plain files") from None
-        raise
-    with open(fd, "rb", closefd=True) as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise RunFormatError(f"{path.name} is not a plain file")
-        f.seek(offset)
-        return f.read()
 
 
 def record_problem(record: Any) -> str | None:
@@ -285,6 +266,13 @@ def config_problem(config: Any) -> str | None:
         value = (config.get(key) or {}).get(field_name)
         if value is not None and not isinstance(value, str):
             return f"{CONFIG}: '{key}.{field_name}' is not text"
+    for key, annotation in RUN_SETTINGS_READ.items():  # the settings readers use, not only the trainer
+        value = (config.get("run") or {}).get(key)
+        if value is not None and not setting_fits(value, annotation):
+            return f"{CONFIG}: setting 'run.{key}' is not {annotation}"
+    shuffle = (config.get("run") or {}).get("shuffle_blocks")
+    if shuffle is not None and shuffle != "pixel" and not (shuffle.isdigit() and shuffle.isascii()):
+        return f"{CONFIG}: setting 'run.shuffle_blocks' is neither a block size nor 'pixel'"
     classes = (config.get("dataset") or {}).get("classes")
     if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
         return f"{CONFIG}: 'dataset.classes' is not a list of names"
@@ -293,6 +281,25 @@ def config_problem(config: Any) -> str | None:
         if problem:
             return f"{CONFIG}: an analysis declaration {problem}"
     return None
+
+
+# RunConfig settings that the report and the app read from config.json (the trainer checks all of them).
+RUN_SETTINGS_READ = {"model": "str", "weights": "str", "data": "str", "image_size": "int", "epochs": "int",
+                     "seed": "int", "strategy": "str", "shuffle_blocks": "str | None"}
+
+
+def setting_fits(value: Any, annotation: str) -> bool:
+    """Whether a setting read from config.json has the declared type (``'float | None'``, ``'list[str]'``)."""
+    kinds = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}
+    for option in annotation.split("|"):
+        option = option.strip()
+        if option.startswith("list["):
+            inner = kinds[option[5:-1]]
+            if isinstance(value, list) and all(isinstance(v, inner) and not isinstance(v, bool) for v in value):
+                return True
+        elif isinstance(value, kinds[option]) and (option == "bool" or not isinstance(value, bool)):
+            return True
+    return False
 
 
 def declaration_problem(part: Any) -> str | None:
@@ -329,7 +336,7 @@ def status_problem(status: Any) -> str | None:
 
 
 def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return number_or_none(value) is not None
 
 
 def is_text_list(value: Any) -> bool:
@@ -389,13 +396,13 @@ class JsonlFollower:
 
     def poll(self) -> list[dict[str, Any]]:
         try:
-            stat = self.path.stat(follow_symlinks=False)
+            info = self.path.stat(follow_symlinks=False)
         except FileNotFoundError:
             return []
-        if self._inode is not None and (stat.st_ino != self._inode or stat.st_size < self._offset):
+        if self._inode is not None and (info.st_ino != self._inode or info.st_size < self._offset):
             self.items, self._offset, self._lines = [], 0, 0
-        self._inode = stat.st_ino
-        if stat.st_size == self._offset:
+        self._inode = info.st_ino
+        if info.st_size == self._offset:
             return []
         data = read_plain(self.path, self._offset) or b""
         new, consumed = parse_records(data, self.check, self.name, self._lines + 1)
@@ -487,7 +494,7 @@ def find_runs(root: str | Path) -> Iterator[Path]:
                 yield folder
                 continue
             if depth < MAX_DEPTH:
-                children = sorted((c for c in folder.iterdir() if not c.name.startswith(".")), reverse=True)
+                children = sorted(folder.iterdir(), reverse=True)
                 pending += [(child, depth + 1) for child in children]
         except (OSError, RuntimeError):  # unreadable, vanished, a link loop
             continue

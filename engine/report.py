@@ -23,6 +23,7 @@ import numpy as np
 
 from engine.analyses import declared_parts, dig, measure_rows, part_value, read_results
 from engine.record import RunSnapshot
+from engine.untrusted import number_or_none
 
 
 def run_name(run: RunSnapshot) -> str:
@@ -39,8 +40,7 @@ def layer_names(run: RunSnapshot) -> list[str]:
 
 def layer_value(record: dict[str, Any], layer: str, measure: str) -> float | None:
     metric, _, view = measure.rpartition("@")
-    value = dig(record, "layers", layer, view, "values", metric)
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+    return number_or_none(dig(record, "layers", layer, view, "values", metric))
 
 
 def layer_series(run: RunSnapshot, layer: str, measure: str, first_epoch: int = 0) -> list[tuple[int, float | None]]:
@@ -288,8 +288,7 @@ def seed_barriers(group: list[RunSnapshot]) -> dict[str, float | None]:
             if result.get("name") == "barrier" and "problem" not in result:
                 ends = {end: str(dig(result, "endpoints", end)) for end in ("A", "B")}
                 if ends["B"].rpartition("@")[0] in names and ends["A"].rpartition("@")[0] in names:
-                    values = {name: dig(result, "barriers", name) for name in SEED_BARRIERS}
-                    return {name: v if isinstance(v, (int, float)) else None for name, v in values.items()}
+                    return {name: number_or_none(dig(result, "barriers", name)) for name in SEED_BARRIERS}
     return dict.fromkeys(SEED_BARRIERS)
 
 

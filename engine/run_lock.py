@@ -9,7 +9,16 @@ on the same host: :func:`lock_scope` finds that out and the run says so once.
 
 Readers never take the lock for long: :func:`writer_alive` tries a shared lock without waiting and
 lets it go at once, which tells a follower on the writer's host, without waiting for the heartbeat,
-that a "running" run's process is gone.
+that a "running" run's process is gone. Two caveats, both harmless as ftdyn uses the lock:
+
+* DataLoader worker processes are forked and share the lock's open file: after a ``kill -9`` of the
+  trainer the lock is free once its workers notice and exit (within about five seconds);
+* on NFS, Linux emulates ``flock`` with a per-process POSIX lock, which any close of the same file by
+  the *holding* process would drop: the writer never probes its own lock.
+
+The lock file is never deleted while it can be held (only a folder that holds nothing else is
+removed, by the process holding the lock, before it lets go), and a writer that locked a file which
+was meanwhile replaced tries again on the new one: two writers can never hold two different files.
 """
 
 from __future__ import annotations
@@ -19,11 +28,11 @@ import fcntl
 import json
 import os
 import socket
-import stat
 import time
 from pathlib import Path
 
 from engine.errors import FtdynError
+from engine.untrusted import CLOEXEC, NOFOLLOW, RunFormatError, open_plain
 
 LOCK = ".writer.lock"
 # A reader's probe holds the lock for microseconds; a starting writer retries this long before it
@@ -70,19 +79,22 @@ class RunLock:
         self.path = Path(run_dir) / LOCK
         self.fd: int | None = None
 
-    def acquire(self) -> str | None:
-        """Take the lock or raise :class:`RunLocked` naming the holder. Returns a warning when the lock
-        cannot protect the run fully (file system without locks, or locks local to this host)."""
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        try:
-            fd = os.open(self.path, flags, 0o644)
-        except OSError as exc:
-            raise FtdynError(f"cannot create the writer lock {self.path} ({exc.strerror}); check that --out is a "
-                             f"writable folder") from None
+    def acquire(self, instead: str = "choose another --out") -> str | None:
+        """Take the lock or raise :class:`RunLocked` naming the holder (and ``instead``: what else the user
+        can do). Returns a warning when the lock cannot protect the run fully (file system without
+        locks, or locks local to this host)."""
         deadline = time.monotonic() + ACQUIRE_SECONDS
         while True:
             try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | NOFOLLOW | CLOEXEC, 0o644)
+            except OSError as exc:
+                raise FtdynError(f"cannot create the writer lock {self.path} ({exc.strerror}); check that --out is "
+                                 f"a writable folder") from None
+            try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if not same_file(fd, self.path):  # replaced while we waited: lock the file that is there now
+                    os.close(fd)
+                    continue
                 break
             except OSError as exc:
                 if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
@@ -92,21 +104,39 @@ class RunLock:
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     os.close(fd)
                     raise
+                holder = read_holder(fd)
+                os.close(fd)
                 if time.monotonic() > deadline:  # not a reader's probe: a writer holds it
-                    holder = read_holder(fd)
-                    os.close(fd)
                     raise RunLocked(f"run directory '{self.path.parent}' is being written by {holder}; wait for it to "
-                                    f"finish (or stop it), or choose another --out") from None
+                                    f"finish (or stop it), or {instead}") from None
                 time.sleep(0.05)
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode(), 0)
         self.fd = fd
         return lock_scope(self.path.parent)
 
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing the only descriptor releases the flock
-            self.fd = None
+    def release(self, remove_empty_folder: bool = False) -> None:
+        """Let go (closing the only descriptor releases the flock). With ``remove_empty_folder``, a run
+        folder holding nothing but the lock file is removed first, while still held."""
+        if self.fd is None:
+            return
+        if remove_empty_folder:
+            try:
+                if [p.name for p in self.path.parent.iterdir()] == [LOCK]:
+                    self.path.unlink()
+                    self.path.parent.rmdir()
+            except OSError:
+                pass  # gone already, or something appeared in it: it stays
+        os.close(self.fd)
+        self.fd = None
+
+
+def same_file(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def read_holder(fd: int) -> str:
@@ -122,14 +152,13 @@ def read_holder(fd: int) -> str:
 def writer_alive(run_dir: str | Path) -> bool | None:
     """True while a writer holds the run's lock, False when the lock file is there and free (the writer
     is gone), None when it cannot be told (a run from before the lock, a file that is not a plain file)."""
-    path = Path(run_dir) / LOCK
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
+        fd = open_plain(Path(run_dir) / LOCK)
+    except (OSError, RunFormatError):
+        return None
+    if fd is None:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError as exc:

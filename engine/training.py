@@ -39,18 +39,19 @@ from engine.data import (
     UnreadableImage,
     image_transform,
     load_image_data,
+    scanned_folders,
     pixel_transform,
     probe_indices,
     seeded_generator,
 )
 from engine.shuffle import BlockShuffle, parse_shuffle
-from engine.errors import FtdynError
-from engine.models import build_model, head_name, select_layers
+from engine.errors import FtdynError, exception_line
+from engine.models import LayerInfo, build_model, head_name, select_layers
 from engine.receptive import patch_fields, receptive_fields
-from engine.record import CONFIG, RunFormatError, RunReader, RunWriter, config_problem, write_atomic
-from engine.run_lock import LOCK, RunLock
+from engine.record import CONFIG, RunFormatError, RunReader, RunWriter, config_problem, setting_fits, write_atomic
+from engine.run_lock import RunLock
 from engine.similarity.metrics import DegenerateWhiteningError
-from engine.untrusted import visible
+from engine.untrusted import NOFOLLOW, visible
 from engine.strategies import (
     LP_C_GRID,
     RGN_BATCHES,
@@ -376,23 +377,19 @@ class Trainer:
         """The whole run, as the one writer of its directory (a second writer is refused)."""
         check_config(self.config)
         created = not self.dir.exists()
-        lock = RunLock(self.dir)
         try:
-            try:
-                self.dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise FtdynError(f"cannot create the run directory '{self.dir}' ({exc.strerror}); choose another "
-                                 f"--out") from None
-            warning = lock.acquire()
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FtdynError(f"cannot create the run directory '{self.dir}' ({exc.strerror}); choose another "
+                             f"--out") from None
+        lock = RunLock(self.dir)
+        warning = lock.acquire()
+        try:
             if warning:
                 self.on_event("warning", text=warning)
             return self.run_locked()
-        finally:
-            lock.release()
-            if created and self.dir.is_dir() and [p.name for p in self.dir.iterdir()] == [LOCK]:
-                # refused before it wrote anything: no folder is left behind
-                (self.dir / LOCK).unlink(missing_ok=True)
-                self.dir.rmdir()
+        finally:  # a run refused before it wrote anything leaves no folder behind
+            lock.release(remove_empty_folder=created)
 
     def run_locked(self) -> Path:
         exists = (self.dir / CONFIG).exists()
@@ -402,18 +399,22 @@ class Trainer:
         if self.resume_requested and not exists:
             raise FtdynError(f"nothing to resume in '{self.dir}' (no {CONFIG}); start it without --resume")
         self.prepare()
-        if self.data.skipped:
-            write_atomic(self.dir / "skipped_files.txt", ("\n".join(self.data.skipped) + "\n").encode())
         start_epoch = self.restore() if self.resume_requested else None
-        if start_epoch is None:
-            self.writer.write_config(self.config_record())
-        self.writer.start(self.total_epochs, epoch=start_epoch or 0)
+        try:
+            if self.data.skipped:
+                write_atomic(self.dir / "skipped_files.txt", ("\n".join(self.data.skipped) + "\n").encode())
+            if start_epoch is None:
+                self.writer.write_config(self.config_record())
+            self.writer.start(self.total_epochs, epoch=start_epoch or 0)
+        except OSError as exc:  # nothing trained yet: the run's recorded state is left as it was
+            raise FtdynError(failure_message(exc, self.config) or f"cannot write into '{self.dir}' ({exc})") from None
         try:
             with self.interrupt:
                 self.epochs(start_epoch)
                 if self.visualiser is not None:
                     self.on_event("phase", name="writing the visualisation montages")
                     self.visualiser.write_all_montages()
+                self.writer.finish("finished")
         except KeyboardInterrupt:
             self.writer.finish_if_possible("interrupted", f"stopped by {self.interrupt.how}; continue with --resume")
             raise
@@ -423,7 +424,6 @@ class Trainer:
             if failure is None:  # not an input or environment problem: a defect, with its traceback
                 raise
             raise FtdynError(failure) from None
-        self.writer.finish("finished")
         return self.dir
 
     def epochs(self, start_epoch: int | None) -> None:
@@ -599,11 +599,11 @@ class Trainer:
             if not isinstance(state["record"], dict):
                 raise TypeError("its record is not an object")
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            reason = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
-            raise FtdynError(f"cannot resume from '{path}': it does not fit this run ({reason[:200]}); it may come "
+            raise FtdynError(f"cannot resume from '{path}': it does not fit this run "
+                             f"({exception_line(exc, last=True)[:200]}); it may come "
                              f"from another run or be damaged") from None
         # Records of the epoch in progress when the run stopped are dropped; it is run again.
-        keep = [r for r in reader.records if r["epoch"] <= last]
+        keep = [r for r in reader.records if r.get("epoch", 0) <= last]
         if not any(r["kind"] == "epoch" and r["epoch"] == last for r in keep):
             keep.append(state["record"])  # killed between checkpoint and record: the checkpoint holds it
         self.writer.truncate_records(keep)
@@ -665,7 +665,7 @@ class WriteChecked:
 
     def __init__(self, path: Path):
         self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW, 0o644)
         self.error: OSError | None = None
 
     def write(self, data) -> int:
@@ -697,7 +697,7 @@ def check_config(config: RunConfig) -> None:
         if not math.isfinite(value) or (value <= 0 if low == "> 0" else value < 0):
             raise FtdynError(f"{name} must be a finite number {low} (got {value})")
     data, out = Path(config.data).expanduser().resolve(), Path(config.out).expanduser().resolve()
-    if out == data or out.is_relative_to(data):
+    if any(out == folder or out.is_relative_to(folder) for folder in map(Path.resolve, scanned_folders(data))):
         raise FtdynError(f"--out '{config.out}' is inside --data '{config.data}': the next scan would take the run's "
                          f"checkpoints/ and vis/ for classes; put runs outside the data folder")
     if data.is_relative_to(out):
@@ -724,9 +724,10 @@ def failure_message(exc: BaseException, config: RunConfig) -> str | None:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" writing '{exc.filename}'" if exc.filename else ""
         return f"disk full{where} ({exc.strerror}); free space under '{config.out}', then {kept}"
-    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return f"cannot write{f' {exc.filename!r}' if exc.filename else ''} ({exc.strerror}); make '{config.out}' " \
-               f"writable, then {kept}"
+    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+        return f"'{config.out}' is on a read-only file system; remount it writable, then {kept}"
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied{f' on {exc.filename!r}' if exc.filename else ''}; fix its permissions, then {kept}"
     return None
 
 
@@ -752,6 +753,18 @@ def visualise_from_checkpoints(run_dir: str | Path, layer: str, filter_index: in
     filters = trainer.layers[[entry.name for entry in trainer.layers].index(layer)]
     if not 0 <= filter_index < feature_map_shape(filters.shape, filters.layout)[0]:
         raise FtdynError(f"layer '{layer}' has no filter {filter_index}")
+    lock = RunLock(run_dir)  # the images and their index are the run's: one writer, as for training
+    lock.acquire(instead="draw it when the run has finished (the run draws its --vis-epochs itself)")
+    try:
+        draw_filter(trainer, filters, filter_index, classes, wanted, checkpoints, on_event)
+    finally:
+        lock.release()
+    return wanted
+
+
+def draw_filter(trainer: Trainer, filters: LayerInfo, filter_index: int, classes: list[str] | None, wanted: list[int],
+                checkpoints: dict[int, Path], on_event: Event) -> None:
+    layer = filters.name
     visualiser = trainer.make_visualiser(trainer.model)
     visualiser.settings.classes = classes
     visualiser.focus(layer, filter_index)
@@ -764,7 +777,6 @@ def visualise_from_checkpoints(run_dir: str | Path, layer: str, filter_index: in
         visualiser.render(epoch, evidence, {}, redraw=True)
         on_event("phase", name=f"drew epoch {epoch}")
     visualiser.write_montages(layer, filter_index)
-    return wanted
 
 
 def saved_config(run_dir: Path) -> dict[str, Any]:
@@ -805,20 +817,6 @@ def config_from_saved(run_dir: Path, saved: dict[str, Any], **changes: Any) -> R
         raise FtdynError(f"'{run_dir}' lacks settings this version needs ({exc})") from None
 
 
-def setting_fits(value: Any, annotation: str) -> bool:
-    """Whether a setting read from config.json has the type RunConfig declares (``'float | None'``, …)."""
-    kinds = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}
-    for option in annotation.split("|"):
-        option = option.strip()
-        if option.startswith("list["):
-            inner = kinds[option[5:-1]]
-            if isinstance(value, list) and all(isinstance(v, inner) and not isinstance(v, bool) for v in value):
-                return True
-        elif isinstance(value, kinds[option]) and (option == "bool" or not isinstance(value, bool)):
-            return True
-    return False
-
-
 def open_run(run_dir: str | Path, on_event: Event = quiet, data: str | None = None) -> Trainer:
     """A finished (or running) run's trainer rebuilt from its config.json — data splits, probe set,
     source model, layers — for work from its checkpoints. ``data`` replaces a moved data folder."""
@@ -837,7 +835,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu", mmap: bool =
         state = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises many types for truncated, foreign or unsafe files
         raise FtdynError(f"cannot read checkpoint '{path}' ({type(exc).__name__}: "
-                         f"{(str(exc).strip().splitlines() or [''])[0][:160]}); it is damaged or not an ftdyn "
+                         f"{exception_line(exc)[:160]}); it is damaged or not an ftdyn "
                          f"checkpoint — move it away and use another (runs keep every epoch with --save-every-epoch)") \
             from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or \

@@ -18,15 +18,25 @@ This module imports no torch: the TUI uses it.
 
 from __future__ import annotations
 
+import errno
+import math
 import os
 import re
+import stat
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 # C0 and C1 controls, DEL, and the bidirectional overrides that reorder what a terminal shows.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]+")
 MAX_SHOWN = 400  # characters of one untrusted string shown (a 1 MB model name fills no screen)
+MESSAGE_LIMIT = 4000  # characters of an error or notice that quotes untrusted strings
+NOFOLLOW, CLOEXEC = getattr(os, "O_NOFOLLOW", 0), getattr(os, "O_CLOEXEC", 0)
+
+
+class RunFormatError(ValueError):
+    """A file of a run directory is not what ftdyn writes (worded for the user: which file, what)."""
 
 
 def visible(value: object, limit: int = MAX_SHOWN) -> str:
@@ -41,8 +51,8 @@ def visible(value: object, limit: int = MAX_SHOWN) -> str:
 
 def safe_file_name(label: str, limit: int = 80) -> str:
     """A label (a measure, a run name) as a file-name part: letters, digits and ``._+-`` only, no leading
-    dot, never empty. ``pwsm:0.5@positions`` → ``pwsm_0.5_positions``; ``../../x`` → ``x``."""
-    text = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
+    dot, never empty. ``pwsm:0.5@positions`` → ``pwsm0.5_positions``; ``../../x`` → ``x``."""
+    text = unicodedata.normalize("NFKD", str(label)).encode("ascii", "ignore").decode()
     text = _UNSAFE_NAME.sub("_", text.replace(":", "").replace("@", "_")).strip("._")
     return (text or "unnamed")[:limit]
 
@@ -63,9 +73,36 @@ def inside(run_dir: Path, relative: object) -> Path | None:
     return resolved if resolved.is_relative_to(root) and resolved != root else None
 
 
-def is_regular_file(path: Path) -> bool:
-    """A plain file, not a link, FIFO or device (opening a FIFO planted in a run would block forever)."""
+def open_plain(path: Path, flags: int = os.O_RDONLY) -> int | None:
+    """A descriptor of the plain file at ``path`` (None when there is none). A link, FIFO or device is a
+    :class:`RunFormatError`: a run directory must not make us read elsewhere, or block forever on a
+    FIFO planted under a file's name (the open itself does not wait: non-blocking)."""
     try:
-        return os.stat(path, follow_symlinks=False).st_mode & 0o170000 == 0o100000
-    except (OSError, ValueError):
-        return False
+        fd = os.open(path, flags | os.O_NONBLOCK | NOFOLLOW | CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RunFormatError(f"{path.name} is a link; a run directory's files must be plain files") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunFormatError(f"{path.name} is not a plain file")
+    return fd
+
+
+def read_plain(path: Path, offset: int = 0) -> bytes | None:
+    """The bytes of the plain file at ``path`` from ``offset`` (None when absent); see :func:`open_plain`."""
+    fd = open_plain(path)
+    if fd is None:
+        return None
+    with open(fd, "rb", closefd=True) as f:
+        f.seek(offset)
+        return f.read()
+
+
+def number_or_none(value: Any) -> float | None:
+    """A finite number read from a run directory as a float; anything else (text, NaN, a list) None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None

@@ -23,7 +23,7 @@ from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static
 from textual_plotext import PlotextPlot
 
 from engine.record import write_atomic
-from engine.untrusted import visible
+from engine.untrusted import MESSAGE_LIMIT, visible
 
 from ftdyn_tui.model import (
     CURVE_COLOURS,
@@ -561,9 +561,9 @@ class FilterScreen(Screen):
             self.notify("No image shown.", severity="warning")
             return
         path = str(by_epoch[self.epoch].resolve())
-        self.app.copy_to_clipboard(visible(path, 4000))  # OSC 52: reaches the local clipboard over SSH where allowed
-        self.notify(f"{visible(path, 4000)}\n(copied to the clipboard where the terminal allows; scp it off the box)",
-                    markup=False)
+        shown = visible(path, MESSAGE_LIMIT)
+        self.app.copy_to_clipboard(shown)  # OSC 52: reaches the local clipboard over SSH where the terminal allows
+        self.notify(f"{shown}\n(copied to the clipboard where the terminal allows; scp it off the box)", markup=False)
         self.last_written_path = path
 
 
@@ -587,7 +587,11 @@ class ResultsScreen(Screen):
     def __init__(self, run: TrackedRun, peers: list[TrackedRun] = ()):
         super().__init__()
         self.tracked = run
-        transfer = transfer_result(run, list(peers))
+        # peers are other runs: one whose settings the curve cannot use leaves the curve out, not the screen
+        try:
+            transfer = transfer_result(run, [p for p in peers if not p.problem])
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+            transfer = None
         self.results = run.results + ([transfer] if transfer else [])
 
     def compose(self) -> ComposeResult:
@@ -738,7 +742,7 @@ class FtdynApp(App):
         self.polling = False
         self.polls += 1
         if error:
-            self.notify(visible(error, 4000), severity="error", markup=False)
+            self.notify(visible(error, MESSAGE_LIMIT), severity="error", markup=False)
         if changed and hasattr(self.screen, "runs_changed"):
             self.screen.runs_changed()
 

@@ -13,11 +13,10 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from engine.untrusted import visible
+from engine.untrusted import MESSAGE_LIMIT, visible
 
 app = typer.Typer(
     help="Watch how a pretrained image network's features move while it is fine-tuned: per-layer distance "
@@ -33,13 +32,13 @@ out = Console()
 def fail(message: str) -> None:
     """The one-line error every bad input ends in: plain text (a path or a name from a shared run
     directory may hold markup or escape sequences), then exit status 2."""
-    console.print(Text.assemble(("error:", "bold red"), " ", visible(message, 4000)), highlight=False, soft_wrap=True)
+    say("error:", "bold red", message)
     raise typer.Exit(2)
 
 
 def say(label: str, style: str, message: str) -> None:
     """A 'warning:' or 'note:' line on stderr, as plain text."""
-    console.print(Text.assemble((label, style), " ", visible(message, 4000)), highlight=False, soft_wrap=True)
+    console.print(Text.assemble((label, style), " ", visible(message, MESSAGE_LIMIT)), highlight=False, soft_wrap=True)
 
 
 def split_list(values: Optional[list[str]]) -> Optional[list[str]]:
@@ -284,9 +283,9 @@ class TrainingProgress:
 
     def event(self, kind: str, **info) -> None:
         if kind == "phase":
-            self.progress.console.print(Text(visible(info["name"], 4000), style="dim"))
+            self.progress.console.print(Text(visible(info["name"], MESSAGE_LIMIT), style="dim"))
         elif kind == "warning":
-            self.progress.console.print(Text.assemble(("warning:", "yellow"), " ", visible(info["text"], 4000)))
+            self.progress.console.print(Text.assemble(("warning:", "yellow"), " ", visible(info["text"], MESSAGE_LIMIT)))
         elif kind == "scan" and info["done"] == info["total"]:
             self.progress.console.print(f"[dim]checked {info['total']} files[/]")
         elif kind == "generate":
@@ -301,7 +300,8 @@ class TrainingProgress:
             self.progress.update(self.tasks[key], completed=info["done"], info=info.get("info", ""))
         elif kind == "sweep":
             verb = "resuming" if info["resume"] else "starting"
-            self.progress.console.print(f"[bold]sweep {info['index']}/{info['total']}[/]: {verb} {escape(visible(info['name']))}")
+            self.progress.console.print(Text.assemble((f"sweep {info['index']}/{info['total']}", "bold"),
+                                                      f": {verb} {visible(info['name'])}"))
         elif kind == "epoch":
             if self.task is not None:
                 self.progress.remove_task(self.task)
@@ -559,7 +559,8 @@ def vis(
     except FtdynError as exc:
         fail(str(exc))
     folder = run_dir / "vis" / layer / f"f{filter_index:04d}"
-    out.print(Text(visible(f"drew epochs {', '.join(map(str, drawn))} → {folder} (montage-class.png, montage-sample.png)", 4000)))
+    drew = f"drew epochs {', '.join(map(str, drawn))} → {folder} (montage-class.png, montage-sample.png)"
+    out.print(Text(visible(drew, MESSAGE_LIMIT)))
 
 
 @app.command()
@@ -607,7 +608,8 @@ def report_problem(snapshot) -> str | None:
 def emit(fmt: ReportFormat, tables: dict[str, list[dict]], print_as_tables, as_json: dict | None = None) -> None:
     """Tables to stdout as JSON (``as_json`` instead where given), CSV or terminal tables."""
     if fmt == ReportFormat.json:
-        out.print_json(json.dumps(tables if as_json is None else as_json), ensure_ascii=True)  # escapes every control character
+        # ensure_ascii: every control character from a run directory is escaped
+        out.print_json(json.dumps(tables if as_json is None else as_json), ensure_ascii=True)
     elif fmt == ReportFormat.csv:
         sys.stdout.write(tables_as_csv(tables))
     else:
@@ -688,7 +690,7 @@ def run_posthoc(work) -> tuple[dict, Path]:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: nothing was written")
         raise typer.Exit(130)
-    console.print(Text.assemble(("wrote", "green"), " ", visible(str(path), 4000)))
+    console.print(Text.assemble(("wrote", "green"), " ", visible(str(path), MESSAGE_LIMIT)))
     for note in result.get("notes", []):
         say("note:", "yellow", note)
     return result, path

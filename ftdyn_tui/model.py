@@ -10,7 +10,6 @@ from __future__ import annotations
 import colorsys
 import csv
 import io
-import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.untrusted import inside, is_regular_file, safe_file_name, visible
+from engine.untrusted import RunFormatError, inside, number_or_none, read_plain, safe_file_name, visible
 from engine.analyses import declared_parts, dig, measure_rows, part_value, read_results, series_matrix
 from engine.record import (
     VIS_INDEX,
@@ -333,8 +332,7 @@ def filter_rows(run: TrackedRun, layer: str) -> tuple[list[FilterRow], int | Non
         dead = dig(entry, "layers", layer, view, "dead")
         dead = dead if isinstance(dead, int) else None
         values = dig(entry, "layers", layer, view, "per_filter", metric)
-        distances = {i: float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
-                     for i, v in enumerate(values if isinstance(values, list) else [])}
+        distances = dict(enumerate(map(number_or_none, values if isinstance(values, list) else [])))
     indices = set(distances) | set(images)
     rows = [FilterRow(i, distances.get(i), chosen.get(i), images.get(i, 0)) for i in indices]
     rows.sort(key=lambda row: (row.distance is None, -(row.distance or 0.0), row.index))
@@ -348,7 +346,7 @@ def filter_images(run: TrackedRun, layer: str, index: int) -> dict[tuple[str, st
     found: dict[tuple[str, str], dict[int, Path]] = {}
     for entry in run.vis:
         if entry["layer"] == layer and entry["filter"] == index:
-            path = inside(run.path / "vis", entry["path"])
+            path = inside(run.path, f"vis/{entry['path']}")  # against the run itself: vis/ may be a link
             if path is None:
                 continue
             label = entry["class"] if entry["kind"] == "class" else f"{entry['class']} #{entry['image']}"
@@ -368,10 +366,14 @@ def load_picture(path: Path):
     not a plain file (drawn as a message instead of failing the screen)."""
     from PIL import Image
 
-    if not is_regular_file(path):
-        return None, f"{path.name} is missing or not a plain file"
     try:
-        with Image.open(path) as image:
+        data = read_plain(path)
+    except (OSError, RunFormatError) as exc:
+        return None, f"{path.name} cannot be read ({exc})"
+    if data is None:
+        return None, f"{path.name} is missing"
+    try:
+        with Image.open(io.BytesIO(data)) as image:
             image.load()
             return image.copy(), None
     except Exception as exc:  # noqa: BLE001 — Pillow raises many types for damaged files
@@ -458,7 +460,7 @@ def heatmap_text(row_labels: list[str], column_labels: list[str], matrix: np.nda
     for k in range(len(HEAT_RAMP)):
         r, g, b = HEAT_RAMP[k]
         text.append("  ", style=f"on rgb({r},{g},{b})")
-    text.append(f" {high:.3g}" + (f"  {unit}" if unit else ""))
+    text.append(f" {high:.3g}" + (f"  {visible(unit, 60)}" if unit else ""))
     return text
 
 

@@ -28,12 +28,25 @@ def epochs_recorded(run_dir: Path) -> list[int]:
     return [r["epoch"] for r in read_run(run_dir).epochs]
 
 
-def start(out: Path, data: Path, *extra) -> subprocess.Popen:
-    return subprocess.Popen(run_command("--out", out, "--data", data, *TINY_RUN, *extra),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+@pytest.fixture()
+def start():
+    """Start `ftdyn run` in the background; whatever a test leaves running is killed after it."""
+    started = []
+
+    def launch(out: Path, data: Path, *extra) -> subprocess.Popen:
+        process = subprocess.Popen(run_command("--out", out, "--data", data, *TINY_RUN, *extra),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        started.append(process)
+        return process
+
+    yield launch
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
-def test_second_writer_and_resume_of_a_live_run_are_refused_then_sigterm_interrupts(tmp_path, shapes_data):
+def test_second_writer_and_resume_of_a_live_run_are_refused_then_sigterm_interrupts(tmp_path, shapes_data, start):
     out = tmp_path / "run"
     first = start(out, shapes_data, "--epochs", "200")  # long enough to still be running whatever the machine
     assert wait_for(lambda: len(read_run(out).epochs) >= 1)
@@ -44,6 +57,9 @@ def test_second_writer_and_resume_of_a_live_run_are_refused_then_sigterm_interru
         assert second.returncode == 2 and "Traceback" not in second.stderr
         error = [line for line in second.stderr.splitlines() if line.startswith("error:")]
         assert len(error) == 1 and f"pid {first.pid} on host" in error[0] and "being written" in error[0], second.stderr
+    drawing = subprocess.run([sys.executable, "-m", "ftdyn_tui.cli", "vis", str(out), "--layer", "layer1.1", "--filter",
+                              "0"], capture_output=True, text=True, timeout=120)  # the run's images: its writer's
+    assert drawing.returncode == 2 and "being written" in drawing.stderr and "Traceback" not in drawing.stderr
     first.send_signal(signal.SIGTERM)  # a scheduler's pre-emption, `kill`, `docker stop`
     _, stderr = first.communicate(timeout=120)
     assert first.returncode == 130 and "Traceback" not in stderr
@@ -57,7 +73,7 @@ def test_second_writer_and_resume_of_a_live_run_are_refused_then_sigterm_interru
     assert epochs_recorded(out) == list(range(done[-1] + 2)) and read_run(out).state == "finished"
 
 
-def test_a_killed_writer_leaves_no_stale_lock_and_reads_as_stalled_at_once(tmp_path, shapes_data):
+def test_a_killed_writer_leaves_no_stale_lock_and_reads_as_stalled_at_once(tmp_path, shapes_data, start):
     out = tmp_path / "run"
     process = start(out, shapes_data, "--epochs", "200")
     assert wait_for(lambda: len(read_run(out).epochs) >= 1)
@@ -78,7 +94,7 @@ def test_lock_names_its_holder_and_dies_with_it(tmp_path):
         RunLock({str(tmp_path)!r}).acquire()
         print("held", flush=True)
         time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True)
+    """)], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(RunLocked, match=f"pid {holder.pid} on host"):
         RunLock(tmp_path).acquire()
@@ -139,7 +155,7 @@ def test_empty_class_folder_is_refused_by_name(tmp_path, shapes_data, cli):
 @pytest.mark.parametrize("where", ["out-in-data", "data-in-out"])
 def test_out_and_data_must_not_nest(tmp_path, shapes_data, cli, where):
     data = tmp_path / "data"
-    shutil.copytree(shapes_data, data)
+    shutil.copytree(shapes_data / "train", data)  # one folder of class folders: a run inside would be a class
     if where == "out-in-data":
         result = run(cli, data, data / "runs" / "r1")
         assert_clean_error(result, "inside --data", "outside the data folder")
@@ -147,6 +163,13 @@ def test_out_and_data_must_not_nest(tmp_path, shapes_data, cli, where):
         result = run(cli, data, tmp_path)
         assert_clean_error(result, "inside --out")
     assert not (data / "runs").exists()
+
+
+def test_runs_beside_train_and_val_are_allowed(tmp_path, shapes_data, cli):
+    data = tmp_path / "data"
+    shutil.copytree(shapes_data, data)  # train/ and val/: only they are scanned
+    assert run(cli, data, data / "runs" / "r1").exit_code == 0
+    assert_clean_error(run(cli, data, data / "train" / "r2"), "inside --data")
 
 
 @pytest.mark.parametrize("args,fragment", [
@@ -166,9 +189,20 @@ def test_out_that_is_a_file(tmp_path, shapes_data, cli):
     assert_clean_error(run(cli, shapes_data, tmp_path / "run"), "is a file, not a folder")
 
 
-def finished_run(tmp_path: Path, shapes_data: Path, cli) -> Path:
+@pytest.fixture(scope="module")
+def one_finished_run(tmp_path_factory, shapes_data) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "run"
+    subprocess.run(run_command("--out", out, "--data", shapes_data, "--epochs", "1", *TINY_RUN), check=True,
+                   capture_output=True, timeout=300)
+    return out
+
+
+@pytest.fixture()
+def finished_run(tmp_path, one_finished_run) -> Path:
+    """A copy of one finished 1-epoch run, for a test to damage."""
     out = tmp_path / "run"
-    assert run(cli, shapes_data, out).exit_code == 0
+    shutil.copytree(one_finished_run, out)
+    (out / ".writer.lock").unlink(missing_ok=True)
     return out
 
 
@@ -189,8 +223,8 @@ def test_out_of_memory_is_recorded_as_failed_and_keeps_the_records(tmp_path, sha
 
 
 @pytest.mark.parametrize("damage", ["truncated", "pickle", "wrong-shapes", "not-a-checkpoint"])
-def test_damaged_checkpoint_on_resume_is_one_line_and_loses_nothing(tmp_path, shapes_data, cli, damage):
-    out = finished_run(tmp_path, shapes_data, cli)
+def test_damaged_checkpoint_on_resume_is_one_line_and_loses_nothing(tmp_path, finished_run, cli, damage):
+    out = finished_run
     last = out / "checkpoints" / "last.pt"
     before = (out / "records.jsonl").read_bytes()
     if damage == "truncated":
@@ -215,12 +249,12 @@ def test_damaged_checkpoint_on_resume_is_one_line_and_loses_nothing(tmp_path, sh
 @pytest.mark.parametrize("config,fragment", [
     ("[]", "holds a list"),
     ("{not json", "config.json is not valid JSON"),
-    ('{"run": {"model": 3}, "dataset": {"classes": []}, "model": {}, "layers": []}', "setting 'model' is not str"),
+    ('{"run": {"model": 3}, "dataset": {"classes": []}, "model": {}, "layers": []}', "'run.model' is not str"),
     ('{"run": {"wings": 2}, "dataset": {"classes": []}, "model": {}, "layers": []}', "unknown setting 'wings'"),
     ('{"schema": 2}', "no run, dataset, model and layers settings"),
 ])
-def test_foreign_or_damaged_config_on_resume_and_vis(tmp_path, shapes_data, cli, config, fragment):
-    out = finished_run(tmp_path, shapes_data, cli)
+def test_foreign_or_damaged_config_on_resume_and_vis(finished_run, cli, config, fragment):
+    out = finished_run
     (out / "config.json").write_text(config)
     assert_clean_error(cli("run", "--out", out, "--resume", "--epochs", "2"), fragment)
     assert_clean_error(cli("vis", out, "--layer", "layer1", "--filter", "0"), fragment)

@@ -14,7 +14,7 @@ import pytest
 
 import textual_image.widget  # noqa: F401  (textual-image queries the terminal on import: before any app)
 from run_factory import write_fake_run
-from engine.record import MAX_FOLDERS, VIS_INDEX, find_runs, read_run, read_vis_index
+from engine.record import VIS_INDEX, find_runs, read_run, read_vis_index
 from engine.untrusted import inside, safe_file_name, visible
 from ftdyn_tui.app import DynamicsScreen, FilterScreen, RunsScreen, create_app
 from ftdyn_tui.model import (
@@ -108,7 +108,8 @@ def test_report_prints_hostile_strings_as_plain_text(cli, hostile_runs, monkeypa
     for fmt in ("table", "csv", "json"):
         result = cli("report", root, "--format", fmt)
         assert result.exit_code == 0, result.output
-        assert "\x1b" not in result.output and "\x07" not in result.output and "\u202e" not in result.output
+        for raw in ("\x1b]52", "\x1b[2J", "\x1b]0", "\x07", "\u202e"):  # (styling escapes may be on: FORCE_COLOR)
+            assert raw not in result.output
         if fmt != "json":
             assert "[/x][bold]" in result.output  # shown, not parsed as markup (it used to crash the report)
     assert "run [v2]" in cli("report", root).output  # a folder name with brackets is shown whole
@@ -179,7 +180,8 @@ def malformed_runs(root: Path) -> dict[str, str]:
     path = variant("linked-status", "is a link") / "status.json"
     path.unlink()
     os.symlink("/etc/hostname", path)
-    with open(variant("index-without-filter", "vis/index.jsonl line 19 is not an ftdyn entry ('filter' is not") / VIS_INDEX, "a") as f:
+    no_filter = variant("index-without-filter", "vis/index.jsonl line 19 is not an ftdyn entry ('filter' is not")
+    with open(no_filter / VIS_INDEX, "a") as f:
         f.write(json.dumps({"layer": "block0", "epoch": 1, "kind": "class", "class": "disc", "path": "x.png"}) + "\n")
     config = json.loads((root / "good" / "config.json").read_text())
     config["layers"] = [{"shape": [1]}]
@@ -242,10 +244,13 @@ def test_discovery_is_bounded_and_lists_a_linked_run_once(tmp_path, monkeypatch)
     os.symlink(root / "a", root / "b")  # the same run through a second path
     os.symlink(root, root / "a" / "up")  # and a loop
     assert [p.name for p in find_runs(root)] == ["run1"]
-    monkeypatch.setattr("engine.record.MAX_FOLDERS", 3)
-    for i in range(10):
-        (root / f"empty{i}").mkdir()
-    assert len(list(find_runs(root))) <= 1 and MAX_FOLDERS > 3
+    for i in range(2, 11):
+        write_fake_run(root / f"c{i}" / f"run{i}", epochs=0, vis=False)
+    assert len(list(find_runs(root))) == 10
+    monkeypatch.setattr("engine.record.MAX_FOLDERS", 6)  # the runs folder, a, run1, c10, run10, c2: two runs
+    assert [p.name for p in find_runs(root)] == ["run1", "run10"]
+    monkeypatch.setattr("engine.record.MAX_DEPTH", 1)  # runs two levels down are out of reach
+    assert list(find_runs(root)) == []
 
 
 # ------------------------------------------------------------------------------------------------
@@ -315,11 +320,12 @@ def corrupt(run: Path, rng: random.Random) -> str:
 
 def read_everything(path: Path, peers: list[TrackedRun]) -> None:
     """What the report and every screen of the app compute from one run."""
+    from engine.report import build_report
     from ftdyn_tui.cli import report_problem
 
     snapshot = read_run(path)
-    if not snapshot.problem:
-        report_problem(snapshot)
+    if not snapshot.problem and not report_problem(snapshot):
+        build_report([snapshot, *(peer.snapshot() for peer in peers)])
     read_vis_index_safely(path)
     workspace = Workspace([path])
     workspace.poll()
@@ -369,17 +375,18 @@ def test_fuzz_no_corruption_escapes_the_reader_report_or_app_model(tmp_path, cap
         "series": {"held_out_loss": [1.0, 1.5, 1.1]}, "barriers": {"held_out_loss": 0.45},
         "settings": {"epoch": 3, "points": 3}, "notes": ["n"]}))
     rng = random.Random(20261127)
+    peer = TrackedRun(pristine)  # a good run beside each corrupted one: the multi-run tables meet both
+    peer.refresh()
     tried = 0
     for trial in range(300):
         run = tmp_path / f"fuzz{trial}"
         shutil.copytree(pristine, run, symlinks=True)
         done = [corrupt(run, rng) for _ in range(rng.randint(1, 3))]
         try:
-            read_everything(run, [])
+            read_everything(run, [peer])
         except Exception as exc:  # noqa: BLE001
             pytest.fail(f"trial {trial} ({'; '.join(done)}): {type(exc).__name__}: {exc}")
         shutil.rmtree(run)
         tried += 1
     with capsys.disabled():
         print(f"\nfuzz: {tried} corrupted run directories read without an exception")
-    assert tried == 300

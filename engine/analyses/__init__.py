@@ -44,9 +44,10 @@ This module imports no torch: the TUI reads declarations and sections through it
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
+
+from engine.untrusted import number_or_none, read_plain
 
 RESULTS_DIR = "analyses"  # RUN/analyses/<name>-<tag>.json: post-hoc results
 DISPLAY_KINDS = ("series", "curve", "matrix")
@@ -85,7 +86,7 @@ def part_value(record: dict[str, Any], part: dict[str, Any], measure: str, row: 
         value = dig(record, section, row, view, "values", metric)
     else:
         value = dig(record, section, view, metric, row)
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+    return number_or_none(value)
 
 
 def dig(value: Any, *keys: str) -> Any:
@@ -121,11 +122,12 @@ def read_results(run_dir: str | Path) -> list[dict[str, Any]]:
         return []
     found = []
     for path in sorted(folder.glob("*.json")):
-        if path.is_symlink() or not path.is_file():
-            continue
         try:
-            result = json.loads(path.read_text())
-        except (OSError, ValueError, RecursionError) as exc:
+            data = read_plain(path)
+            if data is None:
+                continue
+            result = json.loads(data)
+        except (OSError, ValueError, RecursionError) as exc:  # RunFormatError (a link, a FIFO) is a ValueError
             found.append({"name": path.stem, "file": path.name, "problem": f"unreadable ({type(exc).__name__})"})
             continue
         if isinstance(result, dict) and result.get("display") in DISPLAY_KINDS:
