@@ -44,11 +44,11 @@ class RunLocked(FtdynError):
     """Another live process writes this run directory."""
 
 
-def lock_scope(path: Path) -> str | None:
+def lock_scope(path: Path, mountinfo: str | None = None) -> str | None:
     """None when the file system under ``path`` enforces the lock between hosts (or is local); else a
-    sentence saying why it only excludes writers on this host."""
+    sentence saying why it only excludes writers on this host. ``mountinfo``: /proc/self/mountinfo's text."""
     try:
-        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+        mounts = (mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()).splitlines()
         target = str(path.resolve())
     except OSError:
         return None
