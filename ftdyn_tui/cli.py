@@ -20,7 +20,9 @@ from engine.untrusted import MESSAGE_LIMIT, visible
 
 app = typer.Typer(
     help="Watch how a pretrained image network's features move while it is fine-tuned: per-layer distance "
-         "to the source model every epoch, next to accuracy.",
+         "to the source model every epoch, next to accuracy. Definitions: docs/METRICS.md (metrics and views), "
+         "docs/ANALYSES.md (drift, barriers, criticality, block shuffling), docs/RUN-DIRECTORY.md (what a run "
+         "records), in the repository.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -104,7 +106,7 @@ def run(
                                                                    "seed, on which distances are measured."),
     metrics: Optional[list[str]] = typer.Option(None, "--metrics", help="pwsm[:α], procrustes, cka, each optionally "
                                                                        "@view (default: pwsm,procrustes,cka)."),
-    view: str = typer.Option("positions", "--view", help="positions, pooled, flat, filter or filter-map (METRICS.md)."),
+    view: str = typer.Option("positions", "--view", help="positions, pooled, flat, filter, filter-map or cls (docs/METRICS.md)."),
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="PWSM α for a plain 'pwsm' metric."),
     every_steps: int = typer.Option(0, "--every-steps", min=0, help="Also measure every N training steps (0: per epoch only)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
