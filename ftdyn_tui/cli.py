@@ -569,9 +569,14 @@ def vis(
 def report(
     runs: list[Path] = typer.Argument(..., help="Run directories (or folders holding runs)."),
     fmt: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table (terminal), csv or json."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Write into this folder instead of printing: with "
+                                           "--format csv one file per table (accuracy.csv, reusability.csv, …, "
+                                           "each readable by pandas.read_csv), with json report.json."),
 ) -> None:
     """The paper's tables: accuracy (Table 1), reusability mean ± std (Table 2), metric correlation,
     and per-layer distances by epoch."""
+    if out_dir is not None and fmt == ReportFormat.table:
+        fail("--out writes files: add --format csv (one file per table) or --format json")
     from engine.record import find_runs, read_run
     from engine.report import build_report
 
@@ -592,7 +597,10 @@ def report(
             readable.append(snapshot)
     if not readable:
         fail("no readable run to report" + (" (see above)" if snapshots else ""))
-    emit(fmt, build_report(readable), print_tables)
+    if out_dir is not None:
+        write_tables(fmt, build_report(readable), out_dir)
+    else:
+        emit(fmt, build_report(readable), print_tables)
 
 
 def report_problem(snapshot) -> str | None:
@@ -705,17 +713,38 @@ def emit_posthoc(result: dict, path: Path, fmt: "ReportFormat") -> None:
 
 
 def tables_as_csv(tables: dict[str, list[dict]]) -> str:
-    """All tables in one CSV stream, each preceded by a '# name' line (nested cells as JSON)."""
+    """All tables in one CSV stream, each preceded by a '# name' line."""
+    return "".join(f"# {name}\n{table_csv(rows)}\n" for name, rows in tables.items())
+
+
+def table_csv(rows: list[dict]) -> str:
+    """One table as CSV with a header row (every column any row has; nested cells as JSON, text from run
+    directories with control characters made visible); empty for a table without rows."""
+    if not rows:
+        return ""
     buffer = io.StringIO()
-    for name, rows in tables.items():
-        buffer.write(f"# {name}\n")
-        if rows:
-            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else visible(v, 10_000)
-                              if isinstance(v, str) else v for k, v in row.items()} for row in rows)
-        buffer.write("\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
+    writer.writeheader()
+    writer.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else visible(v, 10_000)
+                      if isinstance(v, str) else v for k, v in row.items()} for row in rows)
     return buffer.getvalue()
+
+
+def write_tables(fmt: ReportFormat, tables: dict[str, list[dict]], folder: Path) -> None:
+    """--out: one CSV file per table (each one ``pandas.read_csv`` reads as it is), or report.json."""
+    from engine.record import write_atomic
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if fmt == ReportFormat.json:
+            files = {"report.json": json.dumps(tables, indent=1)}
+        else:
+            files = {f"{name}.csv": table_csv(rows) for name, rows in tables.items()}
+        for name, text in files.items():
+            write_atomic(folder / name, text.encode())
+    except OSError as exc:
+        fail(f"cannot write the report into '{folder}' ({exc.strerror}); choose another --out")
+    say("wrote", "green", f"{', '.join(files)} into {folder}")
 
 
 def fmt_number(value, digits: int = 3) -> str:

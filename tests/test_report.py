@@ -47,3 +47,29 @@ def test_pearson_properties():
     assert pearson(x, [2 * v + 7 for v in x]) == pytest.approx(1.0)  # invariant to affine maps
     assert pearson(x, [1.0, 1.0, 1.0, 1.0]) is None and pearson([1.0], [2.0]) is None
     assert pearson(x, [0.3, -1.0, 2.0, 0.1]) == pytest.approx(np.corrcoef(x, [0.3, -1.0, 2.0, 0.1])[0, 1])
+
+
+def test_report_writes_one_csv_per_table_that_reads_back_as_the_table(tmp_path, cli):
+    import csv
+    import json
+
+    write_fake_run(tmp_path / "runs" / "a", epochs=3, layers=2, vis=False)
+    write_fake_run(tmp_path / "runs" / "b", epochs=2, layers=2, vis=False)
+    tables = build_report([read_run(tmp_path / "runs" / name) for name in ("a", "b")])
+    result = cli("report", tmp_path / "runs", "--format", "csv", "--out", tmp_path / "csv")
+    assert result.exit_code == 0, result.output
+    written = sorted(p.stem for p in (tmp_path / "csv").glob("*.csv"))
+    assert written == sorted(tables)
+    for name, rows in tables.items():
+        with open(tmp_path / "csv" / f"{name}.csv", newline="") as f:
+            read = list(csv.DictReader(f))
+        assert len(read) == len(rows), name  # a header row, then one line per row: no '# name' lines
+        for got, row in zip(read, rows):
+            assert list(got) == list(dict.fromkeys(k for r in rows for k in r))
+            for key, value in row.items():
+                expected = json.dumps(value) if isinstance(value, (dict, list)) else "" if value is None else str(value)
+                assert got[key] == expected, (name, key)
+    assert cli("report", tmp_path / "runs", "--format", "json", "--out", tmp_path / "js").exit_code == 0
+    assert json.loads((tmp_path / "js" / "report.json").read_text()) == json.loads(json.dumps(tables))
+    refused = cli("report", tmp_path / "runs", "--out", tmp_path / "x")
+    assert refused.exit_code == 2 and "--format csv" in refused.output and not (tmp_path / "x").exists()
