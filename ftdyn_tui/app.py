@@ -27,6 +27,7 @@ from engine.untrusted import MESSAGE_LIMIT, visible
 
 from ftdyn_tui.model import (
     CURVE_COLOURS,
+    RUN_PALETTE,
     SMOOTHING_STEPS,
     TrackedRun,
     Workspace,
@@ -40,12 +41,12 @@ from ftdyn_tui.model import (
     layer_colour,
     load_picture,
     measure_rows,
+    overlay_styles,
     part_series,
     positive_only,
     result_label,
     result_summary,
     reusability_rows,
-    run_colour,
     smooth,
     transfer_result,
 )
@@ -319,9 +320,11 @@ class DynamicsScreen(Screen):
         plt.clear_data()
         plt.clear_figure()
         overlay = len(self.runs) > 1
+        styles = overlay_styles(self.runs, self.app.workspace.first_seen)
         points = 0
+        self.series_styles = []
         for run in self.runs:
-            hue = run_colour(run) if overlay else None
+            base, marker = styles[run.path] if overlay else (None, "braille")
             rows = measure_rows(run.part(self.part), self.measure)
             for depth, row in enumerate(rows):
                 xs, ys = part_series(run, self.part, self.measure, row, self.x_axis)
@@ -330,7 +333,9 @@ class DynamicsScreen(Screen):
                     xs, ys = positive_only(xs, ys)
                 if xs:
                     label = visible(f"{run.name} · {row}" if overlay else row, 60)
-                    plt.plot(xs, ys, label=label, color=layer_colour(hue, depth, len(rows)), marker="braille")
+                    colour = layer_colour(base, depth, len(rows))
+                    plt.plot(xs, ys, label=label, color=colour, marker=marker)
+                    self.series_styles.append((label, colour, marker))
                     points += len(xs)
         plt.yscale("log" if self.log_y else "linear")
         options = [visible(self.measure if self.part == "distance" else f"{self.part} · {self.measure}", 80)]
@@ -348,14 +353,15 @@ class DynamicsScreen(Screen):
         plt = widget.plt
         plt.clear_data()
         plt.clear_figure()
+        styles = overlay_styles(self.runs, self.app.workspace.first_seen)
         for run in self.runs:
-            hue = run_colour(run) if len(self.runs) > 1 else 0.33
+            base, marker = styles[run.path] if len(self.runs) > 1 else (RUN_PALETTE[4], "braille")
             for split, depth in (("held_out", 1), ("train", 0)):
                 xs, ys = accuracy_series(run, split, "accuracy")
                 if xs:
                     name = "held-out" if split == "held_out" else "train"
                     label = visible(f"{run.name} {name}" if len(self.runs) > 1 else name, 60)
-                    plt.plot(xs, ys, label=label, color=layer_colour(hue, depth, 2), marker="braille")
+                    plt.plot(xs, ys, label=label, color=layer_colour(base, depth, 2), marker=marker)
         plt.title("accuracy")
         plt.ylim(0, 1)
         widget.refresh()

@@ -216,3 +216,43 @@ def test_snapshot_filter_screen(snap_compare, snapshot_runs):
 def test_snapshot_at_80_by_24(snap_compare, snapshot_runs):
     assert snap_compare(create_app([snapshot_runs], images="halfcell"), press=["space", "down", "space", "enter"],
                         terminal_size=(80, 24))
+
+
+def redmean(a, b) -> float:
+    """A perceptual colour difference for RGB (the 'redmean' approximation)."""
+    r = (a[0] + b[0]) / 2
+    dr, dg, db = (x - y for x, y in zip(a, b))
+    return ((2 + r / 256) * dr * dr + 4 * dg * dg + (2 + (255 - r) / 256) * db * db) ** 0.5
+
+
+def test_overlay_colours_follow_first_appearance_and_never_collide(tmp_path):
+    from itertools import combinations
+
+    from ftdyn_tui.model import RUN_PALETTE, Workspace, layer_colour, overlay_styles
+
+    root = tmp_path / "runs"
+    for i in range(11):
+        write_fake_run(root / f"run{i:02d}", epochs=1, layers=5, vis=False)
+    workspace = Workspace([root])
+    workspace.poll()
+    runs = workspace.ordered()
+    for overlay in (runs[:3], runs[:6]):  # the demo's three runs; six runs
+        styles = overlay_styles(overlay, workspace.first_seen)
+        colours = [layer_colour(styles[run.path][0], depth, 5) for run in overlay for depth in range(5)]
+        assert min(redmean(a, b) for a, b in combinations(colours, 2)) >= 30
+        assert len({marker for _, marker in styles.values()}) == len(overlay)
+    assert overlay_styles([runs[3]], workspace.first_seen)[runs[3].path][0] == RUN_PALETTE[3]  # stable
+    late = overlay_styles([runs[0], runs[10]], workspace.first_seen)  # 11 runs, 10 colours: no clash
+    assert late[runs[0].path] != late[runs[10].path]
+
+
+async def test_overlay_draws_every_series_in_its_own_colour(runs_dir):
+    app = create_app([runs_dir])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("space", "down", "space", "down", "space", "enter")
+        screen = app.screen
+        assert isinstance(screen, DynamicsScreen) and len(screen.runs) == 3
+        colours = [colour for _, colour, _ in screen.series_styles]
+        assert len(colours) == len(set(colours)) == sum(len(r.layers) for r in screen.runs)
+        assert len({marker for _, _, marker in screen.series_styles}) == 3
