@@ -628,11 +628,11 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = False) 
 
 
 def per_filter_changes(layers: dict[str, dict]) -> dict[str, np.ndarray]:
-    """Per layer, the per-filter distance of the first filter-view measure (how far each filter
-    moved); layers without one are ranked by the visualiser itself."""
+    """Per layer, how far each filter moved: the first filter-view measure's per-filter distances, else
+    the per-filter angle the `positions` view gives for free (METRICS.md, "Ranking filters")."""
     changes = {}
     for layer, views in layers.items():
-        for entry in views.values():
+        for _, entry in sorted(views.items(), key=lambda item: item[0] not in ("filter", "filter-map")):
             if entry.get("per_filter"):
                 first = next(iter(entry["per_filter"].values()))
                 changes[layer] = np.array([np.nan if v is None else v for v in first], dtype=np.float64)

@@ -27,6 +27,7 @@ from engine.untrusted import MESSAGE_LIMIT, visible
 
 from ftdyn_tui.model import (
     CURVE_COLOURS,
+    NO_RANKING,
     RUN_PALETTE,
     SMOOTHING_STEPS,
     TrackedRun,
@@ -451,7 +452,7 @@ class FilterScreen(Screen):
     FilterScreen #layers { height: 9; }
     FilterScreen #images Horizontal { height: 1fr; }
     FilterScreen .picture { width: 1fr; height: auto; max-height: 100%; }
-    FilterScreen #caption { height: 3; }
+    FilterScreen #caption { height: auto; max-height: 6; }
     """
 
     def __init__(self, run: TrackedRun):
@@ -462,6 +463,7 @@ class FilterScreen(Screen):
         self.kind = "class"
         self.label_index = 0
         self.epoch: int | None = None
+        self.ranking_note: str | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -497,8 +499,10 @@ class FilterScreen(Screen):
         for row in rows:
             table.add_row(str(row.index), fmt(row.distance), plain(row.chosen_by or ""), str(row.images),
                           key=str(row.index))
-        table.border_title = plain(f"{self.current_layer} · {measure or 'no filter view'} · "
+        table.border_title = plain(f"{self.current_layer} · {measure or 'not ranked'} · "
                                    f"dead {dead if dead is not None else '?'}")
+        table.border_subtitle = None if measure else plain("no per-filter measure: see the caption")
+        self.ranking_note = None if measure else NO_RANKING
         if rows:
             table.move_cursor(row=min(cursor, len(rows) - 1) if keep else 0)
             self.filter_index = int(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
@@ -529,9 +533,9 @@ class FilterScreen(Screen):
         if not by_epoch:
             source.image = current.image = None
             self.shown_paths = {"source": None, "current": None}
-            caption.update(plain("No images for this filter. Runs draw them with --vis (the default); "
-                                 f"`ftdyn vis RUN --layer {self.current_layer} --filter {self.filter_index}` draws any "
-                                 "filter from saved checkpoints."))
+            caption.update(self.caption_text([
+                "No images for this filter. Runs draw them with --vis (the default); `ftdyn vis RUN --layer "
+                f"{self.current_layer} --filter {self.filter_index}` draws any filter from saved checkpoints."]))
             return
         epochs = sorted(by_epoch)
         if self.epoch not in epochs:
@@ -542,7 +546,11 @@ class FilterScreen(Screen):
         problems = [problem for _, problem in pictures if problem]
         lines = [f"filter {self.filter_index} · {self.kind}-based · {label}",
                  f"left: source (epoch 0)   right: epoch {self.epoch}  [{epochs[0]}…{epochs[-1]}]"] + problems[:1]
-        caption.update(Text("\n").join(plain(line) for line in lines))
+        caption.update(self.caption_text(lines))
+
+    def caption_text(self, lines: list[str]) -> Text:
+        """The caption's lines as plain text, after why the filters are not ranked where they are not."""
+        return Text("\n").join(plain(line) for line in ([self.ranking_note] if self.ranking_note else []) + lines)
 
     def action_epoch(self, step: int) -> None:
         by_epoch, _ = self.shown()

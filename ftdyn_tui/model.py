@@ -327,9 +327,21 @@ class FilterRow:
     images: int
 
 
+CHANNEL_ANGLE_MEASURE = "channel-angle@positions"
+NO_RANKING = ("not ranked: this run recorded no distance per filter (runs since ftdyn records the `positions` "
+              "view's channel angle rank every filter; add procrustes@filter to --metrics for the paper's measure)")
+
+
 def filter_measure(run: TrackedRun) -> str | None:
-    """The first measure on a filter view (it gives a distance per filter)."""
-    return next((m for m in run.measures if m.rpartition("@")[2] in ("filter", "filter-map")), None)
+    """The measure that ranks a layer's filters: the first measure on a filter view, else the channel angle
+    of the `positions` view (METRICS.md, "Ranking filters"), else None (a run recorded before either)."""
+    measure = next((m for m in run.measures if m.rpartition("@")[2] in ("filter", "filter-map")), None)
+    if measure is None and run.epochs:
+        layers = run.epochs[-1].get("layers")
+        if isinstance(layers, dict) and any(dig(entry, "positions", "per_filter", "channel-angle") is not None
+                                            for entry in layers.values()):
+            measure = CHANNEL_ANGLE_MEASURE
+    return measure
 
 
 def filter_rows(run: TrackedRun, layer: str) -> tuple[list[FilterRow], int | None, str | None]:

@@ -40,7 +40,30 @@ def test_whole_layer_views_match_reference_on_their_matrices(view, to_matrix):
     expected = reference_values(to_matrix(a), to_matrix(b))
     for label, value in expected.items():
         assert result.values[label] == pytest.approx(value, abs=TOL), label
-    assert result.per_filter == {} and result.dead_filters == 0
+    assert result.dead_filters == 0
+    if view == "positions":  # the channel angle, from a reference on each column of the same matrices
+        X, Y = to_matrix(a), to_matrix(b)
+        expected = [np.arccos(abs(np.corrcoef(X[:, j], Y[:, j])[0, 1])) for j in range(X.shape[1])]
+        np.testing.assert_allclose(result.per_filter["channel-angle"], expected, atol=1e-10)
+        assert list(result.per_filter) == ["channel-angle"]
+    else:
+        assert result.per_filter == {}
+
+
+def test_channel_angle_is_each_filter_alone_under_every_metric():
+    a, b = activations(2, n=10)
+    a[:, 1] = 0.0  # a dead filter
+    b[:, 2] = -3.0 * a[:, 2] + 1.5  # an affine change of sign and scale: not a move
+    b[:, 3] = a[:, 3]  # unchanged
+    angles = layer_distance(a, b, ["pwsm"], view="positions").per_filter["channel-angle"]
+    assert np.isnan(angles[1]) and angles[2] < 1e-7 and angles[3] < 1e-7
+    for j in (0, 4, 5):
+        alone = layer_distance(a[:, j:j + 1], b[:, j:j + 1], ["pwsm:0", "pwsm:0.5", "pwsm:1", "procrustes", "cka"],
+                               view="positions").values
+        for alpha in ("pwsm:0", "pwsm:0.5", "pwsm:1"):
+            assert alone[alpha] == pytest.approx(angles[j], abs=1e-10)
+        assert alone["procrustes"] == pytest.approx(2 - 2 * np.cos(angles[j]), abs=1e-10)
+        assert alone["cka"] == pytest.approx(1 - np.cos(angles[j]) ** 2, abs=1e-10)
 
 
 def test_filter_view_matches_per_filter_reference_and_layer_mean():

@@ -256,3 +256,43 @@ async def test_overlay_draws_every_series_in_its_own_colour(runs_dir):
         colours = [colour for _, colour, _ in screen.series_styles]
         assert len(colours) == len(set(colours)) == sum(len(r.layers) for r in screen.runs)
         assert len({marker for _, _, marker in screen.series_styles}) == 3
+
+
+def positions_only(run_dir, channel_angle: bool) -> None:
+    """Rewrite a fake run as one recorded with the default measures (no filter view): with the channel
+    angle runs record now, or without it (a run from before)."""
+    import json
+
+    config = json.loads((run_dir / "config.json").read_text())
+    config["measures"] = [m for m in config["measures"] if m["view"] == "positions"]
+    (run_dir / "config.json").write_text(json.dumps(config))
+    records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
+    for record in records:
+        for layer, views in record["layers"].items():
+            moved = views.pop("filter")["per_filter"]["procrustes"]
+            if channel_angle:
+                views["positions"]["per_filter"] = {"channel-angle": moved}
+    (run_dir / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+async def test_filters_are_ranked_with_the_default_measures_and_say_why_when_they_cannot(tmp_path):
+    root = tmp_path / "runs"
+    for name, angle in (("new", True), ("old", False)):
+        write_fake_run(root / name, epochs=3)
+        positions_only(root / name, channel_angle=angle)
+    app = create_app([root])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("f")  # "new" is listed first
+        screen = app.screen
+        assert isinstance(screen, FilterScreen) and screen.tracked.name == "new"
+        rows = table_rows(screen, "#filters")
+        distances = [float(r[1]) for r in rows if r[1] != "—"]
+        assert len(distances) == 11 and distances == sorted(distances, reverse=True)
+        assert "channel-angle@positions" in str(screen.query_one("#filters").border_title)
+        assert screen.ranking_note is None
+        await pilot.press("escape", "down", "f")
+        screen = app.screen
+        assert screen.tracked.name == "old" and all(r[1] == "—" for r in table_rows(screen, "#filters"))
+        assert "not ranked" in str(screen.query_one("#filters").border_title)
+        assert "add procrustes@filter" in str(screen.query_one("#caption").render())

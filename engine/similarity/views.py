@@ -175,8 +175,11 @@ class LayerAccumulator:
         check_metrics_for_view(self.metrics, self.view, self.shape)
         dtype = compute_dtype_for(self.device, self.precision)
         if self.moments is not None:
-            return whole_layer_result(self.view, self.moments.paired_spectra(), self.metrics, self.whitening_scale,
-                                      channel_dead_count(*self.moments.column_variances(), dtype))
+            result = whole_layer_result(self.view, self.moments.paired_spectra(), self.metrics, self.whitening_scale,
+                                        channel_dead_count(*self.moments.column_variances(), dtype))
+            if self.view == "positions":  # free from the moments: how far each filter moved, for ranking them
+                result.per_filter[CHANNEL_ANGLE] = channel_angles(*self.moments.centred_moments(), dtype).cpu().numpy()
+            return result
         if self.view == "filter-map":
             per_filter = {label: v / self.map_live.clamp_min(1) for label, v in self.map_sums.items()}
             return filter_view_result("filter-map", per_filter, self.map_live == 0, self.shape[1])
@@ -208,6 +211,23 @@ class LayerAccumulator:
 def channel_dead_count(var_x: torch.Tensor, var_y: torch.Tensor, dtype: torch.dtype) -> int:
     """Channels constant over the probe set in either model."""
     return int((dead_mask(var_x, dtype) | dead_mask(var_y, dtype)).sum())
+
+
+CHANNEL_ANGLE = "channel-angle"
+
+
+def channel_angles(sxx: torch.Tensor, syy: torch.Tensor, sxy: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Per filter j, the `positions` view of filter j alone under any of the metrics:
+
+        θ_j = arccos |r_j|,   r_j = (XᵀY)_jj / √((XᵀX)_jj (YᵀY)_jj)     (X, Y centred over every image and position)
+
+    the angle between the filter's source and tuned responses. With one feature, PWSM gives θ_j for every α
+    (S is the scalar 1), Procrustes 2 − 2|r_j| and CKA 1 − r_j², so all three rank filters alike. Read from
+    the moments the layer's value needs anyway (no extra pass); NaN where the filter is dead on either side."""
+    vx, vy = sxx.diagonal().clamp_min(0), syy.diagonal().clamp_min(0)
+    r = sxy.diagonal().abs() / (vx * vy).sqrt()
+    theta = torch.arccos(r.clamp(max=1.0))
+    return torch.where(dead_mask(vx, dtype) | dead_mask(vy, dtype), torch.full_like(theta, float("nan")), theta)
 
 
 def whole_layer_result(view: str, pair: PairedSpectra, metrics: Sequence[Metric], whitening_scale: str,
