@@ -9,6 +9,7 @@ never overlaps itself; the screens only draw. No torch is imported here.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -64,6 +65,19 @@ def plain(value: object, style: str = "") -> Text:
 
 def fmt(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
+
+
+def graphics_note(mode: str) -> str | None:
+    """Why images may stay blank: the terminal did not answer textual-image's query for the protocol
+    asked for (sixel or kitty) — tmux without passthrough, a terminal without it. None where it did."""
+    from textual_image import renderable
+
+    wanted = {"sixel": renderable.SixelImage, "kitty": renderable.TGPImage}.get(mode)
+    if wanted is None or not renderable.is_tty or renderable.Image is wanted:
+        return None
+    tmux = " (inside tmux: `set -g allow-passthrough on`, then reattach)" if os.environ.get("TMUX") else ""
+    return (f"this terminal did not answer for {mode} graphics{tmux}: images may stay blank; "
+            f"--images halfcell works in any terminal")
 
 
 def image_widget_class(mode: str):
@@ -398,11 +412,23 @@ class DynamicsScreen(Screen):
     def action_next_metric(self) -> None:
         view = self.measure.rpartition("@")[2]
         same_view = [m for m in self.measures if m.endswith("@" + view)]
+        if len(same_view) < 2:
+            self.notify(plain(f"{self.measure} is the only metric recorded on the {view} view"
+                              + ("; `v` changes the view" if len(self.views()) > 1 else "")), markup=False)
+            return
         self.measure = same_view[(same_view.index(self.measure) + 1) % len(same_view)]
         self.redraw()
 
+    def views(self) -> list[str]:
+        return list(dict.fromkeys(m.rpartition("@")[2] for m in self.measures))
+
     def action_next_view(self) -> None:
-        views = list(dict.fromkeys(m.rpartition("@")[2] for m in self.measures))
+        views = self.views()
+        if len(views) < 2:
+            self.notify(plain(f"every measure of {'these runs' if len(self.runs) > 1 else 'this run'} is on the "
+                              f"{views[0] if views else '?'} view; runs record more with --metrics …@filter, @pooled"),
+                        markup=False)
+            return
         view = views[(views.index(self.measure.rpartition("@")[2]) + 1) % len(views)]
         self.measure = next(m for m in self.measures if m.endswith("@" + view))
         self.redraw()
@@ -482,6 +508,9 @@ class FilterScreen(Screen):
     def on_mount(self) -> None:
         self.query_one("#filters", DataTable).add_columns("filter", "distance", "chosen", "img")
         self.fill_filters()
+        note = graphics_note(self.app.images)
+        if note:
+            self.notify(note, severity="warning", timeout=12)
 
     def runs_changed(self) -> None:
         self.fill_filters(keep=True)
@@ -517,14 +546,11 @@ class FilterScreen(Screen):
 
     def shown(self) -> tuple[dict[int, Path], str | None]:
         """{epoch: path} of the image in view (kind, class or sample cycled by `c`) and its label."""
-        if self.filter_index is None or self.current_layer is None:
-            return {}, None
-        found = filter_images(self.tracked, self.current_layer, self.filter_index)
-        labels = sorted(label for kind, label in found if kind == self.kind)
+        labels = self.labels()
         if not labels:
             return {}, None
         label = labels[self.label_index % len(labels)]
-        return found[(self.kind, label)], label
+        return filter_images(self.tracked, self.current_layer, self.filter_index)[(self.kind, label)], label
 
     def show_images(self) -> None:
         by_epoch, label = self.shown()
@@ -554,15 +580,32 @@ class FilterScreen(Screen):
 
     def action_epoch(self, step: int) -> None:
         by_epoch, _ = self.shown()
-        if by_epoch:
-            epochs = sorted(by_epoch)
-            position = epochs.index(self.epoch) if self.epoch in epochs else len(epochs) - 1
-            self.epoch = epochs[max(0, min(len(epochs) - 1, position + step))]
-            self.show_images()
+        if not by_epoch:
+            self.notify("No images of this filter to step through.", severity="warning")
+            return
+        epochs = sorted(by_epoch)
+        position = epochs.index(self.epoch) if self.epoch in epochs else len(epochs) - 1
+        target = max(0, min(len(epochs) - 1, position + step))
+        if target == position:
+            self.notify(f"epoch {self.epoch} is the {'first' if step < 0 else 'last'} one drawn "
+                        f"(drawn: {', '.join(map(str, epochs))})")
+            return
+        self.epoch = epochs[target]
+        self.show_images()
 
     def action_next_class(self) -> None:
+        if len(self.labels()) < 2:
+            self.notify(f"this filter has {'one' if self.labels() else 'no'} {self.kind}-based image; "
+                        f"`k` switches between class- and sample-based")
+            return
         self.label_index += 1
         self.show_images()
+
+    def labels(self) -> list[str]:
+        if self.filter_index is None or self.current_layer is None:
+            return []
+        return sorted(label for kind, label in filter_images(self.tracked, self.current_layer, self.filter_index)
+                      if kind == self.kind)
 
     def action_next_kind(self) -> None:
         self.kind = "sample" if self.kind == "class" else "class"

@@ -296,3 +296,45 @@ async def test_filters_are_ranked_with_the_default_measures_and_say_why_when_the
         assert screen.tracked.name == "old" and all(r[1] == "—" for r in table_rows(screen, "#filters"))
         assert "not ranked" in str(screen.query_one("#filters").border_title)
         assert "add procrustes@filter" in str(screen.query_one("#caption").render())
+
+
+async def test_keys_that_cannot_act_say_why(tmp_path):
+    root = tmp_path / "runs"
+    write_fake_run(root / "one", epochs=3)
+    positions_only(root / "one", channel_angle=True)  # one view, two metrics on it
+    app = create_app([root])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("enter")
+        screen = app.screen
+        before = screen.measure
+        await pilot.press("v")
+        assert screen.measure == before and "positions view" in str(list(app._notifications)[-1].message)
+        await pilot.press("m")
+        assert screen.measure != before  # two metrics on this view: m acts
+        await pilot.press("escape", "f")
+        filters = app.screen
+        filters.filter_index, filters.label_index, filters.epoch = 0, 0, 3
+        filters.show_images()
+        await pilot.press("right")
+        assert filters.epoch == 3 and "last one drawn" in str(list(app._notifications)[-1].message)
+        await pilot.press("k")  # no sample-based images in this run
+        await pilot.press("left")
+        assert "No images of this filter" in str(list(app._notifications)[-1].message)
+        await pilot.press("c")
+        assert "no sample-based image" in str(list(app._notifications)[-1].message)
+
+
+def test_graphics_note_only_where_the_terminal_did_not_answer(monkeypatch):
+    from textual_image import renderable
+
+    from ftdyn_tui.app import graphics_note
+
+    monkeypatch.setattr(renderable, "is_tty", True)
+    monkeypatch.setattr(renderable, "Image", renderable.HalfcellImage)  # the terminal answered neither query
+    monkeypatch.setenv("TMUX", "/tmp/tmux-0/default,1,0")
+    note = graphics_note("sixel")
+    assert "did not answer for sixel" in note and "allow-passthrough" in note and "--images halfcell" in note
+    assert graphics_note("halfcell") is None
+    monkeypatch.setattr(renderable, "Image", renderable.SixelImage)
+    assert graphics_note("sixel") is None
