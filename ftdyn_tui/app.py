@@ -115,7 +115,8 @@ class RunsScreen(Screen):
         self.marked: set[Path] = set()
         self.query_one("#search").display = False
         table = self.query_one("#runs", DataTable)
-        table.add_columns("", "run", "status", "model", "data", "strategy", "epoch", "best acc")
+        table.add_columns("", "run", "status", "model", "data", "strategy", "epoch", "best acc", "elapsed", "ETA",
+                          "speed")
         self.refresh_runs()
 
     def on_screen_resume(self) -> None:
@@ -137,7 +138,7 @@ class RunsScreen(Screen):
             state = run.state
             table.add_row("●" if run.path in self.marked else "", plain(run.name), Text(state, STATE_STYLE.get(state, "")),
                           plain(run.model_name), plain(run.dataset_name), plain(run.strategy), plain(run.progress),
-                          fmt(run.best_accuracy), key=str(run.path))
+                          fmt(run.best_accuracy), *run.timing(), key=str(run.path))
         if runs:
             table.move_cursor(row=min(keep, len(runs) - 1))
         self.query_one("#message", Static).update(self.message_text(runs))
@@ -800,6 +801,12 @@ class FtdynApp(App):
         self.polls += 1
         if error:
             self.notify(visible(error, MESSAGE_LIMIT), severity="error", markup=False)
+        while self.workspace.ended:  # a followed run finished, failed or stopped: say so, with the bell
+            run, state = self.workspace.ended.pop(0)
+            message = (run.status or {}).get("message") or ""
+            self.notify(visible(f"{run.name} {state}" + (f": {message}" if message else ""), MESSAGE_LIMIT),
+                        severity="error" if state in ("failed", "stalled") else "information", markup=False)
+            self.bell()
         if changed and hasattr(self.screen, "runs_changed"):
             self.screen.runs_changed()
 

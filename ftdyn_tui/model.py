@@ -10,6 +10,7 @@ from __future__ import annotations
 import colorsys
 import csv
 import io
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,25 @@ class TrackedRun:
         total = (self.status or {}).get("total_epochs", "?")
         return f"{epochs[-1]['epoch'] if epochs else 0}/{total}"
 
+    def timing(self, at: float | None = None) -> tuple[str, str, str]:
+        """(elapsed, ETA, throughput) as the runs screen shows them: time since the run (re)started — to
+        its end where it ended —, the remaining epochs × the mean recorded epoch time while it runs, and
+        training images per second in its last epoch. '—' where the record does not tell."""
+        status, epochs = self.status or {}, [r for r in self.epochs if r.get("epoch", 0) >= 1]
+        started, ended = number_or_none(status.get("started_at")), number_or_none(status.get("finished_at"))
+        now = at if at is not None else time.time()
+        elapsed = "—" if started is None else duration((ended if ended and self.state != "running" else now) - started)
+        seconds = [sum(number_or_none(v) or 0.0 for v in r["timing"].values() if not isinstance(v, dict))
+                   for r in epochs if isinstance(r.get("timing"), dict)]
+        total, done = status.get("total_epochs"), (self.epochs[-1]["epoch"] if self.epochs else 0)
+        eta = "—"
+        if self.state == "running" and seconds and isinstance(total, int):
+            eta = "~" + duration(max(0, total - done) * sum(seconds) / len(seconds))
+        images = number_or_none(dig(self.config, "dataset", "train_images"))
+        train_s = number_or_none(dig(epochs[-1], "timing", "train_s")) if epochs else None
+        rate = f"{images / train_s:.0f} img/s" if images and train_s else "—"
+        return elapsed, eta, rate
+
     @property
     def best_accuracy(self) -> float | None:
         values = [r["held_out"]["accuracy"] for r in self.epochs if r.get("held_out")]
@@ -164,11 +184,14 @@ class Workspace:
         self.paths = [Path(p) for p in paths]
         self.runs: dict[Path, TrackedRun] = {}
         self.first_seen: dict[Path, int] = {}  # the order runs appeared in: their colours in overlays
+        self.ended: list[tuple[TrackedRun, str]] = []  # runs followed while running that ended since
 
     def poll(self) -> set[Path]:
         """Find new runs and read new records; returns the runs that changed. A run that cannot be
-        read becomes *corrupt* with its reason; every other run goes on."""
+        read becomes *corrupt* with its reason; every other run goes on. A run seen running that has
+        ended since is added to ``ended`` (the app says so)."""
         changed = set()
+        was_running = {path for path, run in self.runs.items() if run.state == "running"}
         for root in self.paths:
             for path in find_runs(root):
                 if path not in self.runs:
@@ -182,6 +205,8 @@ class Workspace:
                 refreshed = True
             if refreshed:
                 changed.add(path)
+                if path in was_running and run.state != "running":
+                    self.ended.append((run, run.state))
         return changed
 
     def missing(self) -> list[Path]:
@@ -193,6 +218,19 @@ class Workspace:
 
 # ------------------------------------------------------------------------------------------------
 # Series
+
+
+def duration(seconds: float) -> str:
+    """12s, 4m05s, 3h12m, 2d04h: the two largest units."""
+    seconds = max(0, int(round(seconds)))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def part_series(run: TrackedRun, part: str, measure: str, row: str,

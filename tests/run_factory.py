@@ -4,7 +4,6 @@ tests and the TUI benchmark: no training, fixed numbers, so screens render the s
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from PIL import Image
 
 from engine.record import VIS_INDEX, RunWriter, append_lines
 
+STARTED_AT = 1_790_000_000.0  # every fake run started at this moment (2026-09-21)
 MEASURES = ["pwsm:0.5@positions", "procrustes@positions", "procrustes@filter"]
 CLASSES = ["disc", "square", "triangle"]
 
@@ -51,7 +51,7 @@ def write_fake_run(path: Path, epochs: int = 5, layers: int = 4, filters: int = 
         "measures": [{"label": m, "metric": m.split("@")[0], "view": m.split("@")[1]} for m in MEASURES],
         "strategy": {"name": "full"},
     })
-    writer.status = {"state": "running", "pid": 1, "host": "test", "started_at": 0.0, "epoch": epochs,
+    writer.status = {"state": "running", "pid": 1, "host": "test", "started_at": STARTED_AT, "epoch": epochs,
                      "total_epochs": total or epochs, "message": ""}
     for epoch in range(epochs + 1):
         writer.append_record(epoch_record(epoch, names, filters))
@@ -59,8 +59,9 @@ def write_fake_run(path: Path, epochs: int = 5, layers: int = 4, filters: int = 
             write_fake_images(path, names[0], [0, 3], epoch)
     if state == "running":
         writer.update_status()
-    else:
-        writer.update_status(state=state, message="" if state != "failed" else "loss became nan at epoch 3")
+    else:  # an ended run took a fixed time, so what the screens show of it never depends on the clock
+        writer.update_status(state=state, message="" if state != "failed" else "loss became nan at epoch 3",
+                             finished_at=STARTED_AT + 61.0 * (epochs + 1))
     return writer
 
 
@@ -79,10 +80,10 @@ def write_fake_images(path: Path, layer: str, filters: list[int], epoch: int) ->
     append_lines(path / VIS_INDEX, entries)
 
 
-def backdate_heartbeat(path: Path, seconds: float = 3600) -> None:
+def backdate_heartbeat(path: Path) -> None:
     """Make a 'running' run look abandoned (its process killed without a word)."""
     import json
 
     status = json.loads((path / "status.json").read_text())
-    status["updated_at"] = time.time() - seconds
+    status["updated_at"] = STARTED_AT + 125.0  # long ago: the heartbeat stopped 2 min after the start
     (path / "status.json").write_text(json.dumps(status))

@@ -338,3 +338,39 @@ def test_graphics_note_only_where_the_terminal_did_not_answer(monkeypatch):
     assert graphics_note("halfcell") is None
     monkeypatch.setattr(renderable, "Image", renderable.SixelImage)
     assert graphics_note("sixel") is None
+
+
+def test_runs_show_elapsed_eta_and_speed(tmp_path):
+    import json
+
+    from run_factory import STARTED_AT
+    from ftdyn_tui.model import TrackedRun, duration
+
+    writer = write_fake_run(tmp_path / "live", epochs=2, total=8, state="running", vis=False)
+    config = json.loads((tmp_path / "live" / "config.json").read_text())
+    config["dataset"]["train_images"] = 250
+    (tmp_path / "live" / "config.json").write_text(json.dumps(config))
+    run = TrackedRun(tmp_path / "live")
+    run.refresh()
+    # each fake epoch took 1.0 s training + 0.1 s evaluation + 0.1 s analysis: 6 epochs left ≈ 7.2 s
+    assert run.timing(at=STARTED_AT + 125) == ("2m05s", "~7s", "250 img/s")
+    writer.update_status(state="finished", finished_at=STARTED_AT + 3 * 3600 + 60)
+    run.refresh()
+    assert run.timing(at=STARTED_AT + 10**6) == ("3h01m", "—", "250 img/s")  # an ended run: to its end
+    assert [duration(s) for s in (0, 59.6, 61, 3600, 90000)] == ["0s", "1m00s", "1m01s", "1h00m", "1d01h"]
+
+
+async def test_a_followed_run_that_ends_is_announced_with_the_bell(tmp_path):
+    writer = write_fake_run(tmp_path / "runs" / "live", epochs=1, total=4, state="running", vis=False)
+    app = create_app([tmp_path / "runs"], poll_seconds=0.1)
+    rings = []
+    async with app.run_test(size=SIZE) as pilot:
+        app.bell = lambda: rings.append(1)
+        await pilot.pause()
+        writer.update_status(state="failed", message="loss became nan at epoch 2")
+        for _ in range(50):
+            await pilot.pause(0.05)
+            if rings:
+                break
+        assert rings == [1]
+        assert "live failed: loss became nan at epoch 2" in str(list(app._notifications)[-1].message)
