@@ -40,6 +40,9 @@ from ftdyn_tui.model import (
     filter_images,
     filter_rows,
     heatmap_text,
+    integer_ticks,
+    learning_rate_series,
+    legend_text,
     layer_colour,
     load_picture,
     measure_rows,
@@ -51,6 +54,7 @@ from ftdyn_tui.model import (
     reusability_rows,
     smooth,
     transfer_result,
+    value_at,
 )
 
 IMAGE_MODES = ("halfcell", "sixel", "kitty", "auto")
@@ -243,15 +247,25 @@ class DynamicsScreen(Screen):
         Binding("e", "export", "Export CSV"),
         Binding("f", "open_filters", "Filters"),
         Binding("t", "open_results", "Transfer"),
+        Binding("g", "toggle_legend", "Legend"),
+        Binding("y", "next_side_plot", "Acc/loss/lr"),
+        Binding("left_square_bracket", "cursor(-1)", "Cursor −", show=False),
+        Binding("right_square_bracket", "cursor(1)", "Cursor +", show=False),
+        *[Binding(str(i), f"toggle_row({i})", f"Show/hide row {i}", show=False) for i in range(1, 10)],
+        Binding("0", "show_all_rows", "Show all rows", show=False),
         Binding("escape", "app.pop_screen", "Back"),
     ]
     DEFAULT_CSS = """
-    DynamicsScreen #distance { width: 2fr; }
-    DynamicsScreen #heatmap { width: 2fr; height: 1fr; overflow: auto auto; }
+    DynamicsScreen #main { width: 2fr; }
+    DynamicsScreen #distance { height: 1fr; }
+    DynamicsScreen #heatmap { height: 1fr; overflow: auto auto; }
+    DynamicsScreen #legend { height: auto; max-height: 6; overflow-y: auto; }
+    DynamicsScreen #readout { height: auto; max-height: 4; }
     DynamicsScreen #side { width: 1fr; min-width: 30; }
     DynamicsScreen #accuracy { height: 12; }
     DynamicsScreen DataTable { height: auto; max-height: 12; }
     """
+    SIDE_PLOTS = ("accuracy", "loss", "learning rate")
 
     def __init__(self, runs: list[TrackedRun]):
         super().__init__()
@@ -264,6 +278,10 @@ class DynamicsScreen(Screen):
         self.smoothing = 0
         self.x_axis = "epoch"
         self.heatmap = False
+        self.legend = True
+        self.side_plot = "accuracy"
+        self.hidden_rows: set[str] = set()  # rows (layers, modules) not drawn: keys 1-9, 0 shows all
+        self.cursor: float | None = None  # the epoch (or step) the readout reports, set by [ and ]
 
     def choose_part(self, name: str) -> None:
         """The analysis shown (`a`): its measures common to every run, the first of them in view."""
@@ -276,8 +294,11 @@ class DynamicsScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal():
-            yield PlotextPlot(id="distance")
-            yield Static(id="heatmap")
+            with Vertical(id="main"):
+                yield PlotextPlot(id="distance")
+                yield Static(id="heatmap")
+                yield Static(id="legend")
+                yield Static(id="readout")
             with VerticalScroll(id="side"):
                 yield PlotextPlot(id="accuracy")
                 yield DataTable(id="reuse", cursor_type="none")
@@ -306,6 +327,7 @@ class DynamicsScreen(Screen):
         plot = self.query_one("#distance")
         heat.display, plot.display = self.heatmap, not self.heatmap
         if self.heatmap:
+            self.query_one("#legend").display = self.query_one("#readout").display = False
             self.draw_heatmap()
         else:
             self.draw_distances()
@@ -329,57 +351,145 @@ class DynamicsScreen(Screen):
         self.draw_accuracy()
         self.fill_tables()
 
+    def rows(self) -> list[str]:
+        """Every row (layer, module) of the analysis in view over the runs, early → deep."""
+        return list(dict.fromkeys(row for run in self.runs for row in measure_rows(run.part(self.part), self.measure)))
+
     def draw_distances(self) -> None:
-        """One line per (run, layer), early → deep; x = epoch or step; safe log-y; smoothing."""
+        """One line per (run, layer), early → deep; x = epoch or step; safe log-y; smoothing. The key is
+        drawn outside the plot (#legend), so no curve hides behind it, and the readout under it."""
         widget = self.query_one("#distance", PlotextPlot)
         plt = widget.plt
         plt.clear_data()
         plt.clear_figure()
         overlay = len(self.runs) > 1
         styles = overlay_styles(self.runs, self.app.workspace.first_seen)
-        points = 0
-        self.series_styles = []
+        points, xs_all = 0, []
+        self.series_styles, self.series, legend = [], [], []
         for run in self.runs:
             base, marker = styles[run.path] if overlay else (None, "braille")
             rows = measure_rows(run.part(self.part), self.measure)
+            shown = []
             for depth, row in enumerate(rows):
+                if row in self.hidden_rows:
+                    continue
                 xs, ys = part_series(run, self.part, self.measure, row, self.x_axis)
                 ys = smooth(ys, SMOOTHING_STEPS[self.smoothing])
                 if self.log_y:
                     xs, ys = positive_only(xs, ys)
+                colour = layer_colour(base, depth, len(rows))
+                shown.append((row, colour))
                 if xs:
                     label = visible(f"{run.name} · {row}" if overlay else row, 60)
-                    colour = layer_colour(base, depth, len(rows))
-                    plt.plot(xs, ys, label=label, color=colour, marker=marker)
+                    plt.plot(xs, ys, color=colour, marker=marker)
                     self.series_styles.append((label, colour, marker))
+                    self.series.append((label, xs, ys))
                     points += len(xs)
+                    xs_all += xs
+            legend.append((run.name if overlay else None, marker, shown))
         plt.yscale("log" if self.log_y else "linear")
-        options = [visible(self.measure if self.part == "distance" else f"{self.part} · {self.measure}", 80)]
-        if self.log_y:
-            options.append("log y (epoch 0 = 0 not drawn)")
-        if self.smoothing:
-            options.append(f"smoothing {SMOOTHING_STEPS[self.smoothing]}")
-        plt.title(" · ".join(options))
+        self.x_ticks = None
+        if xs_all and self.x_axis == "epoch":  # whole epochs only, as many as the width allows
+            self.x_ticks = integer_ticks(min(xs_all), max(xs_all), max(2, (widget.size.width or 60) // 6))
+            plt.xticks(self.x_ticks)
+        if self.cursor is not None and xs_all:
+            plt.vline(self.cursor, "white")
+        declaration = self.runs[0].part(self.part) or {}
+        plt.ylabel(visible(declaration.get("unit", ""), 40))
         plt.xlabel(self.x_axis)
+        plt.title(self.plot_title(widget.size.width or 80))
         self.points_drawn = points
         widget.refresh()
+        key = self.query_one("#legend", Static)
+        key.display = self.legend
+        key.update(legend_text(legend, key.size.width or widget.size.width or max(40, self.size.width * 2 // 3 - 2)))
+        self.draw_readout()
+
+    def plot_title(self, width: int) -> str:
+        """What is plotted, first (never cut), then the options that change the picture, as width allows."""
+        title = visible(self.measure if self.part == "distance" else f"{self.part} · {self.measure}", 60)
+        options = ["log y (0 not drawn)" if self.log_y else "", f"smoothing {SMOOTHING_STEPS[self.smoothing]}"
+                   if self.smoothing else "", f"{len(self.hidden_rows)} hidden (0 shows)" if self.hidden_rows else ""]
+        for option in filter(None, options):
+            if len(title) + 3 + len(option) <= width - 4:
+                title += " · " + option
+        return title
+
+    def draw_readout(self) -> None:
+        """The values at the cursor ([ and ] move it): every drawn series, largest first."""
+        readout = self.query_one("#readout", Static)
+        readout.display = self.cursor is not None
+        if self.cursor is None:
+            return
+        values = [(label, value_at(xs, ys, self.cursor)) for label, xs, ys in self.series]
+        values = sorted(((label, v) for label, v in values if v is not None), key=lambda item: -item[1])
+        where = f"{self.x_axis} {self.cursor:g}: "
+        readout.update(plain(where + ("  ".join(f"{label} {v:.4g}" for label, v in values) or "no value")))
+
+    def action_toggle_legend(self) -> None:
+        self.legend = not self.legend
+        self.draw_main()
+
+    def action_toggle_row(self, number: int) -> None:
+        rows = self.rows()
+        if number > len(rows):
+            self.notify(f"there are {len(rows)} rows; 1–{min(9, len(rows))} show or hide them")
+            return
+        self.hidden_rows ^= {rows[number - 1]}
+        self.draw_main()
+
+    def action_show_all_rows(self) -> None:
+        self.hidden_rows = set()
+        self.draw_main()
+
+    def action_cursor(self, step: int) -> None:
+        xs = sorted({x for _, series_xs, _ in getattr(self, "series", []) for x in series_xs})
+        if not xs:
+            self.notify("nothing drawn to read values from", severity="warning")
+            return
+        position = xs.index(self.cursor) + step if self.cursor in xs else (len(xs) - 1 if step < 0 else 0)
+        self.cursor = xs[max(0, min(len(xs) - 1, position))]
+        self.draw_main()
+
+    def action_next_side_plot(self) -> None:
+        self.side_plot = self.SIDE_PLOTS[(self.SIDE_PLOTS.index(self.side_plot) + 1) % len(self.SIDE_PLOTS)]
+        self.draw_accuracy()
 
     def draw_accuracy(self) -> None:
+        """The side plot (`y` cycles it): accuracy or loss, held-out (dark) and train (light), or the
+        learning rate of each parameter group, per run in its overlay colour."""
         widget = self.query_one("#accuracy", PlotextPlot)
         plt = widget.plt
         plt.clear_data()
         plt.clear_figure()
         styles = overlay_styles(self.runs, self.app.workspace.first_seen)
+        xs_all = []
         for run in self.runs:
             base, marker = styles[run.path] if len(self.runs) > 1 else (RUN_PALETTE[4], "braille")
-            for split, depth in (("held_out", 1), ("train", 0)):
-                xs, ys = accuracy_series(run, split, "accuracy")
+            if self.side_plot == "learning rate":
+                groups = learning_rate_series(run)
+                curves = [(name, xs, ys, layer_colour(base, i, len(groups))) for i, (name, (xs, ys))
+                          in enumerate(groups.items())]
+            else:
+                key = "accuracy" if self.side_plot == "accuracy" else "loss"
+                curves = [("held-out" if split == "held_out" else "train", *accuracy_series(run, split, key),
+                           layer_colour(base, depth, 2)) for split, depth in (("held_out", 1), ("train", 0))]
+            for name, xs, ys, colour in curves:
                 if xs:
-                    name = "held-out" if split == "held_out" else "train"
-                    label = visible(f"{run.name} {name}" if len(self.runs) > 1 else name, 60)
-                    plt.plot(xs, ys, label=label, color=layer_colour(base, depth, 2), marker=marker)
-        plt.title("accuracy")
-        plt.ylim(0, 1)
+                    label = visible(f"{run.name} {name}" if len(self.runs) > 1 else name, 40)
+                    # one run: its two curves named; an overlay: run colours as in the key, dark held-out
+                    plt.plot(xs, ys, label=label if len(self.runs) == 1 else None, color=colour, marker=marker)
+                    xs_all += xs
+        if xs_all:
+            plt.xticks(integer_ticks(min(xs_all), max(xs_all), max(2, (widget.size.width or 30) // 6)))
+        title = self.side_plot  # plotext drops a title wider than the plot: add only what fits
+        for extra in ((" · dark: held-out",) if len(self.runs) > 1 and self.side_plot != "learning rate" else ()) \
+                + (" (y: next)",):
+            if len(title + extra) <= (widget.size.width or 30) - 6:
+                title += extra
+        plt.title(title)
+        if self.side_plot == "accuracy":
+            plt.ylim(0, 1)
         widget.refresh()
 
     def fill_tables(self) -> None:
@@ -393,8 +503,8 @@ class DynamicsScreen(Screen):
             return
         for row in reusability_rows(self.runs, self.measure):
             reuse.add_row(*map(plain, row))
-        for row in correlation_rows(self.runs):
-            corr.add_row(*map(plain, row))
+        for row in correlation_rows(self.runs):  # a pair on two views takes two lines: nothing is cut
+            corr.add_row(*(Text("\n").join(plain(line) for line in cell.split("\n")) for cell in row), height=None)
 
     def action_next_part(self) -> None:
         if len(self.part_names) < 2:
@@ -734,6 +844,10 @@ HELP = """\
 | | `s` | smoothing 0 → 0.6 → 0.9 |
 | | `x` | x axis: epoch or optimiser step |
 | | `e` | export the curves as CSV into the run directory |
+| | `g` | show or hide the key (under the plot) |
+| | `1`…`9` / `0` | hide or show the n-th layer (row) / show all |
+| | `[` `]` | move the cursor along the epochs: every curve's value there, under the plot |
+| | `y` | side plot: accuracy → loss → learning rate |
 | | `f` | filters of the first run |
 | | `t` | post-hoc analyses of the first run |
 | transfer | `↑` `↓` | choose a result: a barrier's curves or criticality's module × α heatmap |

@@ -10,6 +10,7 @@ from __future__ import annotations
 import colorsys
 import csv
 import io
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,9 +314,62 @@ def layer_colour(base: Colour | None, depth: int, layers: int) -> Colour:
 
 
 def accuracy_series(run: TrackedRun, split: str, key: str) -> tuple[list[float], list[float]]:
-    """split 'train' or 'held_out', key 'accuracy' or 'loss', per epoch."""
-    points = [(float(r["epoch"]), float(r[split][key])) for r in run.epochs if r.get(split)]
-    return [x for x, _ in points], [y for _, y in points]
+    """split 'train' or 'held_out', key 'accuracy' or 'loss', per epoch (unrecorded points left out)."""
+    points = [(float(r["epoch"]), number_or_none(dig(r, split, key))) for r in run.epochs]
+    return [x for x, y in points if y is not None], [y for _, y in points if y is not None]
+
+
+def learning_rate_series(run: TrackedRun) -> dict[str, tuple[list[float], list[float]]]:
+    """Per parameter group, its learning rate at the end of each epoch (warm-up and AutoRGN included)."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for record in run.epochs:
+        groups = record.get("lr_groups")
+        if not isinstance(groups, dict):
+            groups = {f"group {i}": v for i, v in enumerate(record.get("lr") or [])} \
+                if isinstance(record.get("lr"), list) else {}
+        for name, value in groups.items():
+            if number_or_none(value) is not None:
+                xs, ys = series.setdefault(str(name), ([], []))
+                xs.append(float(record["epoch"]))
+                ys.append(float(value))
+    return series
+
+
+def integer_ticks(low: float, high: float, room: int) -> list[int]:
+    """Whole-number ticks (epochs) from ``low`` to ``high``, at most ``room`` of them, evenly stepped."""
+    low, high = int(math.floor(low)), int(math.ceil(high))
+    step = max(1, math.ceil((high - low + 1) / max(1, room)))
+    return list(range(low, high + 1, step))
+
+
+def legend_text(entries: list[tuple[str | None, str, list[tuple[str, Colour]]]], width: int) -> "Text":
+    """The curves' key, outside the plot: per run (its name, its marker) the rows in their colours, wrapped
+    to ``width``; a single run's rows on their own."""
+    from rich.text import Text
+
+    text = Text(no_wrap=True, overflow="ellipsis")
+    for i, (run_name, marker, rows) in enumerate(entries):
+        if i:
+            text.append("\n")
+        column = 0
+        if run_name is not None:
+            head = f"{visible(run_name, 30)} ({marker}): "
+            text.append(head, style="bold")
+            column = len(head)
+        for row, (r, g, b) in rows:  # an entry is never split: a new line when the next does not fit
+            name = visible(row, 30)
+            if column and column + 2 + len(name) > width:
+                text.append("\n  ")
+                column = 2
+            text.append("■ ", style=f"rgb({r},{g},{b})")
+            text.append(name + "  ")
+            column += len(name) + 4
+    return text
+
+
+def value_at(xs: list[float], ys: list[float], x: float) -> float | None:
+    """The series' value at ``x`` (None where it has none)."""
+    return next((y for px, y in zip(xs, ys) if px == x), None)
 
 
 def reusability_rows(runs: list[TrackedRun], measure: str) -> list[tuple[str, str]]:
@@ -346,11 +400,18 @@ def correlation_rows(runs: list[TrackedRun]) -> list[tuple[str, str, str]]:
     return rows
 
 
+SIDE_WIDTH = 26  # characters a cell of the curves screen's side tables shows at 80 columns
+
+
 def short_pair(pair: str) -> str:
-    """'pwsm:0.5@positions vs cka@positions' → 'pwsm:0.5 ~ cka @positions' (narrow terminals)."""
+    """'pwsm:0.5@positions vs cka@positions' → 'pwsm:0.5 ~ cka @positions' (narrow terminals); measures on
+    two views on two lines, so that no name is cut."""
     first, _, second = pair.partition(" vs ")
     (m1, _, v1), (m2, _, v2) = first.rpartition("@"), second.rpartition("@")
-    return f"{m1} ~ {m2} @{v1}" if v1 == v2 else f"{first} ~ {second}"
+    if v1 != v2:
+        return f"{first}\n~ {second}"
+    one = f"{m1} ~ {m2} @{v1}"
+    return one if len(one) <= SIDE_WIDTH else f"{m1} ~ {m2}\n  @{v1}"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -374,3 +374,36 @@ async def test_a_followed_run_that_ends_is_announced_with_the_bell(tmp_path):
                 break
         assert rings == [1]
         assert "live failed: loss became nan at epoch 2" in str(list(app._notifications)[-1].message)
+
+
+async def test_curves_at_80_by_24_keep_title_ticks_and_key_and_read_values(runs_dir):
+    from ftdyn_tui.model import integer_ticks
+
+    assert integer_ticks(0, 5, 20) == [0, 1, 2, 3, 4, 5] and integer_ticks(0, 100, 6) == list(range(0, 101, 17))
+    app = create_app([runs_dir])
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await pilot.press("space", "down", "space", "enter")
+        screen = app.screen
+        await pilot.press("l", "s")  # log y and smoothing: the title still names the measure
+        title = screen.plot_title(screen.query_one("#distance").size.width)
+        assert title.startswith("pwsm:0.5@positions")
+        assert screen.x_ticks == [1, 2, 3, 4, 5]  # whole epochs, not 1.2 2.5 3.8 (log y: epoch 0 left out)
+        key = str(screen.query_one("#legend").render())
+        assert "alpha (braille)" in key and "beta (hd)" in key and "block3" in key
+        await pilot.press("g")
+        assert not screen.query_one("#legend").display
+        await pilot.press("l", "s", "s", "2")  # hide the second row
+        assert screen.hidden_rows == {"block1"} and len(screen.series) == 6
+        await pilot.press("0", "right_square_bracket")  # the cursor at the first epoch drawn
+        assert screen.cursor == 0.0 and "epoch 0:" in str(screen.query_one("#readout").render())
+        await pilot.press("left_square_bracket", "right_square_bracket")  # no epoch before 0; then epoch 1
+        readout = str(screen.query_one("#readout").render())
+        assert screen.cursor == 1.0 and "alpha · block3" in readout
+        label, xs, ys = next(s for s in screen.series if s[0] == "alpha · block3")
+        assert f"alpha · block3 {ys[xs.index(1.0)]:.4g}" in readout
+        assert screen.side_plot == "accuracy"
+        await pilot.press("y")
+        assert screen.side_plot == "loss"
+        await pilot.press("y")
+        assert screen.side_plot == "learning rate"
