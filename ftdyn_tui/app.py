@@ -34,6 +34,8 @@ from ftdyn_tui.model import (
     TrackedRun,
     Workspace,
     accuracy_series,
+    config_diff,
+    flatten_config,
     correlation_rows,
     export_csv,
     export_path,
@@ -104,6 +106,7 @@ class RunsScreen(Screen):
         Binding("space", "mark", "Mark for overlay"),
         Binding("f", "open_filters", "Filters"),
         Binding("t", "open_results", "Transfer"),
+        Binding("c", "open_config", "Config/diff"),
         Binding("slash", "search", "Filter runs"),
         Binding("escape", "clear_search", "Clear filter", show=False),
     ]
@@ -229,6 +232,52 @@ class RunsScreen(Screen):
         run = self.current_run()
         if run is not None and run.config is not None and not run.problem:
             self.app.push_screen(ResultsScreen(run, list(self.app.workspace.runs.values())))
+
+    def action_open_config(self) -> None:
+        """The highlighted run's configuration, or — with two runs marked — what differs between them."""
+        marked = [run for run in self.app.workspace.ordered() if run.path in self.marked]
+        runs = marked if len(marked) == 2 else [self.current_run()] if self.current_run() else []
+        if len(marked) > 2:
+            self.notify("mark two runs to compare their configurations (or none to see one)", severity="warning")
+        elif runs and all(run.config is not None for run in runs):
+            self.app.push_screen(ConfigScreen(runs))
+        else:
+            self.notify("no readable config.json to show", severity="warning")
+
+
+class ConfigScreen(ModalScreen):
+    """One run's settings (config.json, flattened), or the settings in which two runs differ."""
+
+    BINDINGS = [Binding("escape", "app.pop_screen", "Close"), Binding("c", "app.pop_screen", "Close")]
+    DEFAULT_CSS = """
+    ConfigScreen { align: center middle; }
+    ConfigScreen > Vertical { width: 95%; height: 90%; border: round $accent; background: $surface; }
+    ConfigScreen DataTable { height: 1fr; }
+    """
+
+    def __init__(self, runs: list[TrackedRun]):
+        super().__init__()
+        self.runs = runs
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(id="config-title")
+            yield DataTable(id="config", cursor_type="row", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        table = self.query_one("#config", DataTable)
+        title = self.query_one("#config-title", Static)
+        if len(self.runs) == 2:
+            rows = config_diff(self.runs[0].config, self.runs[1].config)
+            table.add_columns("setting", *(plain(run.name) for run in self.runs))
+            title.update(plain(f"{len(rows)} settings differ between {self.runs[0].name} and {self.runs[1].name} "
+                               f"(escape closes)"))
+        else:
+            rows = list(flatten_config(self.runs[0].config).items())
+            table.add_columns("setting", "value")
+            title.update(plain(f"{self.runs[0].name}: config.json (escape closes)"))
+        for row in rows:
+            table.add_row(*(plain(cell) for cell in row))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -833,6 +882,7 @@ HELP = """\
 | | `ctrl+p` | command palette (every action) |
 | | `q` | quit (a run started with `--tui` keeps training) |
 | runs | `enter` | curves of the marked runs (or the highlighted one) |
+| | `c` | the highlighted run's settings; with two runs marked, the settings in which they differ |
 | | `space` | mark a run for overlay |
 | | `f` | filters of the highlighted run |
 | | `/` | filter the list; `escape` clears |

@@ -221,6 +221,31 @@ class Workspace:
 # Series
 
 
+def flatten_config(config: dict[str, Any] | None, prefix: str = "") -> dict[str, str]:
+    """config.json as dotted keys → short text (``run.lr`` → ``0.0001``; lists of scalars joined,
+    longer structures as compact JSON), for the config view and its diff."""
+    import json
+
+    flat: dict[str, str] = {}
+    for key, value in (config or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_config(value, name + "."))
+        elif isinstance(value, list) and all(isinstance(v, (str, int, float, bool)) or v is None for v in value):
+            flat[name] = ", ".join(map(str, value)) if value else "[]"
+        elif isinstance(value, (dict, list)):
+            flat[name] = json.dumps(value, separators=(",", ":"))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def config_diff(first: dict[str, Any] | None, second: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    """(key, first's value, second's value) for every setting the two configs do not share ('—': absent)."""
+    a, b = flatten_config(first), flatten_config(second)
+    return [(key, a.get(key, "—"), b.get(key, "—")) for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
+
+
 def duration(seconds: float) -> str:
     """12s, 4m05s, 3h12m, 2d04h: the two largest units."""
     seconds = max(0, int(round(seconds)))

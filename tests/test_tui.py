@@ -407,3 +407,24 @@ async def test_curves_at_80_by_24_keep_title_ticks_and_key_and_read_values(runs_
         assert screen.side_plot == "loss"
         await pilot.press("y")
         assert screen.side_plot == "learning rate"
+
+
+async def test_config_view_and_the_diff_of_two_marked_runs(runs_dir):
+    from ftdyn_tui.app import ConfigScreen
+    from ftdyn_tui.model import config_diff, flatten_config
+
+    app = create_app([runs_dir])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("c")
+        assert isinstance(app.screen, ConfigScreen)
+        settings = dict(table_rows(app.screen, "#config"))
+        assert settings["model.name"] == "resnet18" and settings["dataset.classes"] == "disc, square, triangle"
+        await pilot.press("escape", "space", "down", "space", "c")  # alpha and beta marked
+        rows = {row[0]: row[1:] for row in table_rows(app.screen, "#config")}
+        assert rows["model.name"] == ["resnet18", "vgg19"] and rows["run.epochs"] == ["5", "6"]
+        assert "dataset.classes" not in rows  # shared settings are left out
+        await pilot.press("escape")
+        assert isinstance(app.screen, RunsScreen)
+    assert config_diff({"a": {"b": 1}}, {"a": {"b": 1, "c": [1, 2]}}) == [("a.c", "—", "1, 2")]
+    assert flatten_config({"x": [{"y": 1}], "z": []}) == {"x": '[{"y":1}]', "z": "[]"}
