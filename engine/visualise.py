@@ -9,6 +9,11 @@
   colour scale is [0, max of the *source* model's map] for that (layer, filter, image) at every
   epoch, so epochs are comparable; growth beyond the source's range shows as saturation.
 * Images stay RGB end to end (the authors showed BGR as RGB).
+* **Legible at any depth**: a deep layer's field can be many times the image (ResNet's layer4 sees
+  435 px of a 64 px image), so its average is mostly padding, and averaging many crops flattens the
+  contrast. What is written is the average cropped to the part of the field that lay inside an image
+  (where any contributing crop did), contrast-stretched per image between its 1st and 99th
+  percentiles (:func:`legible`); the index entry says so (``display``) and the app shows it.
 
 Filters per layer: the k whose distance to the source is largest at the latest epoch, k seeded
 random ones, and any the user names. Once chosen, a filter is drawn at every later visualised
@@ -86,6 +91,38 @@ def class_average(images: np.ndarray, locations: np.ndarray, activations: np.nda
             t, b, l, r = window
             total[t - region[0]:b - region[0], l - region[1]:r - region[1]] += weight * (image[t:b, l:r] - PAD_COLOUR)
     return total / weights.sum()
+
+
+def in_image_extent(shape: tuple[int, int], locations: np.ndarray, activations: np.ndarray,
+                    field) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right), in the field's own coordinates, of the part of the field that lay
+    inside the image for some image that contributes to the class average (activation > 0)."""
+    extent = None
+    for (i, j), weight in zip(locations, activations):
+        region = field.region(int(i), int(j))
+        window = inside(shape, region)
+        if weight > 0 and window is not None:
+            t, b, l, r = window
+            box = (t - region[0], b - region[0], l - region[1], r - region[1])
+            extent = box if extent is None else (min(extent[0], box[0]), max(extent[1], box[1]),
+                                                 min(extent[2], box[2]), max(extent[3], box[3]))
+    return extent
+
+
+def legible(average: np.ndarray, extent: tuple[int, int, int, int] | None) -> np.ndarray:
+    """A class average as drawn: cropped to ``extent`` (the part that saw image pixels), then its values
+    stretched from their 1st–99th percentiles to 0–255, the three channels together (hues are kept). An
+    average with no contrast to stretch (under one grey level) is left as it is."""
+    if extent is not None:
+        top, bottom, left, right = extent
+        average = average[top:bottom, left:right]
+    low, high = np.percentile(average, [1, 99])
+    if high - low < 1.0:
+        return average
+    return np.clip((average - low) * (255.0 / (high - low)), 0, 255)
+
+
+DISPLAY = "the part of the receptive field inside the image, contrast stretched per image"
 
 
 def overlay(image: np.ndarray, feature_map: np.ndarray, scale: float) -> np.ndarray:
@@ -277,9 +314,12 @@ class Visualiser:
                                     self.fields[layer], f)
             if average is None:
                 continue
+            extent = in_image_extent(self.images.shape[1:3], locations[members, f], values[members, f],
+                                     self.fields[layer].for_filter(f))
             path = folder / f"class-{c:03d}-e{epoch:03d}.png"
-            write_atomic(path, png_bytes(average))
-            entries.append({**base, "kind": "class", "class": name, "path": str(path.relative_to(self.dir))})
+            write_atomic(path, png_bytes(legible(average, extent)))
+            entries.append({**base, "kind": "class", "class": name, "path": str(path.relative_to(self.dir)),
+                            "display": DISPLAY})
         for index in self.samples:
             source_map = evidence.samples[(layer, "source")][index][f]
             feature_map = evidence.samples[(layer, side)][index][f]

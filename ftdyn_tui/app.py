@@ -42,6 +42,7 @@ from ftdyn_tui.model import (
     filter_images,
     filter_rows,
     heatmap_text,
+    image_display,
     integer_ticks,
     learning_rate_series,
     legend_text,
@@ -106,7 +107,7 @@ class RunsScreen(Screen):
         Binding("space", "mark", "Mark for overlay"),
         Binding("f", "open_filters", "Filters"),
         Binding("t", "open_results", "Transfer"),
-        Binding("c", "open_config", "Config/diff"),
+        Binding("c", "open_config", "Config/diff", show=False),
         Binding("slash", "search", "Filter runs"),
         Binding("escape", "clear_search", "Clear filter", show=False),
     ]
@@ -730,7 +731,8 @@ class FilterScreen(Screen):
         pictures = [load_picture(path) if path else (None, None) for path in self.shown_paths.values()]
         source.image, current.image = (picture for picture, _ in pictures)
         problems = [problem for _, problem in pictures if problem]
-        lines = [f"filter {self.filter_index} · {self.kind}-based · {label}",
+        display = image_display(self.tracked, self.current_layer, self.filter_index, self.kind)
+        lines = [f"filter {self.filter_index} · {self.kind}-based · {label}" + (f" · {display}" if display else ""),
                  f"left: source (epoch 0)   right: epoch {self.epoch}  [{epochs[0]}…{epochs[-1]}]"] + problems[:1]
         caption.update(self.caption_text(lines))
 

@@ -509,6 +509,13 @@ def filter_images(run: TrackedRun, layer: str, index: int) -> dict[tuple[str, st
     return found
 
 
+def image_display(run: TrackedRun, layer: str, index: int, kind: str) -> str | None:
+    """How the run drew this filter's images of ``kind``, where its index says (class-based: cropped to the
+    field's part inside the image, contrast stretched); None for runs that did not record it."""
+    return next((entry["display"] for entry in run.vis if entry["layer"] == layer and entry["filter"] == index
+                 and entry["kind"] == kind and isinstance(entry.get("display"), str)), None)
+
+
 def export_path(run: TrackedRun, part: str, measure: str) -> Path:
     """Where the curves' CSV export goes: the first run's folder, under a name made from the measure's
     label with nothing but letters, digits and ``._+-`` (a label from a run directory names no path)."""

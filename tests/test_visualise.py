@@ -141,3 +141,23 @@ def test_vis_command_errors(tmp_path, shapes_data, cli):
         assert result.exit_code == 2 and fragment in result.output, result.output
     assert cli("run", "--data", shapes_data, "--out", tmp_path / "r2", "--epochs", "1", *TINY_RUN, "--vis",
                "--vis-filters", "relu:999").exit_code == 2
+
+
+def test_class_images_show_the_part_of_a_deep_field_inside_the_image_with_its_contrast_stretched():
+    from engine.visualise import in_image_extent, legible
+
+    images = np.full((2, 16, 16, 3), 120, dtype=np.uint8)
+    images[:, 4:8, 4:8] = 132  # faint structure: 12 grey levels in a flat image
+    field = one_field(size=48, stride=16, offset=-16)  # a deep layer: 3× the image
+    locations, peaks = np.array([[0, 0], [0, 0]]), np.array([1.0, 2.0])
+    average = class_average(images, locations, peaks, field, 0)
+    assert average.shape == (48, 48, 3) and (average[0, 0] == PAD_COLOUR).all()  # mostly padding
+    extent = in_image_extent(images.shape[1:3], locations, peaks, field.for_filter(0))
+    assert extent == (16, 32, 16, 32)  # rows/columns 16..31 of the field are the image
+    shown = legible(average, extent)
+    assert shown.shape == (16, 16, 3) and not (shown == PAD_COLOUR).all(axis=-1).any()
+    assert shown.min() == 0 and shown.max() == 255  # the faint square spans the full range
+    np.testing.assert_array_equal(shown[4:8, 4:8], 255)
+    assert in_image_extent(images.shape[1:3], locations, -peaks, field.for_filter(0)) is None  # never fired
+    flat = np.full((4, 4, 3), 99.0)
+    np.testing.assert_array_equal(legible(flat, None), flat)  # nothing to stretch: left as it is
