@@ -36,6 +36,7 @@ from ftdyn_tui.model import (
     accuracy_series,
     config_diff,
     flatten_config,
+    for_terminal,
     correlation_rows,
     export_csv,
     export_path,
@@ -729,7 +730,8 @@ class FilterScreen(Screen):
             self.epoch = epochs[-1]
         self.shown_paths = {"source": by_epoch[epochs[0]] if epochs[0] == 0 else None, "current": by_epoch[self.epoch]}
         pictures = [load_picture(path) if path else (None, None) for path in self.shown_paths.values()]
-        source.image, current.image = (picture for picture, _ in pictures)
+        colours = self.app.console.color_system
+        source.image, current.image = (picture and for_terminal(picture, colours) for picture, _ in pictures)
         problems = [problem for _, problem in pictures if problem]
         display = image_display(self.tracked, self.current_layer, self.filter_index, self.kind)
         lines = [f"filter {self.filter_index} · {self.kind}-based · {label}" + (f" · {display}" if display else ""),

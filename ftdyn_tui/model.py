@@ -509,6 +509,26 @@ def filter_images(run: TrackedRun, layer: str, index: int) -> dict[tuple[str, st
     return found
 
 
+# The 16 colours a 'standard' terminal has, as Rich maps RGB onto them (VGA).
+ANSI16 = ((0, 0, 0), (170, 0, 0), (0, 170, 0), (170, 85, 0), (0, 0, 170), (170, 0, 170), (0, 170, 170),
+          (170, 170, 170), (85, 85, 85), (255, 85, 85), (85, 255, 85), (255, 255, 85), (85, 85, 255),
+          (255, 85, 255), (85, 255, 255), (255, 255, 255))
+
+
+def for_terminal(picture, color_system: str | None):
+    """A picture as this terminal can show it. With 16 colours (or fewer), each half-block cell would be
+    snapped to the nearest of them and class averages turn into flat patches: the picture is dithered
+    (Floyd–Steinberg) onto those 16 colours instead, so shades survive as patterns. Truecolor and
+    256-colour terminals get it unchanged."""
+    from PIL import Image
+
+    if color_system in ("truecolor", "256"):
+        return picture
+    palette = Image.new("P", (1, 1))
+    palette.putpalette([v for colour in ANSI16 for v in colour] + [0] * (768 - 48))
+    return picture.convert("RGB").quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).convert("RGB")
+
+
 def image_display(run: TrackedRun, layer: str, index: int, kind: str) -> str | None:
     """How the run drew this filter's images of ``kind``, where its index says (class-based: cropped to the
     field's part inside the image, contrast stretched); None for runs that did not record it."""

@@ -1,7 +1,15 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import textual.constants as textual_constants
+
+# Snapshots are taken as a truecolor terminal sees the app, whatever TERM the machine running the tests
+# has (a plain TERM=xterm is a 16-colour terminal, where the app dithers its pictures). Textual reads the
+# setting when an app starts; the snapshot plugin has imported Textual before this file runs.
+os.environ.setdefault("TEXTUAL_COLOR_SYSTEM", "truecolor")
+textual_constants.COLOR_SYSTEM = os.environ["TEXTUAL_COLOR_SYSTEM"]
 
 # the metric references live beside the tests as a plain module
 sys.path.insert(0, str(Path(__file__).parent))

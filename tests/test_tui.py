@@ -428,3 +428,23 @@ async def test_config_view_and_the_diff_of_two_marked_runs(runs_dir):
         assert isinstance(app.screen, RunsScreen)
     assert config_diff({"a": {"b": 1}}, {"a": {"b": 1, "c": [1, 2]}}) == [("a.c", "—", "1, 2")]
     assert flatten_config({"x": [{"y": 1}], "z": []}) == {"x": '[{"y":1}]', "z": "[]"}
+
+
+def test_pictures_on_16_colour_terminals_are_dithered_onto_those_colours():
+    import numpy as np
+    from PIL import Image
+
+    from ftdyn_tui.model import ANSI16, for_terminal
+
+    ramp = np.tile(np.linspace(30, 220, 32)[None, :, None], (32, 1, 3)).astype(np.uint8)  # a grey ramp
+    ramp[..., 0] = np.clip(ramp[..., 0].astype(int) + 20, 0, 255)  # slightly warm
+    picture = Image.fromarray(ramp)
+    assert for_terminal(picture, "truecolor") is picture and for_terminal(picture, "256") is picture
+    shown = np.asarray(for_terminal(picture, "standard")).astype(float)
+    assert {tuple(map(int, p)) for p in shown.reshape(-1, 3)} <= set(ANSI16)  # nothing left to snap
+    nearest = np.asarray([min(ANSI16, key=lambda c: sum((a - b) ** 2 for a, b in zip(c, p)))
+                          for p in ramp.reshape(-1, 3)], dtype=float).reshape(ramp.shape)
+    blocks = lambda a: a.reshape(4, 8, 4, 8, 3).mean(axis=(1, 3))  # what the eye averages  # noqa: E731
+    dithered_error = np.abs(blocks(shown) - blocks(ramp.astype(float))).mean()
+    snapped_error = np.abs(blocks(nearest) - blocks(ramp.astype(float))).mean()
+    assert dithered_error < snapped_error / 2  # shades survive as patterns, not as flat patches
