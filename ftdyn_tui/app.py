@@ -52,6 +52,7 @@ from ftdyn_tui.model import (
     measure_rows,
     overlay_styles,
     part_series,
+    path_lines,
     positive_only,
     result_label,
     result_summary,
@@ -310,7 +311,7 @@ class DynamicsScreen(Screen):
     DynamicsScreen #main { width: 2fr; }
     DynamicsScreen #distance { height: 1fr; }
     DynamicsScreen #heatmap { height: 1fr; overflow: auto auto; }
-    DynamicsScreen #legend { height: auto; max-height: 6; overflow-y: auto; }
+    DynamicsScreen #legend { height: auto; max-height: 6; overflow-y: auto; text-wrap: nowrap; text-overflow: ellipsis; }
     DynamicsScreen #readout { height: auto; max-height: 4; }
     DynamicsScreen #side { width: 1fr; min-width: 30; }
     DynamicsScreen #accuracy { height: 12; }
@@ -453,7 +454,8 @@ class DynamicsScreen(Screen):
         widget.refresh()
         key = self.query_one("#legend", Static)
         key.display = self.legend
-        key.update(legend_text(legend, key.size.width or widget.size.width or max(40, self.size.width * 2 // 3 - 2)))
+        room = key.size.width or max(40, self.size.width * 2 // 3 - 4)  # before the first layout: a safe guess
+        key.update(legend_text(legend, room - 1))
         self.draw_readout()
 
     def plot_title(self, width: int) -> str:
@@ -784,7 +786,8 @@ class FilterScreen(Screen):
         path = str(by_epoch[self.epoch].resolve())
         shown = visible(path, MESSAGE_LIMIT)
         self.app.copy_to_clipboard(shown)  # OSC 52: reaches the local clipboard over SSH where the terminal allows
-        self.notify(f"{shown}\n(copied to the clipboard where the terminal allows; scp it off the box)", markup=False)
+        self.notify(f"{path_lines(shown)}\n(copied to the clipboard where the terminal allows; scp it off the box)",
+                    markup=False)
         self.last_written_path = path
 
 

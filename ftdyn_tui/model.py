@@ -529,6 +529,20 @@ def for_terminal(picture, color_system: str | None):
     return picture.convert("RGB").quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).convert("RGB")
 
 
+def path_lines(path: str, width: int = 40) -> str:
+    """A long path broken into lines after its separators, never inside a name (a toast wraps anywhere);
+    the lines joined give the path back."""
+    parts = path.split("/")
+    lines, line = [], parts[0]
+    for part in parts[1:]:
+        if line and len(line) + 1 + len(part) > width:
+            lines.append(line + "/")
+            line = part
+        else:
+            line = f"{line}/{part}"
+    return "\n".join(lines + [line])
+
+
 def image_display(run: TrackedRun, layer: str, index: int, kind: str) -> str | None:
     """How the run drew this filter's images of ``kind``, where its index says (class-based: cropped to the
     field's part inside the image, contrast stretched); None for runs that did not record it."""

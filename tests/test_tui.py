@@ -213,9 +213,19 @@ def test_snapshot_filter_screen(snap_compare, snapshot_runs):
                         terminal_size=SIZE)  # filter 3, which has images
 
 
-def test_snapshot_at_80_by_24(snap_compare, snapshot_runs):
-    assert snap_compare(create_app([snapshot_runs], images="halfcell"), press=["space", "down", "space", "enter"],
-                        terminal_size=(80, 24))
+@pytest.fixture()
+def demo_like_runs(tmp_path):
+    """Three runs of five layers, as the demo overlays them (task, similar, white)."""
+    root = tmp_path / "demo"
+    for name, epochs in (("similar", 5), ("task", 5), ("white", 5)):
+        write_fake_run(root / name, epochs=epochs, layers=5)
+    return root
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+def test_snapshot_demo_overlay(snap_compare, demo_like_runs, size):
+    assert snap_compare(create_app([demo_like_runs], images="halfcell"),
+                        press=["space", "down", "space", "down", "space", "enter"], terminal_size=size)
 
 
 def redmean(a, b) -> float:
@@ -448,3 +458,12 @@ def test_pictures_on_16_colour_terminals_are_dithered_onto_those_colours():
     dithered_error = np.abs(blocks(shown) - blocks(ramp.astype(float))).mean()
     snapped_error = np.abs(blocks(nearest) - blocks(ramp.astype(float))).mean()
     assert dithered_error < snapped_error / 2  # shades survive as patterns, not as flat patches
+
+
+def test_a_long_path_breaks_after_separators_only():
+    from ftdyn_tui.model import path_lines
+
+    path = "/home/me/runs/alpha/vis/layer4.1/f0003/class-001-e003.png"
+    shown = path_lines(path, width=20)
+    assert shown.replace("\n", "") == path and all(line.endswith("/") for line in shown.splitlines()[:-1])
+    assert max(len(line) for line in shown.splitlines()) <= 20 and path_lines("/a") == "/a"
