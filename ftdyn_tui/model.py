@@ -308,7 +308,7 @@ def positive_only(xs: list[float], ys: list[float]) -> tuple[list[float], list[f
 # per run, so that runs differ in two ways.
 RUN_PALETTE = ((78, 121, 167), (242, 142, 43), (225, 87, 89), (118, 183, 178), (89, 161, 79), (237, 201, 72),
                (176, 122, 161), (255, 157, 167), (156, 117, 95), (186, 176, 172))
-RUN_MARKERS = ("braille", "hd", "dot", "sd", "+", "x", "o", "*", "#", "%")
+RUN_MARKERS = ("braille", "hd", "·", "+", "x", "o", "*", "#", "%", "~")
 Colour = tuple[int, int, int]
 
 
