@@ -226,14 +226,26 @@ class RunsScreen(Screen):
         else:
             self.notify("Nothing to plot: the run has no readable record or records no measure.", severity="warning")
 
-    def action_open_filters(self) -> None:
+    def readable_run(self) -> TrackedRun | None:
+        """The highlighted run where it can be opened; otherwise None, having said why."""
         run = self.current_run()
-        if run is not None and run.config is not None and not run.problem:
+        if run is None:
+            self.notify("No run here yet.", severity="warning")
+        elif run.problem or run.config is None:
+            self.notify(plain(f"{run.name} cannot be opened: {run.problem or 'no config.json yet'}"),
+                        severity="warning", markup=False)
+        else:
+            return run
+        return None
+
+    def action_open_filters(self) -> None:
+        run = self.readable_run()
+        if run is not None:
             self.app.push_screen(FilterScreen(run))
 
     def action_open_results(self) -> None:
-        run = self.current_run()
-        if run is not None and run.config is not None and not run.problem:
+        run = self.readable_run()
+        if run is not None:
             self.app.push_screen(ResultsScreen(run, list(self.app.workspace.runs.values())))
 
     def action_open_config(self) -> None:
@@ -606,6 +618,9 @@ class DynamicsScreen(Screen):
         self.draw_main()
 
     def action_toggle_x(self) -> None:
+        if self.x_axis == "epoch" and not any(r.get("kind") == "step" for run in self.runs for r in run.records):
+            self.notify("these runs measured once per epoch only; runs with --every-steps N have a step axis "
+                        "worth showing (the epoch records are drawn at their step)")
         self.x_axis = "step" if self.x_axis == "epoch" else "epoch"
         self.draw_main()
 

@@ -467,3 +467,16 @@ def test_a_long_path_breaks_after_separators_only():
     shown = path_lines(path, width=20)
     assert shown.replace("\n", "") == path and all(line.endswith("/") for line in shown.splitlines()[:-1])
     assert max(len(line) for line in shown.splitlines()) <= 20 and path_lines("/a") == "/a"
+
+
+async def test_runs_that_cannot_be_opened_say_why(tmp_path):
+    root = tmp_path / "runs"
+    write_fake_run(root / "broken", epochs=1, vis=False)
+    (root / "broken" / "config.json").write_text("[]")
+    app = create_app([root])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        for key in ("f", "t"):
+            await pilot.press(key)
+            assert isinstance(app.screen, RunsScreen)
+            assert "broken cannot be opened" in str(list(app._notifications)[-1].message)
