@@ -419,6 +419,7 @@ class RunReader:
         self.dir = Path(run_dir)
         self._records = JsonlFollower(self.dir / RECORDS)
         self._config: dict[str, Any] | None = None
+        self._config_problem: str | None = None  # checked once: the config is written once
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -428,6 +429,7 @@ class RunReader:
         """The run's configuration; written once, atomically, so it is read until it is there."""
         if self._config is None:
             self._config = read_json(self.dir / CONFIG)
+            self._config_problem = None if self._config is None else config_problem(self._config)
         return self._config
 
     def status(self) -> dict[str, Any] | None:
@@ -445,15 +447,14 @@ class RunReader:
             self.poll()
         except (RunFormatError, UnicodeDecodeError, OSError) as exc:
             reason = str(exc) if isinstance(exc, RunFormatError) else f"{type(exc).__name__}: {exc}"
-            config = self._config if self._config is not None and not config_problem(self._config) else None
+            config = None if self._config_problem else self._config
             return RunSnapshot(self.dir, config, None, list(self.records),
                                f"'{self.dir}' is not a readable ftdyn run ({reason})")
-        reason = (config_problem(config) if config is not None else None) or \
-            (status_problem(status) if status is not None else None)
+        status_reason = None if status is None else status_problem(status)
+        reason = self._config_problem or status_reason
         if reason:  # what is well-formed is still shown: a corrupt status must not hide the records
-            config = config if config is not None and not config_problem(config) else None
-            status = status if status is not None and not status_problem(status) else None
-            return RunSnapshot(self.dir, config, status, list(self.records),
+            return RunSnapshot(self.dir, None if self._config_problem else config,
+                               None if status_reason else status, list(self.records),
                                f"'{self.dir}' is not a readable ftdyn run ({reason})")
         problem = None
         if config is None and status is None:
