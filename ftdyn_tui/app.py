@@ -725,11 +725,11 @@ class FilterScreen(Screen):
 
     def shown(self) -> tuple[dict[int, Path], str | None]:
         """{epoch: path} of the image in view (kind, class or sample cycled by `c`) and its label."""
-        labels = self.labels()
-        if not labels:
+        images = self.images_of_kind()
+        if not images:
             return {}, None
-        label = labels[self.label_index % len(labels)]
-        return filter_images(self.tracked, self.current_layer, self.filter_index)[(self.kind, label)], label
+        label = sorted(images)[self.label_index % len(images)]
+        return images[label], label
 
     def show_images(self) -> None:
         by_epoch, label = self.shown()
@@ -775,18 +775,20 @@ class FilterScreen(Screen):
         self.show_images()
 
     def action_next_class(self) -> None:
-        if len(self.labels()) < 2:
-            self.notify(f"this filter has {'one' if self.labels() else 'no'} {self.kind}-based image; "
+        labels = self.images_of_kind()
+        if len(labels) < 2:
+            self.notify(f"this filter has {'one' if labels else 'no'} {self.kind}-based image; "
                         f"`k` switches between class- and sample-based")
             return
         self.label_index += 1
         self.show_images()
 
-    def labels(self) -> list[str]:
+    def images_of_kind(self) -> dict[str, dict[int, Path]]:
+        """label → {epoch: path} of the filter's images of the kind in view (one pass over the index)."""
         if self.filter_index is None or self.current_layer is None:
-            return []
-        return sorted(label for kind, label in filter_images(self.tracked, self.current_layer, self.filter_index)
-                      if kind == self.kind)
+            return {}
+        found = filter_images(self.tracked, self.current_layer, self.filter_index)
+        return {label: by_epoch for (kind, label), by_epoch in found.items() if kind == self.kind}
 
     def action_next_kind(self) -> None:
         self.kind = "sample" if self.kind == "class" else "class"
