@@ -14,7 +14,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from engine.similarity.metrics import choose_form, metric_values, needs_whitening, pair_spectra, unwhitened_values
+from engine.similarity.debiased import debiased_from_centred
+from engine.similarity.metrics import (
+    centred,
+    choose_form,
+    compute_dtype_for,
+    metric_values,
+    needs_whitening,
+    pair_spectra,
+    unwhitened_values,
+)
 from engine.similarity.spectral import SideSpectrum
 
 # Memory budget for one chunk of batched work (float64 Grams and their eigenvectors).
@@ -73,7 +82,11 @@ def batched_metric_values(x: torch.Tensor, y: torch.Tensor, metrics, whitening_s
         pair = pair_spectra(x[start:stop], y[start:stop], precision, form, source)
         if key is not None and source is None:
             cache.put(key, pair.x)
-        return metric_values(pair, metrics, whitening_scale), pair.x.total_variance, pair.y.total_variance
+        dtype = compute_dtype_for(x.device, precision)
+        debiased = lambda: debiased_from_centred(centred(x[start:stop], dtype).to(torch.float64),  # noqa: E731
+                                                 centred(y[start:stop], dtype).to(torch.float64))
+        return (metric_values(pair, metrics, whitening_scale, debiased), pair.x.total_variance,
+                pair.y.total_variance)
 
     results = run_in_parallel(one_chunk, ranges, workers)
     values = {mt.label: torch.cat([r[0][mt.label] for r in results]) for mt in metrics}

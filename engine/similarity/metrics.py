@@ -27,6 +27,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from engine.similarity.debiased import debiased_from_centred
 from engine.similarity.spectral import (
     DIRECT_EIGH_ERROR,
     WHITENING_SCALES,
@@ -43,7 +44,7 @@ from engine.similarity.spectral import (
     whitened_cosine,
 )
 
-METRIC_NAMES = ("pwsm", "procrustes", "cka")
+METRIC_NAMES = ("pwsm", "procrustes", "cka", "cka-debiased")
 DEFAULT_ALPHA = 0.5
 # Below this α, in the degenerate regime, PWSM values are squeezed towards 0 (METRICS.md §2).
 SMALL_ALPHA = 0.05
@@ -70,7 +71,7 @@ class Metric:
 
 
 def parse_metric(text: str, default_alpha: float = DEFAULT_ALPHA) -> Metric:
-    """'pwsm' → PWSM at ``default_alpha``; 'pwsm:0' → PWSM at α = 0; 'procrustes'; 'cka'."""
+    """'pwsm' → PWSM at ``default_alpha``; 'pwsm:0' → PWSM at α = 0; 'procrustes'; 'cka'; 'cka-debiased'."""
     name, _, param = text.strip().lower().partition(":")
     if name not in METRIC_NAMES:
         raise ValueError(f"unknown metric {text!r}; choose from {', '.join(METRIC_NAMES)} (e.g. pwsm:0.5)")
@@ -265,11 +266,12 @@ def pair_spectra(x: torch.Tensor, y: torch.Tensor, precision: str | None = None,
     return pair_from_moments(xt @ xc, yc.transpose(1, 2) @ yc, xt @ yc, m, identical, dtype, floors)
 
 
-def metric_values(pair: PairedSpectra, metrics: Sequence[Metric],
-                  whitening_scale: str = "mean_eig") -> dict[str, torch.Tensor]:
+def metric_values(pair: PairedSpectra, metrics: Sequence[Metric], whitening_scale: str = "mean_eig",
+                  debiased=None) -> dict[str, torch.Tensor]:
     """Every requested metric for every pair in the batch: {label: (b,) float64 tensor}.
 
-    NaN where a side is dead (undefined), exactly 0 where the inputs were identical.
+    NaN where a side is dead (undefined), exactly 0 where the inputs were identical. Debiased CKA is
+    not a function of the spectra: ``debiased()`` gives its (b,) similarity from the data's own sums.
     """
     if whitening_scale not in WHITENING_SCALES:
         raise ValueError(f"unknown whitening_scale {whitening_scale!r}; use one of {WHITENING_SCALES}")
@@ -283,13 +285,15 @@ def metric_values(pair: PairedSpectra, metrics: Sequence[Metric],
             cos_by_alpha[alpha] = whitened_cosine(pair.cross, pair.x, pair.y, alpha, whitening_scale)
         return cos_by_alpha[alpha]
 
-    return values_from(metrics, cosine, lambda: cka_similarity(pair.cross, pair.x, pair.y), pair.live, pair.identical)
+    return values_from(metrics, cosine, lambda: cka_similarity(pair.cross, pair.x, pair.y), pair.live,
+                       pair.identical, debiased)
 
 
 def values_from(metrics: Sequence[Metric], cosine, cka, live: torch.Tensor,
-                identical: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The metrics from cos θ_α (``cosine(α)``) and the CKA similarity (``cka()``), as METRICS.md §2
-    writes them; exactly 0 where the inputs were identical, NaN where a side is dead."""
+                identical: torch.Tensor, debiased=None) -> dict[str, torch.Tensor]:
+    """The metrics from cos θ_α (``cosine(α)``), the CKA similarity (``cka()``) and the debiased CKA
+    similarity (``debiased()``), as METRICS.md §2 and ANALYSES.md §7 write them; exactly 0 where the
+    inputs were identical, NaN where a side is dead."""
     out: dict[str, torch.Tensor] = {}
     for metric in metrics:
         if metric.name == "pwsm":
@@ -298,8 +302,10 @@ def values_from(metrics: Sequence[Metric], cosine, cka, live: torch.Tensor,
             value = (2.0 - 2.0 * cosine(1.0)).clamp(0.0, 2.0)
         elif metric.name == "cka":
             value = 1.0 - cka()
-        else:  # parse_metric guards this; kept for Metric objects built by hand
-            raise ValueError(f"unknown metric {metric.name!r}")
+        elif metric.name == "cka-debiased" and debiased is not None:
+            value = 1.0 - debiased()  # not clamped: an unbiased estimate may leave [0, 1] by noise
+        else:  # parse_metric guards the names; kept for Metric objects built by hand
+            raise ValueError(f"metric {metric.name!r} cannot be computed here")
         value = torch.where(identical, torch.zeros_like(value), value)
         out[metric.label] = torch.where(live | identical, value, torch.full_like(value, math.nan))
     return out
@@ -333,4 +339,5 @@ def unwhitened_values(x: torch.Tensor, y: torch.Tensor, metrics: Sequence[Metric
         return (cross.pow(2).sum((1, 2)) / safe(gram_x * gram_y)).clamp(0.0, 1.0)
 
     # only α = 1 reaches here (needs_whitening): the cosine of angular Procrustes
-    return values_from(metrics, lambda alpha: cos, cka, live, bitwise_equal(x, y)), power_x, power_y
+    debiased = lambda: debiased_from_centred(xc.to(torch.float64), yc.to(torch.float64))  # noqa: E731
+    return values_from(metrics, lambda alpha: cos, cka, live, bitwise_equal(x, y), debiased), power_x, power_y

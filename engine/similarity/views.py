@@ -23,6 +23,7 @@ value: a layer with no live filter has value None.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -49,6 +50,7 @@ from engine.similarity.metrics import (
     parse_metrics,
     spectrum_from_gram,
 )
+from engine.similarity.debiased import DEBIASED, debiased_from_grams
 from engine.similarity.spectral import dual_cross
 from engine.similarity.streaming import MomentAccumulator, pooled_rows, positions_rows
 
@@ -70,6 +72,12 @@ class LayerDistance:
     dead_filters: int
     n_filters: int
     per_filter: dict[str, np.ndarray] = field(default_factory=dict)
+    # the jackknife's replicates (engine.intervals): label → the value with each image group left out
+    replicates: dict[str, list[float | None]] = field(default_factory=dict)
+
+    def add_replicate(self, values: dict[str, float | None]) -> None:
+        for label, value in values.items():
+            self.replicates.setdefault(label, []).append(value)
 
 
 def check_view(view: str) -> str:
@@ -139,18 +147,21 @@ class LayerAccumulator:
     def __init__(self, view: str, metrics: Sequence[str | Metric], alpha: float = DEFAULT_ALPHA,
                  whitening_scale: str = "mean_eig", precision: str | None = None,
                  cache: SourceSpectrumCache | None = None, cache_key: object = None,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, groups: int = 1):
         self.view = check_view(view)
         self.metrics = parse_metrics(metrics, alpha)
         self.whitening_scale = whitening_scale
         self.precision = precision
         self.cache, self.cache_key = cache, cache_key
         self.chunk_bytes = chunk_bytes
+        self.groups = groups
         self.shape: tuple[int, ...] | None = None
-        self.moments = MomentAccumulator(precision) if view in ("positions", "pooled", "cls") else None
+        debiased = any(m.name == DEBIASED for m in self.metrics)
+        self.moments = MomentAccumulator(precision, groups, row_terms=debiased) \
+            if view in ("positions", "pooled", "cls") else None
         self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.map_sums: dict[str, torch.Tensor] = {}
-        self.map_live: torch.Tensor | None = None
+        self.map_sums: dict[str, torch.Tensor] = {}  # label → (G, c) per-group sums of per-map values
+        self.map_live: torch.Tensor | None = None  # (G, c) per-group counts of live maps
         self.device = torch.device("cpu")
 
     def update(self, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -158,41 +169,92 @@ class LayerAccumulator:
             raise ValueError(f"batch shape {tuple(a.shape)} does not match earlier batches {self.shape}")
         if self.shape is None:
             self.device = a.device
-        n = a.shape[0] + (self.shape[0] if self.shape else 0)
-        self.shape = (n, *a.shape[1:])
+        seen = self.shape[0] if self.shape else 0
+        self.shape = (seen + a.shape[0], *a.shape[1:])
+        # probe image i belongs to jackknife group i mod G (engine.intervals): the probe order is fixed
+        image_groups = (torch.arange(seen, seen + a.shape[0], device=a.device) % self.groups) \
+            if self.groups > 1 else None
         if self.view == "positions":
-            self.moments.update(positions_rows(a), positions_rows(b))
+            rows = None if image_groups is None else image_groups.repeat_interleave(a.shape[2] * a.shape[3])
+            self.moments.update(positions_rows(a), positions_rows(b), rows)
         elif self.view in ("pooled", "cls"):  # cls: the class token arrives as an (n, d, 1, 1) map
-            self.moments.update(pooled_rows(a), pooled_rows(b))
+            self.moments.update(pooled_rows(a), pooled_rows(b), image_groups)
         elif self.view == "filter-map":
-            self.add_filter_maps(a, b)
+            self.add_filter_maps(a, b, image_groups)
         else:
             self.kept.append((a, b))
 
     def result(self) -> LayerDistance:
+        """The layer's distances, with the jackknife's replicates when ``groups`` > 1."""
         if self.shape is None:
             raise ValueError("no activations were added")
         check_metrics_for_view(self.metrics, self.view, self.shape)
         dtype = compute_dtype_for(self.device, self.precision)
         if self.moments is not None:
-            result = whole_layer_result(self.view, self.moments.paired_spectra(), self.metrics, self.whitening_scale,
-                                        channel_dead_count(*self.moments.column_variances(), dtype))
+            values = self.moment_values(self.moments.replicates())
+            result = LayerDistance(self.view, {label: v[0] for label, v in values.items()},
+                                   channel_dead_count(*self.moments.column_variances(), dtype),
+                                   self.shape[1], replicates={label: v[1:] for label, v in values.items() if v[1:]})
             if self.view == "positions":  # free from the moments: how far each filter moved, for ranking them
                 result.per_filter[CHANNEL_ANGLE] = channel_angles(*self.moments.centred_moments(), dtype).cpu().numpy()
             return result
         if self.view == "filter-map":
-            per_filter = {label: v / self.map_live.clamp_min(1) for label, v in self.map_sums.items()}
-            return filter_view_result("filter-map", per_filter, self.map_live == 0, self.shape[1])
+            result = self.filter_map_result(None)
+            for g in range(self.groups if self.groups > 1 else 0):
+                result.add_replicate(self.filter_map_result(g).values)
+            return result
         a = torch.cat([k[0] for k in self.kept])
         b = torch.cat([k[1] for k in self.kept])
+        result = self.kept_result(a, b, None)
+        if self.groups > 1:
+            image_groups = torch.arange(a.shape[0], device=a.device) % self.groups
+            for g in range(self.groups):
+                keep = (image_groups != g).nonzero().flatten()
+                result.add_replicate(self.kept_result(a[keep], b[keep], g).values)
+        return result
+
+    def kept_result(self, a: torch.Tensor, b: torch.Tensor, left_out: int | None) -> LayerDistance:
+        """`flat` or `filter` on the kept images (one replicate: group ``left_out`` deleted)."""
+        dtype = compute_dtype_for(self.device, self.precision)
         if self.view == "flat":
             return flat_layer_distance(a, b, self.metrics, self.whitening_scale, dtype, self.chunk_bytes)
+        key = self.cache_key if left_out is None else (self.cache_key, "left out", left_out)
         return filter_layer_distance(a, b, self.metrics, self.whitening_scale, self.precision, self.cache,
-                                     self.cache_key, self.chunk_bytes)
+                                     key, self.chunk_bytes)
 
-    def add_filter_maps(self, a: torch.Tensor, b: torch.Tensor) -> None:
+    def moment_values(self, leave_outs: list[int | None]) -> dict[str, list[float | None]]:
+        """Each metric of each replicate in ``leave_outs`` (None: every row), in that order.
+        Replicates of equal size share a batched decomposition, in chunks within the memory budget."""
+        out: dict[str, list[float | None]] = {m.label: [None] * len(leave_outs) for m in self.metrics}
+        by_rows: dict[int, list[int]] = {}
+        for i, g in enumerate(leave_outs):
+            by_rows.setdefault(self.moments.rows_without(g), []).append(i)
+        c = max(self.shape[1], 1)
+        chunk = max(1, int(self.chunk_bytes // (56 * c * c)))
+        for indices in by_rows.values():
+            for start in range(0, len(indices), chunk):
+                batch = indices[start:start + chunk]
+                chosen = [leave_outs[i] for i in batch]
+                debiased = lambda chosen=chosen: torch.tensor(  # noqa: E731
+                    [self.moments.debiased_cka(g) for g in chosen], dtype=torch.float64)
+                values = metric_values(self.moments.paired_spectra(chosen), self.metrics, self.whitening_scale,
+                                       debiased)
+                for label, v in values.items():
+                    for i, value in zip(batch, v.tolist()):
+                        out[label][i] = None if math.isnan(value) else value
+        return out
+
+    def filter_map_result(self, left_out: int | None) -> LayerDistance:
+        """`filter-map` from the per-group sums, every group or all but ``left_out``."""
+        less = lambda t: t.sum(0) - (t[left_out] if left_out is not None else 0)  # noqa: E731
+        live = less(self.map_live)
+        per_filter = {label: less(v) / live.clamp_min(1) for label, v in self.map_sums.items()}
+        return filter_view_result("filter-map", per_filter, live == 0, self.shape[1])
+
+    def add_filter_maps(self, a: torch.Tensor, b: torch.Tensor, image_groups: torch.Tensor | None) -> None:
         """`filter-map`: each image's h×w map of each filter, in the authors' layout (image rows are
-        features, columns samples); sums over the images where the map is live in both models."""
+        features, columns samples); sums, per image group, over the images where the map is live in
+        both models."""
         n, c, h, w = a.shape
         x = a.transpose(2, 3).reshape(n * c, w, h)
         y = b.transpose(2, 3).reshape(n * c, w, h)
@@ -201,11 +263,15 @@ class LayerAccumulator:
                                                          self.precision, chunk)
         dtype = compute_dtype_for(a.device, self.precision)
         live = ~(dead_mask(power_x, dtype) | dead_mask(power_y, dtype)).reshape(n, c)
+        groups = image_groups if image_groups is not None else torch.zeros(n, dtype=torch.long, device=a.device)
+        if self.map_live is None:
+            self.map_live = torch.zeros(self.groups, c, dtype=torch.long, device=a.device)
         for label, v in values.items():
-            v = torch.where(live, v.reshape(n, c), torch.zeros_like(v.reshape(n, c))).sum(0)
-            self.map_sums[label] = self.map_sums[label] + v if label in self.map_sums else v
-        counts = live.sum(0)
-        self.map_live = counts if self.map_live is None else self.map_live + counts
+            v = torch.where(live, v.reshape(n, c), torch.zeros_like(v.reshape(n, c)))
+            if label not in self.map_sums:
+                self.map_sums[label] = torch.zeros(self.groups, c, dtype=v.dtype, device=a.device)
+            self.map_sums[label].index_add_(0, groups, v)
+        self.map_live.index_add_(0, groups, live.long())
 
 
 def channel_dead_count(var_x: torch.Tensor, var_y: torch.Tensor, dtype: torch.dtype) -> int:
@@ -231,8 +297,8 @@ def channel_angles(sxx: torch.Tensor, syy: torch.Tensor, sxy: torch.Tensor, dtyp
 
 
 def whole_layer_result(view: str, pair: PairedSpectra, metrics: Sequence[Metric], whitening_scale: str,
-                       dead: int) -> LayerDistance:
-    values = metric_values(pair, metrics, whitening_scale)
+                       dead: int, debiased=None) -> LayerDistance:
+    values = metric_values(pair, metrics, whitening_scale, debiased)
     n_filters = pair.x.n_features
     result = {label: (None if torch.isnan(v[0]) else float(v[0])) for label, v in values.items()}
     return LayerDistance(view, result, dead, n_filters)
@@ -247,7 +313,7 @@ def flat_layer_distance(a: torch.Tensor, b: torch.Tensor, metrics, whitening_sca
     p = a[0].numel()
     step = max(1, int(chunk_bytes // max(1, n * a[0, 0].numel() * 8 * 2)))
     sides = []
-    var = {}
+    var, grams = {}, {}
     for name, acts in (("x", a), ("y", b)):
         gram = torch.zeros(n, n, dtype=torch.float64, device=a.device)
         var[name] = torch.zeros(c, dtype=torch.float64, device=a.device)
@@ -261,6 +327,7 @@ def flat_layer_distance(a: torch.Tensor, b: torch.Tensor, metrics, whitening_sca
             live_columns += (power > constant_column_floor(raw.reshape(n, -1)[None], dtype)[0].reshape(power.shape)).sum()
             flat = block.reshape(n, -1)
             gram += (flat @ flat.T).to(torch.float64)
+        grams[name] = gram
 
         sides.append(resolve_dual(spectrum_from_gram(gram[None], n, p, dtype), n, p,
                                   lambda rows, count=live_columns: count.expand(len(rows)),
@@ -268,7 +335,8 @@ def flat_layer_distance(a: torch.Tensor, b: torch.Tensor, metrics, whitening_sca
     sx, sy = sides
     identical = torch.tensor([torch.equal(a, b)], device=a.device)
     pair = PairedSpectra(sx, sy, dual_cross(sx, sy), n, identical)
-    return whole_layer_result("flat", pair, metrics, whitening_scale, channel_dead_count(var["x"], var["y"], dtype))
+    return whole_layer_result("flat", pair, metrics, whitening_scale, channel_dead_count(var["x"], var["y"], dtype),
+                              lambda: debiased_from_grams(grams["x"][None], grams["y"][None]))
 
 
 def filter_layer_distance(a: torch.Tensor, b: torch.Tensor, metrics, whitening_scale: str,

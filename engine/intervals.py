@@ -1,0 +1,177 @@
+"""Intervals for distances estimated on a finite probe set (ANALYSES.md §6): the delete-one-group
+jackknife over image groups, and the paired and unpaired differences findings are judged by.
+
+The probe images are dealt into G groups in probe order (image i → group i mod G; the probe set and
+its order are fixed for a run, so every epoch uses the same groups). A measurement keeps, beside its
+value d, the G *replicates* d₍g₎ — the same measurement with group g's images deleted. Then
+
+    d̄ = (1/G) Σ_g d₍g₎        SE_jack = √((G−1)/G · Σ_g (d₍g₎ − d̄)²)
+    interval = d ± t_{G−1, (1+level)/2} · SE_jack
+
+(Student t with G − 1 degrees of freedom, the usual reference distribution of a grouped jackknife).
+Positions of one image always stay together: images are resampled, never positions.
+
+Paired differences (layer vs layer, epoch vs epoch within one run) share the groups, so the
+difference is taken inside each replicate, d₍g₎ᴬ − d₍g₎ᴮ, and jackknifed as one quantity — much
+narrower than the two separate intervals suggest. Runs on different probe sets are unpaired: their
+standard errors combine as √(SE_A² + SE_B²) with the smaller run's degrees of freedom.
+
+Torch-free: the TUI and `ftdyn report` compute intervals of derived quantities from the recorded
+replicates through this module. The t quantile comes from scipy in the engine and is recorded with
+the run (``t``), so readers never need scipy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+DEFAULT_GROUPS = 10
+DEFAULT_LEVEL = 0.90
+MODES = ("auto", "all", "off")
+# Views whose replicates come from the statistics the value needs anyway (moments, per-map sums):
+# `--intervals auto` covers these. `filter` and `flat` compare images with each other, so each
+# replicate recomputes the layer from the kept images (G times the view's cost): `--intervals all`.
+STREAMING_VIEWS = ("positions", "pooled", "cls", "filter-map")
+
+
+@dataclass(frozen=True)
+class IntervalSettings:
+    """How intervals are taken: G groups, the level, and the t quantile for G − 1 degrees of freedom."""
+
+    groups: int
+    level: float
+    t: float
+    mode: str = "auto"
+
+    def covers(self, view: str) -> bool:
+        return self.mode == "all" or (self.mode == "auto" and view in STREAMING_VIEWS)
+
+    def to_json(self) -> dict:
+        return {"method": "jackknife", "groups": self.groups, "level": self.level, "t": self.t, "mode": self.mode,
+                "views": "all" if self.mode == "all" else list(STREAMING_VIEWS)}
+
+    @staticmethod
+    def from_json(data) -> "IntervalSettings | None":
+        """The settings a run recorded, or None (intervals off, a run from before them, or damaged)."""
+        if not isinstance(data, dict) or data.get("method") != "jackknife":
+            return None
+        groups, level, t = data.get("groups"), data.get("level"), data.get("t")
+        if not (isinstance(groups, int) and groups >= 2 and all(isinstance(v, (int, float)) for v in (level, t))):
+            return None
+        if not (0 < level < 1 and math.isfinite(t) and t > 0):
+            return None
+        mode = data.get("mode") if data.get("mode") in MODES else "auto"
+        return IntervalSettings(groups, float(level), float(t), mode)
+
+
+def settings_for(groups: int, level: float, mode: str = "auto") -> IntervalSettings | None:
+    """The settings for ``--intervals MODE --interval-groups G --interval-level L`` (None when off)."""
+    if mode not in MODES:
+        raise ValueError(f"--intervals takes {', '.join(MODES)}, not {mode!r}")
+    if mode == "off":
+        return None
+    if not isinstance(groups, int) or groups < 2:
+        raise ValueError(f"--interval-groups must be an integer ≥ 2 (got {groups}); use --intervals off for none")
+    if not 0 < level < 1:
+        raise ValueError(f"--interval-level must lie strictly between 0 and 1 (got {level:g}), e.g. 0.9")
+    from scipy.stats import t as student_t  # the engine side only; readers take t from the record
+
+    return IntervalSettings(groups, float(level), float(student_t.ppf((1 + level) / 2, groups - 1)), mode)
+
+
+def group_of(index: np.ndarray | int, groups: int):
+    """The group of probe image ``index`` (its position in the probe order)."""
+    return index % groups
+
+
+def jackknife_se(replicates: Sequence[float] | np.ndarray) -> float | None:
+    """SE_jack of the replicates d₍g₎; None when any is missing or non-finite."""
+    r = np.asarray([np.nan if v is None else v for v in replicates], dtype=np.float64)
+    if r.size < 2 or not np.all(np.isfinite(r)):
+        return None
+    g = r.size
+    return float(math.sqrt((g - 1) / g * np.sum((r - r.mean()) ** 2)))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A value with its jackknife standard error and interval at the recorded level."""
+
+    value: float
+    se: float
+    t: float
+
+    @property
+    def low(self) -> float:
+        return self.value - self.t * self.se
+
+    @property
+    def high(self) -> float:
+        return self.value + self.t * self.se
+
+    @property
+    def half_width(self) -> float:
+        return self.t * self.se
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+    def as_json(self) -> dict:
+        return {"value": self.value, "se": self.se, "low": self.low, "high": self.high}
+
+
+def estimate(value: float | None, replicates, t: float) -> Estimate | None:
+    """``value`` with the interval its replicates give; None where either is missing."""
+    if value is None or replicates is None or not math.isfinite(value):
+        return None
+    se = jackknife_se(replicates)
+    return None if se is None else Estimate(float(value), se, t)
+
+
+def interval(value: float | None, replicates, t: float) -> list[float] | None:
+    """[low, high] for the record, or None."""
+    found = estimate(value, replicates, t)
+    return None if found is None else [found.low, found.high]
+
+
+def derived(fn: Callable[[np.ndarray], float], values: np.ndarray, replicates: np.ndarray, t: float) -> Estimate | None:
+    """Any statistic of paired measurements, jackknifed: ``fn`` maps an array of measurements (the
+    full-sample values, shape S) to one number; ``replicates`` has shape (G, *S) — the same
+    measurements in each replicate. The statistic is computed inside each replicate, so paired
+    differences, means over layers and correlations over epochs keep their pairing."""
+    values = np.asarray(values, dtype=np.float64)
+    replicates = np.asarray(replicates, dtype=np.float64)
+    if not (np.all(np.isfinite(values)) and np.all(np.isfinite(replicates))):
+        return None
+    full = fn(values)
+    reps = [fn(replicates[g]) for g in range(replicates.shape[0])]
+    if full is None or any(r is None for r in reps):
+        return None
+    return estimate(float(full), reps, t)
+
+
+def paired_difference(a: float, a_reps, b: float, b_reps, t: float) -> Estimate | None:
+    """a − b for two measurements on the same probe groups (same run): the difference per replicate."""
+    if a is None or b is None or a_reps is None or b_reps is None or len(a_reps) != len(b_reps):
+        return None
+    return derived(lambda v: float(v[0] - v[1]), np.array([a, b]), np.column_stack([a_reps, b_reps]), t)
+
+
+def unpaired_difference(a: Estimate | None, b: Estimate | None) -> Estimate | None:
+    """a − b for estimates on different probe sets (different runs): SE = √(SE_A² + SE_B²), with the
+    larger of the two t quantiles (the fewer degrees of freedom)."""
+    if a is None or b is None:
+        return None
+    return Estimate(a.value - b.value, math.hypot(a.se, b.se), max(a.t, b.t))
+
+
+def format_estimate(found: Estimate | None, digits: int = 3) -> str:
+    """'0.312 ± 0.014' (the half-width at the recorded level), or '—'."""
+    if found is None:
+        return "—"
+    return f"{found.value:.{digits}f} ± {found.half_width:.{digits}f}"
