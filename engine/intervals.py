@@ -36,6 +36,11 @@ MODES = ("auto", "all", "off")
 # `--intervals auto` covers these. `filter` and `flat` compare images with each other, so each
 # replicate recomputes the layer from the kept images (G times the view's cost): `--intervals all`.
 STREAMING_VIEWS = ("positions", "pooled", "cls", "filter-map")
+MOMENT_VIEWS = ("positions", "pooled", "cls")  # per-group c×c moments: memory grows with G
+# Memory the per-group moments of one layer may take (float64 XᵀX, YᵀY, XᵀY per group): a run asks
+# for G groups and gets fewer, never under 2, when its widest streamed layer would exceed this
+# (a 2048-channel ResNet-50 layer4 holds 96 MiB a group, so 5 groups; benchmarks/bench_memory.py).
+MOMENT_GROUPS_BYTES = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -83,9 +88,14 @@ def settings_for(groups: int, level: float, mode: str = "auto") -> IntervalSetti
     return IntervalSettings(groups, float(level), float(student_t.ppf((1 + level) / 2, groups - 1)), mode)
 
 
-def group_of(index: np.ndarray | int, groups: int):
-    """The group of probe image ``index`` (its position in the probe order)."""
-    return index % groups
+def moment_bytes(channels: int) -> int:
+    """One group's float64 XᵀX, YᵀY and XᵀY of a layer with ``channels`` features."""
+    return 3 * 8 * channels * channels
+
+
+def groups_within_memory(requested: int, widest: int, budget: int = MOMENT_GROUPS_BYTES) -> int:
+    """The number of groups (≤ ``requested``, ≥ 2) whose moments of the widest layer fit ``budget``."""
+    return max(2, min(requested, budget // max(1, moment_bytes(widest))))
 
 
 def jackknife_se(replicates: Sequence[float] | np.ndarray) -> float | None:

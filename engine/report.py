@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from engine.analyses import declared_parts, dig, measure_rows, part_value, read_results
+from engine.intervals import Estimate, IntervalSettings, derived, estimate
 from engine.record import RunSnapshot
 from engine.untrusted import number_or_none
 
@@ -43,8 +44,38 @@ def layer_value(record: dict[str, Any], layer: str, measure: str) -> float | Non
     return number_or_none(dig(record, "layers", layer, view, "values", metric))
 
 
-def layer_series(run: RunSnapshot, layer: str, measure: str, first_epoch: int = 0) -> list[tuple[int, float | None]]:
-    return [(r["epoch"], layer_value(r, layer, measure)) for r in run.epochs if r["epoch"] >= first_epoch]
+def layer_replicates(record: dict[str, Any], layer: str, measure: str, groups: int) -> list[float] | None:
+    """The jackknife's ``groups`` replicates of one layer distance (engine.intervals), or None."""
+    metric, _, view = measure.rpartition("@")
+    found = dig(record, "layers", layer, view, "jackknife", metric)
+    if not isinstance(found, list) or len(found) != groups:
+        return None
+    values = [number_or_none(v) for v in found]
+    return None if any(v is None for v in values) else values
+
+
+def interval_settings(run: RunSnapshot) -> IntervalSettings | None:
+    """How the run's feature distances were given intervals, or None (off, or recorded before them)."""
+    part = next((p for p in declared_parts(run.config) if p.get("name") == "distance"), {})
+    return IntervalSettings.from_json(part.get("intervals"))
+
+
+def replicate_matrix(epochs: list[dict[str, Any]], layers: list[str], measure: str, groups: int) -> np.ndarray:
+    """(G × epochs × layers) replicates of ``measure``; NaN where a value has none."""
+    cube = np.full((groups, len(epochs), len(layers)), np.nan)
+    for i, record in enumerate(epochs):
+        for j, layer in enumerate(layers):
+            reps = layer_replicates(record, layer, measure, groups)
+            if reps is not None:
+                cube[:, i, j] = reps
+    return cube
+
+
+def layer_estimate(record: dict[str, Any], layer: str, measure: str, settings: IntervalSettings | None) -> Estimate | None:
+    if settings is None:
+        return None
+    return estimate(layer_value(record, layer, measure), layer_replicates(record, layer, measure, settings.groups),
+                    settings.t)
 
 
 def accuracy_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
@@ -113,12 +144,40 @@ def epoch_numbers(run: RunSnapshot) -> np.ndarray:
 
 
 def reusability_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
+    """Table 2, with the jackknife interval of the mean where the run recorded replicates."""
     rows = []
     for run in runs:
         for measure in measure_labels(run):
             mean, std, count = reusability(epoch_numbers(run), distance_matrix(run.epochs, layer_names(run), measure))
-            rows.append({"run": run_name(run), "measure": measure, "mean": mean, "std": std, "epochs": count})
+            found = reusability_estimate(run, measure)
+            rows.append({"run": run_name(run), "measure": measure, "mean": mean, "std": std, "epochs": count,
+                         **interval_fields(found, interval_settings(run))})
     return rows
+
+
+def reusability_estimate(run: RunSnapshot, measure: str) -> Estimate | None:
+    """The reusability mean with its jackknife interval: the statistic recomputed inside each replicate
+    (same image groups for every layer and epoch, so the pairing is kept)."""
+    settings = interval_settings(run)
+    if settings is None:
+        return None
+    numbers, layers = epoch_numbers(run), layer_names(run)
+    matrix = distance_matrix(run.epochs, layers, measure)
+    keep = (numbers >= 1) & ~np.isnan(matrix).all(axis=1)
+    matrix = matrix[keep]
+    cube = replicate_matrix(run.epochs, layers, measure, settings.groups)[:, keep]
+    measured = ~np.isnan(matrix)  # a layer without a value (no live filter) is left out, as in the mean
+    if not measured.any() or np.isnan(cube[:, measured]).any():
+        return None
+    mean_of = lambda m: float(np.mean([row[ok].mean() for row, ok in zip(m, measured) if ok.any()]))  # noqa: E731
+    return derived(mean_of, np.where(measured, matrix, 0.0), np.where(measured, cube, 0.0), settings.t)
+
+
+def interval_fields(found: Estimate | None, settings: IntervalSettings | None) -> dict[str, Any]:
+    """The interval columns of a report row (None when there is no interval)."""
+    return {"low": found.low if found else None, "high": found.high if found else None,
+            "se": found.se if found else None, "level": settings.level if settings else None,
+            "groups": settings.groups if settings else None}
 
 
 def pearson(x: list[float], y: list[float]) -> float | None:
@@ -160,10 +219,13 @@ def correlation_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
 def layer_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
+        settings = interval_settings(run)
         for measure in measure_labels(run):
             for layer in layer_names(run):
-                for epoch, value in layer_series(run, layer, measure):
-                    rows.append({"run": run_name(run), "measure": measure, "layer": layer, "epoch": epoch, "value": value})
+                for record in run.epochs:
+                    found = layer_estimate(record, layer, measure, settings)
+                    rows.append({"run": run_name(run), "measure": measure, "layer": layer, "epoch": record["epoch"],
+                                 "value": layer_value(record, layer, measure), **interval_fields(found, settings)})
     return rows
 
 

@@ -46,6 +46,15 @@ from engine.data import (
 )
 from engine.shuffle import BlockShuffle, parse_shuffle
 from engine.errors import FtdynError, exception_line
+from engine.intervals import (
+    DEFAULT_GROUPS,
+    DEFAULT_LEVEL,
+    MOMENT_VIEWS,
+    IntervalSettings,
+    groups_within_memory,
+    moment_bytes,
+    settings_for,
+)
 from engine.models import LayerInfo, build_model, head_name, select_layers
 from engine.receptive import patch_fields, receptive_fields
 from engine.record import CONFIG, RunFormatError, RunReader, RunWriter, config_problem, setting_fits, write_atomic
@@ -122,6 +131,9 @@ class RunConfig:
     analyses: list[str] = field(default_factory=lambda: default_epoch_parts())
     shuffle_blocks: str | None = None  # block side in pixels, 'pixel', or None (ANALYSES.md §4)
     shuffle_seed: int = 0  # the permutation's seed: one task for every run of a sweep
+    intervals: str = "auto"  # jackknife intervals (engine.intervals): auto (streaming views), all, off
+    interval_groups: int = DEFAULT_GROUPS
+    interval_level: float = DEFAULT_LEVEL
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -277,12 +289,42 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp and self.device.type == "cuda")
         layer_names = [layer.name for layer in self.layers]
         class_token_layers = tuple(layer.name for layer in self.layers if layer.layout and layer.layout.class_token)
+        self.intervals = self.interval_settings()
         context = PartContext(source=self.source, groups=self.groups, head=head_name(self.model),
-                              layer_names=layer_names, measures=self.measures, class_token_layers=class_token_layers)
+                              layer_names=layer_names, measures=self.measures, class_token_layers=class_token_layers,
+                              intervals=self.intervals)
         self.analyses = EpochAnalyses(self.source, {layer.name: layer.layout for layer in self.layers},
                                       build_epoch_parts(parts, context))
         self.criterion = nn.CrossEntropyLoss()
         self.visualiser = self.make_visualiser(model) if config.vis else None
+
+    def interval_settings(self) -> IntervalSettings | None:
+        """The jackknife's settings; fewer groups than asked for when per-group c×c moments of the
+        widest streamed layer would not fit MOMENT_GROUPS_BYTES (said once, recorded in config.json)."""
+        config = self.config
+        try:
+            settings = settings_for(config.interval_groups, config.interval_level, config.intervals)
+        except ValueError as exc:
+            raise FtdynError(str(exc)) from None
+        if settings is None:
+            return None
+        groups, why = settings.groups, ""
+        if {m.view for m in self.measures} & set(MOMENT_VIEWS):
+            widest = max(feature_map_shape(layer.shape, layer.layout)[0] for layer in self.layers)
+            if groups_within_memory(groups, widest) < groups:
+                groups = groups_within_memory(groups, widest)
+                why = (f"per-group moments of the {widest}-channel layer take {moment_bytes(widest) / 2**20:.0f} MiB "
+                       f"a group")
+        if len(self.probe) < groups:  # an empty group would replicate the full value and shrink the interval
+            groups, why = len(self.probe), f"the probe set has {len(self.probe)} images"
+        if groups < 2:
+            self.on_event("warning", text=f"intervals: off ({why}; a jackknife needs 2 groups)")
+            return None
+        if groups < settings.groups:
+            self.on_event("warning", text=f"intervals: {groups} image groups instead of {settings.groups} ({why}); "
+                                          f"the t quantile of the interval accounts for it")
+            settings = settings_for(groups, config.interval_level, config.intervals)
+        return settings
 
     def transform(self, augment: bool):
         """The run's image transform: resize (and augmentation), normalisation, block shuffle."""
@@ -700,6 +742,11 @@ def check_config(config: RunConfig) -> None:
     if any(out == folder or out.is_relative_to(folder) for folder in map(Path.resolve, scanned_folders(data))):
         raise FtdynError(f"--out '{config.out}' is inside --data '{config.data}': the next scan would take the run's "
                          f"checkpoints/ and vis/ for classes; put runs outside the data folder")
+    if not isinstance(config.interval_groups, int) or config.interval_groups < 2:
+        raise FtdynError(f"--interval-groups must be an integer ≥ 2 (got {config.interval_groups}); "
+                         f"--intervals off turns intervals off")
+    if not 0 < config.interval_level < 1:
+        raise FtdynError(f"--interval-level must lie strictly between 0 and 1 (got {config.interval_level}), e.g. 0.9")
     if data.is_relative_to(out):
         raise FtdynError(f"--data '{config.data}' is inside --out '{config.out}'; put runs and data in separate folders")
     if out.exists() and not out.is_dir():

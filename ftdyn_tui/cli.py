@@ -50,6 +50,12 @@ def split_list(values: Optional[list[str]]) -> Optional[list[str]]:
     return [item.strip() for value in values for item in value.split(",") if item.strip()]
 
 
+class IntervalMode(str, Enum):
+    auto = "auto"
+    all = "all"
+    off = "off"
+
+
 class Optimizer(str, Enum):
     adam = "adam"
     sgd = "sgd"
@@ -108,6 +114,13 @@ def run(
                                                                        "@view (default: pwsm,procrustes,cka)."),
     view: str = typer.Option("positions", "--view", help="positions, pooled, flat, filter, filter-map or cls (docs/METRICS.md)."),
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="PWSM α for a plain 'pwsm' metric."),
+    intervals: IntervalMode = typer.Option(IntervalMode.auto, "--intervals", help="Jackknife intervals over probe-"
+                                           "image groups on every layer distance (docs/METRICS.md): auto = the "
+                                           "streaming views (positions, pooled, cls, filter-map; a few % of the "
+                                           "analysis time), all = also filter and flat (G+1 times their cost), off."),
+    interval_groups: int = typer.Option(10, "--interval-groups", min=2, help="G: image groups of the jackknife "
+                                        "(fewer when the widest layer's per-group moments would pass 512 MiB)."),
+    interval_level: float = typer.Option(0.9, "--interval-level", help="Coverage of the intervals (0.9: 90 %)."),
     every_steps: int = typer.Option(0, "--every-steps", min=0, help="Also measure every N training steps (0: per epoch only)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision on CUDA."),
@@ -181,7 +194,8 @@ def run(
                 vis=vis, vis_epochs=parse_epochs(vis_epochs), vis_filters=vis_filters, vis_k=vis_k,
                 strategy=strategy.value, train_blocks=split_list(train_blocks) or [], layer_decay=layer_decay,
                 warmup_epochs=warmup_epochs, analyses=parse_analyses(split_list(analyses)),
-                shuffle_blocks=shuffle_blocks, shuffle_seed=shuffle_seed)
+                shuffle_blocks=shuffle_blocks, shuffle_seed=shuffle_seed, intervals=intervals.value,
+                interval_groups=interval_groups, interval_level=interval_level)
             config = apply_preset(config, explicit)
             parse_shuffle(config.shuffle_blocks, config.image_size)  # refused before anything is written
         with TrainingProgress() as progress:
@@ -767,10 +781,11 @@ def print_tables(tables: dict[str, list[dict]]) -> None:
                 [[r["run"], str(r["model"]), str(r["strategy"]), r["state"], r["epochs"], fmt_number(r["train_accuracy"]),
                   fmt_number(r["held_out_accuracy"]), fmt_number(r["best_held_out_accuracy"])]
                  for r in tables["accuracy"]])
-    print_table("Table 2 · reusability: mean ± std over epochs 1…T of the mean layer distance",
-                ["run", "measure", "mean ± std", "epochs"],
-                [[r["run"], r["measure"], f"{fmt_number(r['mean'])} ± {fmt_number(r['std'])}", str(r["epochs"])]
-                 for r in tables["reusability"]])
+    print_table("Table 2 · reusability: mean ± std over epochs 1…T of the mean layer distance"
+                + interval_note(tables["reusability"], "interval of the mean: "),
+                ["run", "measure", "mean ± std", "interval", "epochs"],
+                [[r["run"], r["measure"], f"{fmt_number(r['mean'])} ± {fmt_number(r['std'])}", interval_cell(r),
+                  str(r["epochs"])] for r in tables["reusability"]])
     print_table("Pearson r between measures (per layer over epochs 1…T; mean ± std over layers and runs)",
                 ["measures", "r mean ± std", "layers", "undefined"],
                 [[r["measures"], f"{fmt_number(r['mean_r'], 2)} ± {fmt_number(r['std_r'], 2)}", str(r["layers"]),
@@ -780,8 +795,8 @@ def print_tables(tables: dict[str, list[dict]]) -> None:
                 [[r["run"], str(r["strategy"]), ", ".join(f"{k}={v}" for k, v in r["parameters"].items()) or "—",
                   ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in r["learning_rates"].items()) or "—"] for r in tables["strategies"]])
-    print_by_epoch("Layer distance by epoch (early → deep)", ["run", "measure", "layer"], tables["layers"],
-                   ("run", "measure", "layer"))
+    print_by_epoch("Layer distance by epoch (early → deep)" + interval_note(tables["layers"], "± half-width of the "),
+                   ["run", "measure", "layer"], tables["layers"], ("run", "measure", "layer"))
     if tables.get("transfer"):
         print_transfer(tables["transfer"])
     if tables["series"]:
@@ -818,14 +833,30 @@ def print_transfer(rows: list[dict]) -> None:
                   *[barrier(r, key) for key in INITS.values()]] for r in rows])
 
 
+def interval_cell(row: dict) -> str:
+    """'[0.301, 0.327]', or '—' where the row has no interval."""
+    return "—" if row.get("low") is None else f"[{fmt_number(row['low'])}, {fmt_number(row['high'])}]"
+
+
+def interval_note(rows: list[dict], what: str) -> str:
+    """'; <what>90 % jackknife over G=10 probe-image groups' for the intervals in ``rows`` ('' if none)."""
+    kinds = sorted({(r["level"], r["groups"]) for r in rows if r.get("low") is not None})
+    return "" if not kinds else "; " + what + ", ".join(
+        f"{level:.0%} jackknife over G={groups} probe-image groups" for level, groups in kinds)
+
+
 def print_by_epoch(title: str, columns: list[str], rows: list[dict], keys: tuple[str, ...]) -> None:
-    """A long table (one row per key and epoch) printed wide: one line per key, one column per epoch."""
-    wide: dict[tuple, dict[int, float]] = {}
+    """A long table (one row per key and epoch) printed wide: one line per key, one column per epoch;
+    a value with an interval shows its half-width (value ± t·SE)."""
+    wide: dict[tuple, dict[int, str]] = {}
     for row in rows:
-        wide.setdefault(tuple(row[k] for k in keys), {})[row["epoch"]] = row["value"]
+        cell = fmt_number(row["value"])
+        if row.get("low") is not None and row["value"] is not None:
+            cell += f"±{fmt_number((row['high'] - row['low']) / 2)}"
+        wide.setdefault(tuple(row[k] for k in keys), {})[row["epoch"]] = cell
     epochs = sorted({row["epoch"] for row in rows})
     print_table(title, columns + [str(e) for e in epochs],
-                [[*map(str, key), *[fmt_number(series.get(e)) for e in epochs]] for key, series in wide.items()])
+                [[*map(str, key), *[series.get(e, "—") for e in epochs]] for key, series in wide.items()])
 
 
 def print_posthoc(tables: dict[str, list[dict]]) -> None:

@@ -5,13 +5,16 @@ probe set have moved from the source model's, under every measure ``metric@view`
 
 Definitions, views and exactness are in :mod:`engine.similarity`. The source side's per-filter
 decompositions are cached across epochs (the source never changes). Record section ``layers``,
-laid out as in schema 1: ``layers[layer][view] = {values: {metric: d}, dead, filters, per_filter}``.
+laid out as in schema 1: ``layers[layer][view] = {values: {metric: d}, dead, filters, per_filter}``, plus,
+where intervals are on (ANALYSES.md §6, :mod:`engine.intervals`), ``jackknife: {metric: [d₍₁₎ … d₍G₎]}``
+(the value with each image group left out) and ``interval: {metric: [low, high]}`` at the declared level.
 """
 
 from __future__ import annotations
 
 from engine.analyses import distance_declaration
 from engine.capture import Measure
+from engine.intervals import IntervalSettings, interval
 from engine.similarity import LayerAccumulator, SourceSpectrumCache
 from engine.similarity.metrics import DEFAULT_PRECISION, MEASURED_WORST_ERROR, Metric
 
@@ -27,10 +30,11 @@ class FeatureDistance:
     @classmethod
     def build(cls, context) -> "FeatureDistance":
         return cls(context.layer_names, context.measures, precision=context.precision,
-                   class_token_layers=context.class_token_layers)
+                   class_token_layers=context.class_token_layers, intervals=context.intervals)
 
     def __init__(self, layer_names: list[str], measures: list[Measure], whitening_scale: str = "mean_eig",
-                 precision: str | None = None, class_token_layers: tuple[str, ...] = ()):
+                 precision: str | None = None, class_token_layers: tuple[str, ...] = (),
+                 intervals: IntervalSettings | None = None):
         self.layer_names = layer_names
         self.class_token_layers = set(class_token_layers)  # the `cls` view exists for these alone
         self.measures = measures
@@ -38,6 +42,7 @@ class FeatureDistance:
         self.precision = precision
         self.cache = SourceSpectrumCache()  # the source never changes: its decompositions are reused
         self.accumulators: dict[tuple[str, str], LayerAccumulator] = {}
+        self.intervals = intervals
 
     def declaration(self) -> dict:
         declaration = distance_declaration([m.label for m in self.measures], self.layer_names)
@@ -45,7 +50,12 @@ class FeatureDistance:
             declaration["rows"]["cls"] = [n for n in self.layer_names if n in self.class_token_layers]
         precision = self.precision or DEFAULT_PRECISION
         return dict(declaration, precision=precision, precision_worst_error=MEASURED_WORST_ERROR[precision],
-                    whitening_scale=self.whitening_scale)
+                    whitening_scale=self.whitening_scale,
+                    intervals=self.intervals.to_json() if self.intervals else None)
+
+    def groups(self, view: str) -> int:
+        """Jackknife groups for ``view``: 1 (no replicates) where intervals do not cover it."""
+        return self.intervals.groups if self.intervals and self.intervals.covers(view) else 1
 
     def layer_views(self, layer: str) -> list[str]:
         return [view for view in self.views() if view != "cls" or layer in self.class_token_layers]
@@ -59,7 +69,7 @@ class FeatureDistance:
     def begin(self, model) -> None:
         self.accumulators = {(layer, view): LayerAccumulator(view, metrics, whitening_scale=self.whitening_scale,
                                                              precision=self.precision, cache=self.cache,
-                                                             cache_key=layer)
+                                                             cache_key=layer, groups=self.groups(view))
                              for layer in self.layer_names for view, metrics in self.views().items()
                              if view in self.layer_views(layer)}
 
@@ -77,6 +87,10 @@ class FeatureDistance:
         for (layer, view), accumulator in self.accumulators.items():
             distance = accumulator.result()
             entry = {"values": distance.values, "dead": distance.dead_filters, "filters": distance.n_filters}
+            if distance.replicates:  # the jackknife's replicates, and the interval they give at the run's level
+                entry["jackknife"] = distance.replicates
+                entry["interval"] = {label: interval(distance.values[label], reps, self.intervals.t)
+                                     for label, reps in distance.replicates.items()}
             if distance.per_filter:
                 entry["per_filter"] = {label: v.tolist() for label, v in distance.per_filter.items()}
             result.setdefault(layer, {})[view] = entry

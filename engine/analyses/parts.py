@@ -33,6 +33,7 @@ class PartContext:
     measures: list = field(default_factory=list)  # metric@view (engine.capture.Measure)
     precision: str | None = None
     class_token_layers: tuple[str, ...] = ()
+    intervals: Any = None  # engine.intervals.IntervalSettings, or None when intervals are off
 
 
 @cache
