@@ -5,15 +5,21 @@
    a corrupt or stale file is detected and rebuilt.
 3. Fine-tune it on the three targets with `ftdyn run`'s own code path (the weights go in as a
    local state-dict file, the data as ImageFolder trees).
-4. Check the paper's findings on the result, as tests that can fail:
-   (a) distance to the source rises with depth: Spearman ρ between a layer's depth and its distance
-       (mean over epochs ≥ 1) per run, mean ρ over runs against a permutation null (each run's layer
-       order shuffled independently), and every layer that breaks the order named;
-   (b) the white-background target moves features more than the similar target (Table 2);
+4. Check the paper's findings on the result, as tests that can fail, each decided by the interval
+   of a difference (the runs' jackknife over probe-image groups, ANALYSES.md §6): shown only when
+   that interval excludes zero.
+   (a) distance to the source rises with depth: per run, the deepest minus the shallowest layer's
+       distance (mean over epochs ≥ 1), a paired difference inside each replicate; the finding holds
+       when every run's interval lies above 0. Adjacent layers whose drop is beyond noise are named;
+       Spearman ρ against depth with its permutation p is reported as context.
+   (b) the white-background target moves features more than the similar target (Table 2): the
+       difference of the two runs' reusability means, unpaired (different probe sets: SEs combine);
    (c) PWSM on `positions` and Procrustes on `filter-map` — the paper's pairing — agree: Pearson r of
        their epoch series per layer, against the r of *unrelated* rising curves measured on the same
-       runs (PWSM of one layer against Procrustes of another); the finding holds when the matched r
-       exceeds the unrelated r with a bootstrap interval (over layers) that excludes 0.
+       runs (PWSM of one layer against Procrustes of another); the finding holds when matched −
+       unrelated r, recomputed inside each replicate, has an interval above 0.
+   Runs recorded without intervals fall back to the permutation test (a), the means (b) and a
+   bootstrap over layers (c), and say so.
 """
 
 from __future__ import annotations
@@ -33,7 +39,17 @@ import torch
 from engine.domains import GENERATOR_VERSION, write_domain
 from engine.errors import FtdynError
 from engine.record import read_run, write_json_atomic
-from engine.report import distance_matrix, layer_names, mean_std, pearson, reusability_table
+from engine.intervals import Estimate, derived, estimate, unpaired_difference
+from engine.report import (
+    distance_matrix,
+    interval_settings,
+    layer_names,
+    mean_std,
+    pearson,
+    replicate_matrix,
+    reusability_estimate,
+    reusability_table,
+)
 from engine.training import Event, RunConfig, quiet, run_training
 
 TARGETS = ("similar", "task", "white")
@@ -210,14 +226,24 @@ def run_demo(out: Path, settings: DemoSettings, seed: int = 0, device: str = "au
 
 @dataclass
 class DepthTrend:
-    """(a): per run, Spearman ρ of distance against depth, and the layers that break the order."""
+    """(a): per run, Spearman ρ of distance against depth, the layers that break the order, and — where
+    the runs recorded intervals — the deepest minus the shallowest layer with its paired jackknife
+    interval, which decides the finding."""
 
     rho: dict[str, float | None]
     breaks: dict[str, list[str]]  # run → "layer4 < layer2, layer3": each layer below shallower ones
     p_value: float | None  # P(mean ρ ≥ observed) when every run's layer order is random
+    rise: dict[str, Estimate | None] = dataclasses.field(default_factory=dict)  # deepest − shallowest
+    drops: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # deeper layer below its neighbour, beyond noise
+
+    @property
+    def judged_by_intervals(self) -> bool:
+        return bool(self.rise) and all(r is not None for r in self.rise.values())
 
     @property
     def holds(self) -> bool:
+        if self.judged_by_intervals:
+            return all(r.low > 0 for r in self.rise.values())
         return self.p_value is not None and self.p_value < TREND_LEVEL and all(
             r is not None and r > 0 for r in self.rho.values())
 
@@ -230,6 +256,7 @@ class Agreement:
     unrelated: float | None  # mean r of one measure's layer i against the other's layer j ≠ i
     difference: float | None
     interval: tuple[float, float] | None
+    method: str = "bootstrap over layers"  # or the jackknife over probe-image groups
 
     @property
     def holds(self) -> bool:
@@ -242,9 +269,11 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     return pearson(list(rankdata(x)), list(rankdata(y)))
 
 
-def depth_trend(per_layer: dict[str, np.ndarray], layers: dict[str, list[str]], seed: int = 0) -> DepthTrend:
-    """``per_layer``: run → each layer's distance (mean over epochs ≥ 1), shallow to deep."""
-    rho, breaks, usable = {}, {}, {}
+def depth_trend(per_layer: dict[str, np.ndarray], layers: dict[str, list[str]], seed: int = 0,
+                replicates: dict[str, np.ndarray] | None = None, t: float | None = None) -> DepthTrend:
+    """``per_layer``: run → each layer's distance (mean over epochs ≥ 1), shallow to deep;
+    ``replicates``: run → the same (G × layers) inside each jackknife replicate, with the interval's ``t``."""
+    rho, breaks, usable, rise, drops = {}, {}, {}, {}, {}
     for run, values in per_layer.items():
         keep = ~np.isnan(values)
         names = [n for n, k in zip(layers[run], keep) if k]
@@ -254,8 +283,14 @@ def depth_trend(per_layer: dict[str, np.ndarray], layers: dict[str, list[str]], 
                        for j in range(1, len(values)) if values[j] < values[:j].max()]
         if rho[run] is not None:
             usable[run] = values
+        if replicates is not None and t is not None and len(values) >= 2:
+            reps = replicates[run][:, keep]
+            rise[run] = derived(lambda v: float(v[-1] - v[0]), values, reps, t)
+            steps = [(j, derived(lambda v, j=j: float(v[j] - v[j - 1]), values, reps, t)) for j in range(1, len(values))]
+            drops[run] = [f"{names[j]} < {names[j - 1]} ({step.value:+.3f} [{step.low:+.3f}, {step.high:+.3f}])"
+                          for j, step in steps if step is not None and step.high < 0]
     if not usable:
-        return DepthTrend(rho, breaks, None)
+        return DepthTrend(rho, breaks, None, rise, drops)
     observed = np.mean([rho[r] for r in usable])
     rng = np.random.default_rng(seed)
     ranks = {run: np.argsort(np.argsort(v)).astype(np.float64) for run, v in usable.items()}
@@ -265,14 +300,15 @@ def depth_trend(per_layer: dict[str, np.ndarray], layers: dict[str, list[str]], 
         shuffled = rng.permuted(np.broadcast_to(r, (RESAMPLES, len(r))), axis=1) - (len(r) - 1) / 2
         null += shuffled @ depth / (depth @ depth)  # ranks 0…n−1 both sides: equal norms
     null /= len(ranks)
-    return DepthTrend(rho, breaks, float((np.sum(null >= observed - 1e-12) + 1) / (RESAMPLES + 1)))
+    return DepthTrend(rho, breaks, float((np.sum(null >= observed - 1e-12) + 1) / (RESAMPLES + 1)), rise, drops)
 
 
-def series_agreement(first: list[np.ndarray], second: list[np.ndarray], seed: int = 0) -> Agreement:
-    """``first``/``second``: per run, (epochs ≥ 1 × layers) series of the two measures."""
+def agreement_units(first: list[np.ndarray], second: list[np.ndarray]) -> tuple[list[float], list[float]]:
+    """Per layer measured every epoch by both (over all runs): the matched r, and the mean r of the
+    first measure's other layers against this layer of the second."""
     matched, unrelated_by_unit = [], []
     for a, b in zip(first, second):
-        complete = ~np.isnan(a).any(0) & ~np.isnan(b).any(0)  # layers measured every epoch by both
+        complete = ~np.isnan(a).any(0) & ~np.isnan(b).any(0)
         for j in np.flatnonzero(complete):
             r = pearson(list(a[:, j]), list(b[:, j]))
             others = [pearson(list(a[:, i]), list(b[:, j])) for i in np.flatnonzero(complete) if i != j]
@@ -280,15 +316,37 @@ def series_agreement(first: list[np.ndarray], second: list[np.ndarray], seed: in
             if r is not None and others:
                 matched.append(r)
                 unrelated_by_unit.append(float(np.mean(others)))
+    return matched, unrelated_by_unit
+
+
+def series_agreement(first: list[np.ndarray], second: list[np.ndarray], seed: int = 0,
+                     replicates: tuple[list[np.ndarray], list[np.ndarray]] | None = None,
+                     t: float | None = None) -> Agreement:
+    """``first``/``second``: per run, (epochs ≥ 1 × layers) series of the two measures. With
+    ``replicates`` (per run, G × epochs × layers for each measure) and ``t``, the interval of
+    matched − unrelated is the jackknife over probe-image groups, the difference recomputed inside
+    each replicate (group g left out of every run at once); otherwise a bootstrap over layers."""
+    matched, unrelated_by_unit = agreement_units(first, second)
     if not matched:
         return Agreement((None, None, 0), None, None, None)
     m, u = np.array(matched), np.array(unrelated_by_unit)
+    mean, std = mean_std(matched)
+    if replicates is not None and t is not None:
+        groups = replicates[0][0].shape[0]
+
+        def difference(g: int) -> float | None:
+            mg, ug = agreement_units([r[g] for r in replicates[0]], [r[g] for r in replicates[1]])
+            return float(np.mean(mg) - np.mean(ug)) if len(mg) == len(matched) else None
+
+        found = estimate(float((m - u).mean()), [difference(g) for g in range(groups)], t)
+        interval = None if found is None else (found.low, found.high)
+        return Agreement((mean, std, len(matched)), float(u.mean()), float((m - u).mean()), interval,
+                         "jackknife over probe-image groups")
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(m), size=(RESAMPLES, len(m)))
     boot = (m[draws] - u[draws]).mean(1)
     tail = (1 - INTERVAL_LEVEL) / 2
     interval = (float(np.quantile(boot, tail)), float(np.quantile(boot, 1 - tail)))
-    mean, std = mean_std(matched)
     return Agreement((mean, std, len(matched)), float(u.mean()), float((m - u).mean()), interval)
 
 
@@ -297,6 +355,8 @@ class Findings:
     trend: DepthTrend  # (a), primary measure
     reusability: dict[str, tuple[float, float]]  # run → (mean, std), primary measure
     agreement: Agreement  # (c), PRIMARY vs SECOND
+    white_minus_similar: Estimate | None = None  # (b): unpaired difference of the reusability means
+    level: float | None = None  # the runs' interval level (None: no intervals recorded)
 
     @property
     def early_layers_closer(self) -> bool:
@@ -304,6 +364,8 @@ class Findings:
 
     @property
     def white_moves_more(self) -> bool:
+        if self.white_minus_similar is not None:
+            return self.white_minus_similar.low > 0
         return self.reusability["white"][0] > self.reusability["similar"][0]
 
     @property
@@ -312,23 +374,38 @@ class Findings:
 
     def lines(self) -> list[str]:
         mark = lambda ok: "✓" if ok else "✗"  # noqa: E731
+        level = f"{self.level:.0%}" if self.level is not None else ""
         t = self.trend
         rhos = ", ".join(f"{run} ρ {'—' if r is None else f'{r:+.2f}'}" for run, r in t.rho.items())
         broken = " | ".join(f"{run}: {'; '.join(b)}" for run, b in t.breaks.items() if b) or "none"
         p = "undefined" if t.p_value is None else f"{t.p_value:.3f}"
+        if t.judged_by_intervals:
+            rises = ", ".join(f"{run} {span(r)}" for run, r in t.rise.items())
+            drops = " | ".join(f"{run}: {'; '.join(d)}" for run, d in t.drops.items() if d) or "none"
+            a = (f"deepest − shallowest layer (paired, {level} jackknife interval; holds when every interval is "
+                 f"above 0): {rises}; drops beyond noise: {drops}; context: {rhos}, permutation p = {p}")
+        else:
+            a = (f"{rhos}; permutation p = {p} (holds below {TREND_LEVEL} with every ρ > 0; no intervals recorded); "
+                 f"layers that break the order: {broken}")
         b = ", ".join(f"{run} {m:.3f} ± {s:.3f}" for run, (m, s) in self.reusability.items())
+        if self.white_minus_similar is not None:
+            b += (f"; white − similar {span(self.white_minus_similar)} ({level} interval, unpaired: the runs have "
+                  f"different probe sets)")
+        else:
+            b += "; no intervals recorded: judged on the means alone"
         g = self.agreement
         if g.matched[0] is None:
             c = "undefined on every layer (a correlation over epochs needs at least two epochs ≥ 1)"
+        elif g.interval is None:
+            c = f"r {g.matched[0]:.2f} ± {g.matched[1]:.2f}; no interval (a replicate had an undefined r)"
         else:
             lo, hi = g.interval
+            c_level = level if g.method.startswith("jackknife") else f"{INTERVAL_LEVEL:.0%}"
             c = (f"r {g.matched[0]:.2f} ± {g.matched[1]:.2f} over {g.matched[2]} layers (the paper: "
                  f"{PAPER_R[0]} ± {PAPER_R[1]}); unrelated rising curves (other layers) give r {g.unrelated:.2f}; "
-                 f"matched − unrelated {g.difference:+.2f}, {INTERVAL_LEVEL:.0%} interval [{lo:+.2f}, {hi:+.2f}]")
+                 f"matched − unrelated {g.difference:+.2f}, {c_level} interval [{lo:+.2f}, {hi:+.2f}] ({g.method})")
         return [
-            f"{mark(t.holds)} (a) distance to the source rises with depth ({PRIMARY}, mean over epochs ≥ 1): "
-            f"{rhos}; permutation p = {p} (holds below {TREND_LEVEL} with every ρ > 0); layers that break the "
-            f"order: {broken}",
+            f"{mark(t.holds)} (a) distance to the source rises with depth ({PRIMARY}, mean over epochs ≥ 1): {a}",
             f"{mark(self.white_moves_more)} (b) the white-background target moves features more than the similar "
             f"one (reusability distance, Table 2): {b}",
             f"{mark(g.holds)} (c) {PRIMARY.split('@')[0].upper().replace(':0.5', ' α=0.5')} on positions and "
@@ -337,26 +414,56 @@ class Findings:
 
     def as_json(self) -> dict[str, Any]:
         g = self.agreement
+        as_dict = lambda e: None if e is None else e.as_json()  # noqa: E731
         return {"depth_trend": {"spearman_rho": self.trend.rho, "breaks": self.trend.breaks,
-                                "p_value": self.trend.p_value, "level": TREND_LEVEL},
+                                "p_value": self.trend.p_value, "level": TREND_LEVEL,
+                                "deepest_minus_shallowest": {run: as_dict(r) for run, r in self.trend.rise.items()},
+                                "drops_beyond_noise": self.trend.drops},
                 "reusability": self.reusability,
+                "white_minus_similar": as_dict(self.white_minus_similar),
+                "interval_level": self.level,
                 "agreement": {"measures": [PRIMARY, SECOND], "mean_r": g.matched[0], "std_r": g.matched[1],
                               "layers": g.matched[2], "unrelated_r": g.unrelated, "difference": g.difference,
-                              "interval": g.interval, "level": INTERVAL_LEVEL, "paper_r": PAPER_R},
+                              "interval": g.interval, "method": g.method,
+                              "level": self.level if g.method.startswith("jackknife") else INTERVAL_LEVEL,
+                              "paper_r": PAPER_R},
                 "early_layers_closer": self.early_layers_closer, "white_moves_more": self.white_moves_more,
                 "metrics_agree": self.metrics_agree}
+
+
+def span(found: Estimate | None) -> str:
+    """'+0.312 [+0.281, +0.343]', or 'undefined'."""
+    return "undefined" if found is None else f"{found.value:+.3f} [{found.low:+.3f}, {found.high:+.3f}]"
 
 
 def findings(run_dirs: list[Path]) -> Findings:
     runs = {Path(p).name: read_run(p) for p in run_dirs}
     per_layer, names, first, second = {}, {}, [], []
+    per_layer_reps, first_reps, second_reps = {}, [], []
+    settings = [interval_settings(run) for run in runs.values()]
+    common = settings[0] if settings and all(s is not None and s == settings[0] for s in settings) else None
     for name, run in runs.items():
-        epochs = [r for r in run.epochs if r["epoch"] >= 1]
+        later = [i for i, r in enumerate(run.epochs) if r["epoch"] >= 1]
+        epochs = [run.epochs[i] for i in later]
         layers = layer_names(run)
         names[name] = layers
         per_layer[name] = np.nanmean(distance_matrix(epochs, layers, PRIMARY), axis=0)
         first.append(distance_matrix(epochs, layers, PRIMARY))
         second.append(distance_matrix(epochs, layers, SECOND))
+        if common is not None:
+            cube = replicate_matrix(epochs, layers, PRIMARY, common.groups)
+            per_layer_reps[name] = np.nanmean(cube, axis=1)
+            first_reps.append(cube)
+            second_reps.append(replicate_matrix(epochs, layers, SECOND, common.groups))
     reuse = {row["run"]: (row["mean"], row["std"]) for row in reusability_table(list(runs.values()))
              if row["measure"] == PRIMARY}
-    return Findings(depth_trend(per_layer, names), reuse, series_agreement(first, second))
+    t = common.t if common is not None else None
+    trend = depth_trend(per_layer, names, replicates=per_layer_reps if common else None, t=t)
+    agreement = series_agreement(first, second, replicates=(first_reps, second_reps) if common else None, t=t)
+    white = similar = None
+    for name, run in runs.items():
+        if name in ("white", "similar") and common is not None:
+            found = reusability_estimate(run, PRIMARY)
+            white, similar = (found, similar) if name == "white" else (white, found)
+    return Findings(trend, reuse, agreement, unpaired_difference(white, similar),
+                    common.level if common is not None else None)

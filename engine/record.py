@@ -302,6 +302,13 @@ def setting_fits(value: Any, annotation: str) -> bool:
     return False
 
 
+def recorded_warnings(config: dict[str, Any] | None) -> list[str]:
+    """The warnings a run recorded about its own measures (PWSM at small α where whitening is
+    degenerate), shown by `ftdyn report` and the TUI; shown only through :func:`visible`."""
+    found = (config or {}).get("warnings")
+    return [w for w in found if isinstance(w, str)] if isinstance(found, list) else []
+
+
 def declaration_problem(part: Any) -> str | None:
     """Why an analysis part's declaration cannot be drawn (None when it can)."""
     if not isinstance(part, dict) or not isinstance(part.get("name"), str):

@@ -23,7 +23,7 @@ import numpy as np
 
 from engine.analyses import declared_parts, dig, measure_rows, part_value, read_results
 from engine.intervals import Estimate, IntervalSettings, derived, estimate
-from engine.record import RunSnapshot
+from engine.record import RunSnapshot, recorded_warnings
 from engine.untrusted import number_or_none
 
 
@@ -393,4 +393,9 @@ def build_report(runs: list[RunSnapshot]) -> dict[str, list[dict[str, Any]]]:
                               if "problem" not in result])
     return {"accuracy": accuracy_table(runs), "reusability": reusability_table(runs),
             "correlation": correlation_table(runs), "strategies": strategy_table(runs), "layers": layer_table(runs),
-            "series": series_table(runs), "transfer": transfer_table(runs), **posthoc}
+            "series": series_table(runs), "transfer": transfer_table(runs), "warnings": warning_table(runs), **posthoc}
+
+
+def warning_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
+    """What each run warned about its own measures (recorded in config.json)."""
+    return [{"run": run_name(run), "warning": text} for run in runs for text in recorded_warnings(run.config)]

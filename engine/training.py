@@ -22,6 +22,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -59,7 +60,7 @@ from engine.models import LayerInfo, build_model, head_name, select_layers
 from engine.receptive import patch_fields, receptive_fields
 from engine.record import CONFIG, RunFormatError, RunReader, RunWriter, config_problem, setting_fits, write_atomic
 from engine.run_lock import RunLock
-from engine.similarity.metrics import DegenerateWhiteningError
+from engine.similarity.metrics import DegenerateWhiteningError, DegenerateWhiteningWarning
 from engine.untrusted import NOFOLLOW, visible
 from engine.strategies import (
     LP_C_GRID,
@@ -273,6 +274,7 @@ class Trainer:
         self.layers = select_layers(config.model, model, config.layers, config.image_size)
         self.measures = parse_measures(config.metrics, config.view, config.alpha)
         parts = parse_analyses(config.analyses)
+        self.measure_warnings: list[str] = []
         if "distance" in parts:
             self.check_measures()
         self.source = copy.deepcopy(model).to(self.device).eval()
@@ -371,7 +373,8 @@ class Trainer:
         return fields
 
     def check_measures(self) -> None:
-        """Refuse a degenerate PWSM α = 0 before any training, with the probe size it would see."""
+        """Refuse a degenerate PWSM α = 0 before any training, with the probe size it would see; small α
+        there is allowed and kept in ``measure_warnings`` (recorded in config.json as ``warnings``)."""
         n = len(self.probe)
         if any(m.view == "cls" for m in self.measures) and not any(
                 layer.layout and layer.layout.class_token for layer in self.layers):
@@ -383,9 +386,16 @@ class Trainer:
                 if measure.view == "cls" and not (layer.layout and layer.layout.class_token):
                     continue
                 try:
-                    check_metrics_for_view([measure.metric], measure.view, shape)
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always", DegenerateWhiteningWarning)
+                        check_metrics_for_view([measure.metric], measure.view, shape)
                 except DegenerateWhiteningError as exc:
                     raise FtdynError(f"layer {layer.name}: {exc}") from None
+                for warning in caught:  # small α in the degenerate regime: allowed, recorded and shown
+                    if issubclass(warning.category, DegenerateWhiteningWarning):
+                        self.measure_warnings.append(f"layer {layer.name}, {measure.label}: {warning.message}")
+        for text in self.measure_warnings:
+            self.on_event("warning", text=text)
 
     def config_record(self) -> dict[str, Any]:
         return {
@@ -402,6 +412,7 @@ class Trainer:
             "measures": [{"label": m.label, "metric": m.metric.label, "view": m.view} for m in self.measures]
             if self.analyses.part("distance") else [],
             "analyses": self.analyses.declarations(),
+            "warnings": self.measure_warnings,
             "vis_fields": self.field_kinds or None,
             "strategy": {"name": self.strategy.name, "train_blocks": self.strategy.train_blocks,
                          "layer_decay": self.strategy.layer_decay, "warmup_epochs": self.strategy.warmup_epochs,

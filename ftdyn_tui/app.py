@@ -23,7 +23,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static
 from textual_plotext import PlotextPlot
 
-from engine.record import write_atomic
+from engine.record import recorded_warnings, write_atomic
 from engine.untrusted import MESSAGE_LIMIT, visible
 
 from ftdyn_tui.model import (
@@ -45,6 +45,8 @@ from ftdyn_tui.model import (
     heatmap_text,
     image_display,
     integer_ticks,
+    interval_caption,
+    interval_series,
     learning_rate_series,
     legend_text,
     layer_colour,
@@ -312,6 +314,7 @@ class DynamicsScreen(Screen):
         Binding("f", "open_filters", "Filters"),
         Binding("t", "open_results", "Transfer"),
         Binding("g", "toggle_legend", "Legend"),
+        Binding("i", "toggle_bands", "Intervals"),
         Binding("y", "next_side_plot", "Acc/loss/lr"),
         Binding("left_square_bracket", "cursor(-1)", "Cursor −", show=False),
         Binding("right_square_bracket", "cursor(1)", "Cursor +", show=False),
@@ -346,6 +349,7 @@ class DynamicsScreen(Screen):
         self.side_plot = "accuracy"
         self.hidden_rows: set[str] = set()  # rows (layers, modules) not drawn: keys 1-9, 0 shows all
         self.cursor: float | None = None  # the epoch (or step) the readout reports, set by [ and ]
+        self.bands = False  # the recorded intervals drawn around each curve (i)
 
     def choose_part(self, name: str) -> None:
         """The analysis shown (`a`): its measures common to every run, the first of them in view."""
@@ -374,6 +378,9 @@ class DynamicsScreen(Screen):
         self.query_one("#corr", DataTable).add_columns("Pearson r", "mean ± std", "layers")
         self.query_one("#heatmap").display = False
         self.redraw()
+        for run in self.runs:  # what a run warned about its own measures (PWSM at small α), as recorded
+            for text in recorded_warnings(run.config):
+                self.notify(visible(f"{run.name}: {text}", 300), severity="warning", timeout=12, markup=False)
 
     def on_screen_resume(self) -> None:
         self.redraw()
@@ -430,6 +437,7 @@ class DynamicsScreen(Screen):
         styles = overlay_styles(self.runs, self.app.workspace.first_seen)
         points, xs_all = 0, []
         self.series_styles, self.series, legend = [], [], []
+        self.intervals: dict[str, dict[float, tuple[float, float]]] = {}
         for run in self.runs:
             base, marker = styles[run.path] if overlay else (None, "braille")
             rows = measure_rows(run.part(self.part), self.measure)
@@ -448,6 +456,12 @@ class DynamicsScreen(Screen):
                     plt.plot(xs, ys, color=colour, marker=marker)
                     self.series_styles.append((label, colour, marker))
                     self.series.append((label, xs, ys))
+                    band = interval_series(run, self.part, self.measure, row) if self.x_axis == "epoch" else ([], [], [])
+                    self.intervals[label] = {x: (low, high) for x, low, high in zip(*band)}
+                    if self.bands and band[0] and not self.smoothing:
+                        for edge in band[1:]:  # low and high edges, dotted, in the curve's colour
+                            plt.plot(*(positive_only(band[0], edge) if self.log_y else (band[0], edge)),
+                                     color=colour, marker="·")
                     points += len(xs)
                     xs_all += xs
             legend.append((run.name if overlay else None, marker, shown))
@@ -473,7 +487,10 @@ class DynamicsScreen(Screen):
     def plot_title(self, width: int) -> str:
         """What is plotted, first (never cut), then the options that change the picture, as width allows."""
         title = visible(self.measure if self.part == "distance" else f"{self.part} · {self.measure}", 60)
-        options = ["log y (0 not drawn)" if self.log_y else "", f"smoothing {SMOOTHING_STEPS[self.smoothing]}"
+        caption = interval_caption(self.runs[0], self.part) if self.bands else None
+        bands = "" if not self.bands else ("intervals: none recorded" if caption is None else
+                                           "intervals hidden while smoothing" if self.smoothing else caption)
+        options = [bands, "log y (0 not drawn)" if self.log_y else "", f"smoothing {SMOOTHING_STEPS[self.smoothing]}"
                    if self.smoothing else "", f"{len(self.hidden_rows)} hidden (0 shows)" if self.hidden_rows else ""]
         for option in filter(None, options):
             if len(title) + 3 + len(option) <= width - 4:
@@ -489,7 +506,22 @@ class DynamicsScreen(Screen):
         values = [(label, value_at(xs, ys, self.cursor)) for label, xs, ys in self.series]
         values = sorted(((label, v) for label, v in values if v is not None), key=lambda item: -item[1])
         where = f"{self.x_axis} {self.cursor:g}: "
-        readout.update(plain(where + ("  ".join(f"{label} {v:.4g}" for label, v in values) or "no value")))
+
+        def shown(label: str, value: float) -> str:
+            low_high = self.intervals.get(label, {}).get(self.cursor)
+            return f"{label} {value:.4g}" + (f" [{low_high[0]:.3g}, {low_high[1]:.3g}]" if low_high else "")
+
+        readout.update(plain(where + ("  ".join(shown(label, v) for label, v in values) or "no value")))
+
+    def action_toggle_bands(self) -> None:
+        self.bands = not self.bands
+        caption = interval_caption(self.runs[0], self.part)
+        if self.bands and caption is None:
+            self.notify("no intervals recorded for this analysis (runs before intervals, or --intervals off)",
+                        severity="warning")
+        else:
+            self.notify(f"interval bands {'on: ' + caption if self.bands else 'off'}", timeout=2)
+        self.draw_main()
 
     def action_toggle_legend(self) -> None:
         self.legend = not self.legend

@@ -797,6 +797,8 @@ def print_tables(tables: dict[str, list[dict]]) -> None:
                             for k, v in r["learning_rates"].items()) or "—"] for r in tables["strategies"]])
     print_by_epoch("Layer distance by epoch (early → deep)" + interval_note(tables["layers"], "± half-width of the "),
                    ["run", "measure", "layer"], tables["layers"], ("run", "measure", "layer"))
+    for row in tables.get("warnings", []):
+        say("warning:", "yellow", f"{row['run']}: {row['warning']}")
     if tables.get("transfer"):
         print_transfer(tables["transfer"])
     if tables["series"]:

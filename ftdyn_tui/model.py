@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from engine.untrusted import RunFormatError, inside, number_or_none, read_plain, safe_file_name, visible
-from engine.analyses import declared_parts, dig, measure_rows, part_value, read_results, series_matrix
+from engine.analyses import declared_parts, dig, measure_rows, part_interval, part_value, read_results, series_matrix
+from engine.intervals import IntervalSettings
 from engine.record import (
     VIS_INDEX,
     JsonlFollower,
@@ -278,6 +279,28 @@ def part_series(run: TrackedRun, part: str, measure: str, row: str,
             xs.append(float(record["step"]))
             ys.append(float(value))
     return xs, ys
+
+
+def interval_series(run: TrackedRun, part: str, measure: str, row: str) -> tuple[list[float], list[float], list[float]]:
+    """One row's recorded intervals over epochs: (epochs, lows, highs); empty where none were recorded."""
+    declaration = run.part(part)
+    xs, lows, highs = [], [], []
+    if declaration is None:
+        return xs, lows, highs
+    for record in run.epochs:
+        found = part_interval(record, declaration, measure, row)
+        if found is not None:
+            xs.append(float(record["epoch"]))
+            lows.append(found[0])
+            highs.append(found[1])
+    return xs, lows, highs
+
+
+def interval_caption(run: TrackedRun, part: str) -> str | None:
+    """'90% jackknife intervals, G=10' for a part whose values carry intervals, else None."""
+    declaration = run.part(part) or {}
+    settings = IntervalSettings.from_json(declaration.get("intervals"))
+    return None if settings is None else f"{settings.level:.0%} jackknife intervals, G={settings.groups}"
 
 
 def distance_series(run: TrackedRun, measure: str, layer: str, x_axis: str = "epoch") -> tuple[list[float], list[float]]:

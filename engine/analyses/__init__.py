@@ -89,6 +89,18 @@ def part_value(record: dict[str, Any], part: dict[str, Any], measure: str, row: 
     return number_or_none(value)
 
 
+def part_interval(record: dict[str, Any], part: dict[str, Any], measure: str, row: str) -> tuple[float, float] | None:
+    """The recorded interval [low, high] of one value (feature distances with intervals on), or None."""
+    if part.get("layout") != "layers":
+        return None
+    metric, _, view = measure.rpartition("@")
+    found = dig(record, part.get("section", "layers"), row, view, "interval", metric)
+    if not isinstance(found, list) or len(found) != 2:
+        return None
+    low, high = (number_or_none(v) for v in found)
+    return None if low is None or high is None else (low, high)
+
+
 def dig(value: Any, *keys: str) -> Any:
     """value[k1][k2]… or None where a level is missing or not an object (a record from someone else
     may hold anything)."""
