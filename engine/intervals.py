@@ -64,12 +64,12 @@ class IntervalSettings:
         """The settings a run recorded, or None (intervals off, a run from before them, or damaged)."""
         if not isinstance(data, dict) or data.get("method") != "jackknife":
             return None
-        groups, level, t = data.get("groups"), data.get("level"), data.get("t")
-        if not (isinstance(groups, int) and groups >= 2 and all(isinstance(v, (int, float)) for v in (level, t))):
+        groups, level, t, mode = data.get("groups"), data.get("level"), data.get("t"), data.get("mode", "auto")
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (level, t))
+        if not (isinstance(groups, int) and not isinstance(groups, bool) and groups >= 2 and numbers):
             return None
-        if not (0 < level < 1 and math.isfinite(t) and t > 0):
+        if not (0 < level < 1 and math.isfinite(t) and t > 0) or mode not in MODES[:2]:
             return None
-        mode = data.get("mode") if data.get("mode") in MODES else "auto"
         return IntervalSettings(groups, float(level), float(t), mode)
 
 

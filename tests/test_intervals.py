@@ -392,3 +392,22 @@ def test_settings_for_refuses_bad_arguments():
     with pytest.raises(ValueError, match="intervals"):
         settings_for(10, 0.9, "sometimes")
     assert settings_for(2, 0.5).t == pytest.approx(student_t.ppf(0.75, 1), rel=1e-14)
+
+
+def test_a_filter_without_a_debiased_value_is_left_out_of_that_metric_only():
+    """A filter that responds to one probe image only has h(X, X) = 0: debiased CKA is 0/0 there. It is
+    NaN in the per-filter vector and left out of the debiased mean, while the other metrics keep it."""
+    rng = np.random.default_rng(0)
+    a = np.abs(rng.normal(size=(10, 2, 3, 3)))
+    b = a + 0.3 * rng.normal(size=a.shape)
+    a[:, 0] = 0
+    a[0, 0] = 1.0 + rng.uniform(size=(3, 3))
+    found = layer_distance(torch.from_numpy(a), torch.from_numpy(b), ["cka-debiased", "cka"], view="filter")
+    assert np.isnan(found.per_filter["cka-debiased"][0]) and np.isfinite(found.per_filter["cka"]).all()
+    assert found.values["cka-debiased"] == pytest.approx(found.per_filter["cka-debiased"][1], abs=1e-15)
+    assert found.values["cka"] == pytest.approx(found.per_filter["cka"].mean(), abs=1e-15)
+    maps = np.abs(rng.normal(size=(10, 2, 5, 5)))
+    maps[:, 0, :, 1:] = 0  # filter 0's maps vary along one image column only: no debiased value anywhere
+    found = layer_distance(torch.from_numpy(maps), torch.from_numpy(maps + 0.3 * rng.normal(size=maps.shape)),
+                           ["cka-debiased", "cka"], view="filter-map")
+    assert found.values["cka-debiased"] is not None and np.isnan(found.per_filter["cka-debiased"][0])

@@ -35,12 +35,18 @@ def unbiased_hsic(cross_sq: torch.Tensor, row_products: torch.Tensor, total_x: t
     return cross_sq - m / (m - 2) * row_products + total_x * total_y / ((m - 1) * (m - 2))
 
 
-def debiased_similarity(h_xy: torch.Tensor, h_xx: torch.Tensor, h_yy: torch.Tensor) -> torch.Tensor:
-    """h(X, Y) / √(h(X, X) h(Y, Y)); NaN where the normaliser is not positive."""
-    norm = h_xx * h_yy
-    positive = norm > 0
-    return torch.where(positive, h_xy / norm.clamp_min(torch.finfo(norm.dtype).tiny).sqrt(),
-                       torch.full_like(h_xy, math.nan))
+# h(X, X) within this fraction of ‖XᵀX‖²_F of zero is rounding of an exact zero (one non-constant
+# sample, say): the ratio is 0/0 there, not a number.
+UNDEFINED_RELATIVE = 1e-10
+
+
+def debiased_similarity(h_xy: torch.Tensor, h_xx: torch.Tensor, h_yy: torch.Tensor,
+                        scale_x: torch.Tensor, scale_y: torch.Tensor) -> torch.Tensor:
+    """h(X, Y) / √(h(X, X) h(Y, Y)); NaN where h(X, X) or h(Y, Y) is not clearly positive against its
+    scale ‖XᵀX‖²_F, ‖YᵀY‖²_F."""
+    positive = (h_xx > UNDEFINED_RELATIVE * scale_x) & (h_yy > UNDEFINED_RELATIVE * scale_y)
+    norm = (h_xx * h_yy).clamp_min(torch.finfo(h_xx.dtype).tiny)
+    return torch.where(positive, h_xy / norm.sqrt(), torch.full_like(h_xy, math.nan))
 
 
 def debiased_from_grams(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
@@ -49,7 +55,8 @@ def debiased_from_grams(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
     dk, dl = k.diagonal(dim1=-2, dim2=-1), l.diagonal(dim1=-2, dim2=-1)
     tk, tl = dk.sum(-1), dl.sum(-1)
     h = lambda a, b, da, db, ta, tb: unbiased_hsic((a * b).sum((-1, -2)), (da * db).sum(-1), ta, tb, m)  # noqa: E731
-    return debiased_similarity(h(k, l, dk, dl, tk, tl), h(k, k, dk, dk, tk, tk), h(l, l, dl, dl, tl, tl))
+    return debiased_similarity(h(k, l, dk, dl, tk, tl), h(k, k, dk, dk, tk, tk), h(l, l, dl, dl, tl, tl),
+                               k.pow(2).sum((-1, -2)), l.pow(2).sum((-1, -2)))
 
 
 def debiased_from_centred(xc: torch.Tensor, yc: torch.Tensor) -> torch.Tensor:
@@ -61,10 +68,11 @@ def debiased_from_centred(xc: torch.Tensor, yc: torch.Tensor) -> torch.Tensor:
     rx, ry = xc.pow(2).sum(-1), yc.pow(2).sum(-1)
     tx, ty = rx.sum(-1), ry.sum(-1)
     xt, yt = xc.transpose(1, 2), yc.transpose(1, 2)
+    gram_x, gram_y = (xt @ xc).pow(2).sum((1, 2)), (yt @ yc).pow(2).sum((1, 2))
     h_xy = unbiased_hsic((xt @ yc).pow(2).sum((1, 2)), (rx * ry).sum(-1), tx, ty, m)
-    h_xx = unbiased_hsic((xt @ xc).pow(2).sum((1, 2)), (rx * rx).sum(-1), tx, tx, m)
-    h_yy = unbiased_hsic((yt @ yc).pow(2).sum((1, 2)), (ry * ry).sum(-1), ty, ty, m)
-    return debiased_similarity(h_xy, h_xx, h_yy)
+    h_xx = unbiased_hsic(gram_x, (rx * rx).sum(-1), tx, tx, m)
+    h_yy = unbiased_hsic(gram_y, (ry * ry).sum(-1), ty, ty, m)
+    return debiased_similarity(h_xy, h_xx, h_yy, gram_x, gram_y)
 
 
 def centred_row_products(a: torch.Tensor, p: torch.Tensor, q: torch.Tensor, s_uv: torch.Tensor,

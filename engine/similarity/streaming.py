@@ -10,8 +10,6 @@ corrected exactly at the end:  Σ(x−μ)(y−ν)ᵀ = Σ(x−a)(y−b)ᵀ − m
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from engine.similarity.debiased import centred_row_products, debiased_similarity, unbiased_hsic
@@ -125,12 +123,14 @@ class MomentAccumulator:
         r_xx = centred_row_products(b(s["rxx"]), b(s["p_xx"]), b(s["p_xx"]), b(s["sxx"]), sx, sx, nx, nx, m)
         r_yy = centred_row_products(b(s["ryy"]), b(s["p_yy"]), b(s["p_yy"]), b(s["syy"]), sy, sy, ny, ny, m)
         tx, ty = b(sxx.trace()), b(syy.trace())
+        gram_x, gram_y = b(sxx.pow(2).sum()), b(syy.pow(2).sum())
         h_xy = unbiased_hsic(b(sxy.pow(2).sum()), r_xy, tx, ty, m)
-        h_xx = unbiased_hsic(b(sxx.pow(2).sum()), r_xx, tx, tx, m)
-        h_yy = unbiased_hsic(b(syy.pow(2).sum()), r_yy, ty, ty, m)
-        if self.identical:
-            return 1.0 if bool(h_xx[0] > 0) else math.nan
-        return float(debiased_similarity(h_xy, h_xx, h_yy)[0])
+        h_xx = unbiased_hsic(gram_x, r_xx, tx, tx, m)
+        h_yy = unbiased_hsic(gram_y, r_yy, ty, ty, m)
+        similarity = debiased_similarity(h_xy, h_xx, h_yy, gram_x, gram_y)
+        if self.identical and not torch.isnan(similarity[0]):
+            return 1.0
+        return float(similarity[0])
 
 
 def centred_from_sums(s: dict[str, torch.Tensor], m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

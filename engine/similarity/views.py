@@ -161,6 +161,7 @@ class LayerAccumulator:
             if view in ("positions", "pooled", "cls") else None
         self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.map_sums: dict[str, torch.Tensor] = {}  # label → (G, c) per-group sums of per-map values
+        self.map_counts: dict[str, torch.Tensor] = {}  # label → (G, c) how many maps each sum holds
         self.map_live: torch.Tensor | None = None  # (G, c) per-group counts of live maps
         self.device = torch.device("cpu")
 
@@ -247,9 +248,11 @@ class LayerAccumulator:
     def filter_map_result(self, left_out: int | None) -> LayerDistance:
         """`filter-map` from the per-group sums, every group or all but ``left_out``."""
         less = lambda t: t.sum(0) - (t[left_out] if left_out is not None else 0)  # noqa: E731
-        live = less(self.map_live)
-        per_filter = {label: less(v) / live.clamp_min(1) for label, v in self.map_sums.items()}
-        return filter_view_result("filter-map", per_filter, live == 0, self.shape[1])
+        per_filter = {}
+        for label, v in self.map_sums.items():
+            counts = less(self.map_counts[label])
+            per_filter[label] = torch.where(counts > 0, less(v) / counts.clamp_min(1), torch.full_like(v[0], math.nan))
+        return filter_view_result("filter-map", per_filter, less(self.map_live) == 0, self.shape[1])
 
     def add_filter_maps(self, a: torch.Tensor, b: torch.Tensor, image_groups: torch.Tensor | None) -> None:
         """`filter-map`: each image's h×w map of each filter, in the authors' layout (image rows are
@@ -267,10 +270,13 @@ class LayerAccumulator:
         if self.map_live is None:
             self.map_live = torch.zeros(self.groups, c, dtype=torch.long, device=a.device)
         for label, v in values.items():
-            v = torch.where(live, v.reshape(n, c), torch.zeros_like(v.reshape(n, c)))
+            v = v.reshape(n, c)
+            counted = live & ~torch.isnan(v)  # a live map may still lack one metric's value (debiased CKA: 0/0)
             if label not in self.map_sums:
                 self.map_sums[label] = torch.zeros(self.groups, c, dtype=v.dtype, device=a.device)
-            self.map_sums[label].index_add_(0, groups, v)
+                self.map_counts[label] = torch.zeros(self.groups, c, dtype=torch.long, device=a.device)
+            self.map_sums[label].index_add_(0, groups, torch.where(counted, v, torch.zeros_like(v)))
+            self.map_counts[label].index_add_(0, groups, counted.long())
         self.map_live.index_add_(0, groups, live.long())
 
 
@@ -363,5 +369,8 @@ def filter_view_result(view: str, per_filter: dict[str, torch.Tensor], dead: tor
     for label, v in per_filter.items():
         v = torch.where(live, v, torch.full_like(v, float("nan")))
         vectors[label] = v.detach().cpu().numpy().astype(np.float64)
-        values[label] = float(v[live].mean()) if bool(live.any()) else None
+        # a live filter can still have no value under one metric (debiased CKA of a filter that responds
+        # to one image only is 0/0): it is left out of that metric's mean, as dead filters are of all
+        defined = live & ~torch.isnan(v)
+        values[label] = float(v[defined].mean()) if bool(defined.any()) else None
     return LayerDistance(view, values, int(dead.sum()), n_filters, vectors)
