@@ -184,13 +184,16 @@ def spectrum_from_gram(gram: torch.Tensor, n_rows: int, n_features: int, source_
 
 def pair_from_moments(sxx: torch.Tensor, syy: torch.Tensor, sxy: torch.Tensor, n_rows: int,
                       identical: torch.Tensor, source_dtype: torch.dtype = torch.float64,
-                      column_floors: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)) -> PairedSpectra:
+                      column_floors: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+                      source: SideSpectrum | None = None, tolerance: float = DIRECT_EIGH_ERROR) -> PairedSpectra:
     """Primal pair from centred second moments (b, p, p) — the streaming views end here.
 
     ``column_floors`` are per-column variances at or below which a column is rounding noise of a
-    constant (None: only an exactly zero variance is)."""
-    x = decompose_moments(sxx, n_rows, source_dtype, column_floors[0])
-    y = decompose_moments(syy, n_rows, source_dtype, column_floors[1])
+    constant (None: only an exactly zero variance is). ``source``, when given, is the decomposition
+    of ``sxx`` from an earlier call (the source model's moments do not change between epochs).
+    ``tolerance``: the direct eigh's error bound accepted (:func:`decompose_moments`)."""
+    x = source if source is not None else decompose_moments(sxx, n_rows, source_dtype, column_floors[0], tolerance)
+    y = decompose_moments(syy, n_rows, source_dtype, column_floors[1], tolerance)
     return PairedSpectra(x, y, primal_cross(x, y, sxy), n_rows, identical)
 
 

@@ -99,6 +99,10 @@ def symmetric(moment: torch.Tensor) -> torch.Tensor:
 # The direct eigen-decomposition of XᵀX is used where its error bound on the metrics,
 # ε·√k·√(λ_max / λ_min), is below this; elsewhere the correlation-scaled route (module docstring).
 DIRECT_EIGH_ERROR = 1e-12
+# The jackknife's replicates (engine.intervals) enter an interval only through their spread about
+# each other, which is orders of magnitude above this; a looser bound keeps them on the direct route
+# where samples barely outnumber features (the scaled route costs an extra eigh and SVD).
+REPLICATE_EIGH_ERROR = 1e-9
 
 
 def direct_eigh_bound(eigenvalues: torch.Tensor, live: torch.Tensor, size: int) -> torch.Tensor:
@@ -112,13 +116,13 @@ def direct_eigh_bound(eigenvalues: torch.Tensor, live: torch.Tensor, size: int) 
 
 
 def decompose_moments(moment: torch.Tensor, n_rows: int, source_dtype: torch.dtype,
-                      column_floor: torch.Tensor | None = None) -> SideSpectrum:
+                      column_floor: torch.Tensor | None = None, tolerance: float = DIRECT_EIGH_ERROR) -> SideSpectrum:
     """Primal spectrum of centred second moments XᵀX (b, p, p), exact at any column scales.
 
     A column whose variance is 0 (or at most ``column_floor``, the rounding level of its values)
     is dead: a null direction. Where every direction X can have is resolved by a direct eigh of
-    XᵀX to within DIRECT_EIGH_ERROR, that is used (the common, well-scaled case); the other items
-    of the batch take the correlation-scaled route.
+    XᵀX to within ``tolerance`` (DIRECT_EIGH_ERROR), that is used (the common, well-scaled case); the
+    other items of the batch take the correlation-scaled route.
     """
     moment = symmetric(moment)
     p = moment.shape[-1]
@@ -127,7 +131,7 @@ def decompose_moments(moment: torch.Tensor, n_rows: int, source_dtype: torch.dty
     possible = (~dead).sum(-1).clamp(max=structural_rank(n_rows, p))
     eigenvalues, vectors = torch.linalg.eigh(moment)  # ascending
     live = torch.arange(p, device=moment.device) >= (p - possible).unsqueeze(-1)
-    resolved = direct_eigh_bound(eigenvalues, live, p) <= DIRECT_EIGH_ERROR
+    resolved = direct_eigh_bound(eigenvalues, live, p) <= tolerance
     eigenvalues = torch.where(live, eigenvalues, torch.zeros_like(eigenvalues))
     inverse_root = torch.where(live, eigenvalues, torch.ones_like(eigenvalues)).rsqrt() * live
     side = SideSpectrum(vectors * inverse_root.unsqueeze(-2), eigenvalues, p, "primal", torch.ones_like(variance))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from engine.similarity.debiased import centred_row_products, debiased_similarity, unbiased_hsic
+from engine.similarity.spectral import DIRECT_EIGH_ERROR, REPLICATE_EIGH_ERROR
 from engine.similarity.metrics import PairedSpectra, compute_dtype_for, pair_from_moments
 
 
@@ -100,15 +101,27 @@ class MomentAccumulator:
         sxx, syy, _ = self.centred_moments()
         return sxx.diagonal().clamp_min(0), syy.diagonal().clamp_min(0)
 
-    def paired_spectra(self, leave_out: list[int | None] = (None,)) -> PairedSpectra:
-        """The pair of spectra of every replicate in ``leave_out``, batched in that order."""
+    def paired_spectra(self, leave_out: list[int | None] = (None,), cache=None, cache_key: object = None) -> PairedSpectra:
+        """The pair of spectra of every replicate in ``leave_out``, batched in that order. With a
+        ``cache`` (:class:`engine.similarity.batched.SourceSpectrumCache`), X's decompositions are
+        kept under ``cache_key`` and a checksum of X's sums, and reused while those do not change."""
         moments = [self.centred_moments(g) for g in leave_out]
         rows = {self.rows_without(g) for g in leave_out}
         if len(rows) != 1:  # replicates of unequal size cannot share a batch
             raise ValueError("replicates with different row counts must be decomposed one at a time")
         sxx, syy, sxy = (torch.stack(parts) for parts in zip(*moments))
         identical = torch.full((len(leave_out),), self.identical, device=sxx.device)
-        return pair_from_moments(sxx, syy, sxy, rows.pop(), identical, self._dtype)
+        key = None
+        if cache is not None:
+            total, _ = self.sums()
+            checksum = (float(total["sxx"].sum()), float(total["sum_x"].sum()), tuple(self.group_rows))
+            key = (cache_key, "moments", tuple(leave_out), checksum)
+        source = cache.get(key) if key is not None else None
+        tolerance = DIRECT_EIGH_ERROR if None in leave_out else REPLICATE_EIGH_ERROR
+        pair = pair_from_moments(sxx, syy, sxy, rows.pop(), identical, self._dtype, source=source, tolerance=tolerance)
+        if key is not None and source is None:
+            cache.put(key, pair.x)
+        return pair
 
     def debiased_cka(self, leave_out: int | None = None) -> float:
         """Debiased linear CKA of the rows outside ``leave_out``, from the streamed sums."""

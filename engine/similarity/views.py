@@ -34,7 +34,9 @@ from engine.similarity.batched import (
     DEFAULT_CHUNK_BYTES,
     SourceSpectrumCache,
     batched_metric_values,
+    cpu_workers,
     filter_chunk_size,
+    run_in_parallel,
 )
 from engine.similarity.metrics import (
     DEFAULT_ALPHA,
@@ -231,18 +233,25 @@ class LayerAccumulator:
         for i, g in enumerate(leave_outs):
             by_rows.setdefault(self.moments.rows_without(g), []).append(i)
         c = max(self.shape[1], 1)
-        chunk = max(1, int(self.chunk_bytes // (56 * c * c)))
-        for indices in by_rows.values():
-            for start in range(0, len(indices), chunk):
-                batch = indices[start:start + chunk]
-                chosen = [leave_outs[i] for i in batch]
-                debiased = lambda chosen=chosen: torch.tensor(  # noqa: E731
-                    [self.moments.debiased_cka(g) for g in chosen], dtype=torch.float64)
-                values = metric_values(self.moments.paired_spectra(chosen), self.metrics, self.whitening_scale,
-                                       debiased)
-                for label, v in values.items():
-                    for i, value in zip(batch, v.tolist()):
-                        out[label][i] = None if math.isnan(value) else value
+        workers = cpu_workers(self.device)
+        # one replicate per task on a multi-core CPU (the pool balances them), batched on a GPU
+        chunk = 1 if workers > 1 else max(1, int(self.chunk_bytes // (56 * c * c)))
+        batches = [indices[start:start + chunk] for indices in by_rows.values()
+                   for start in range(0, len(indices), chunk)]
+        self.moments.sums()  # the total, once, before the threads read it
+
+        def one_batch(batch: list[int]) -> dict[str, torch.Tensor]:
+            chosen = [leave_outs[i] for i in batch]
+            debiased = lambda: torch.tensor([self.moments.debiased_cka(g) for g in chosen],  # noqa: E731
+                                            dtype=torch.float64)
+            pair = self.moments.paired_spectra(chosen, self.cache, (self.cache_key, self.view))
+            return metric_values(pair, self.metrics, self.whitening_scale, debiased)
+
+        # batched decompositions run one matrix at a time on one core on a CPU: replicates on every core
+        for batch, values in zip(batches, run_in_parallel(one_batch, batches, workers if len(batches) > 1 else 1)):
+            for label, v in values.items():
+                for i, value in zip(batch, v.tolist()):
+                    out[label][i] = None if math.isnan(value) else value
         return out
 
     def filter_map_result(self, left_out: int | None) -> LayerDistance:
