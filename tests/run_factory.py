@@ -20,16 +20,34 @@ def layer_names(count: int) -> list[str]:
     return [f"block{i}" for i in range(count)]
 
 
-def epoch_record(epoch: int, layers: list[str], filters: int, step_per_epoch: int = 10) -> dict:
+# The jackknife settings of fake runs recorded with intervals: G = 5 at 90 % (t of 4 degrees of freedom).
+INTERVALS = {"method": "jackknife", "groups": 5, "level": 0.9, "t": 2.131846786, "mode": "auto",
+             "views": ["positions", "pooled", "cls", "filter-map"]}
+
+
+def fake_replicates(d: float, groups: int = 5) -> list[float]:
+    """Replicates whose jackknife interval is d ± about 5 % of d."""
+    return [d * (1 + 0.01 * (g - (groups - 1) / 2)) for g in range(groups)]
+
+
+def epoch_record(epoch: int, layers: list[str], filters: int, step_per_epoch: int = 10,
+                 intervals: bool = False) -> dict:
     """Distances that grow with depth and saturate over epochs, like the paper's curves."""
+    from engine.intervals import interval
+
     entries = {}
     for depth, layer in enumerate(layers):
         scale = 0.1 + 0.6 * depth / max(1, len(layers) - 1)
         d = scale * (1 - math.exp(-epoch / 3))
         per_filter = [round(d * (0.5 + (f * 37 % filters) / filters), 6) for f in range(filters)]
         per_filter[-1] = None  # one dead filter
+        positions = {"values": {"pwsm:0.5": d, "procrustes": 0.8 * d}, "dead": 0, "filters": filters}
+        if intervals:
+            positions["jackknife"] = {m: fake_replicates(v) for m, v in positions["values"].items()}
+            positions["interval"] = {m: interval(v, positions["jackknife"][m], INTERVALS["t"])
+                                     for m, v in positions["values"].items()}
         entries[layer] = {
-            "positions": {"values": {"pwsm:0.5": d, "procrustes": 0.8 * d}, "dead": 0, "filters": filters},
+            "positions": positions,
             "filter": {"values": {"procrustes": float(np.mean([v for v in per_filter if v is not None]))},
                        "dead": 1, "filters": filters, "per_filter": {"procrustes": per_filter}},
         }
@@ -40,10 +58,19 @@ def epoch_record(epoch: int, layers: list[str], filters: int, step_per_epoch: in
 
 
 def write_fake_run(path: Path, epochs: int = 5, layers: int = 4, filters: int = 12, total: int | None = None,
-                   state: str = "finished", model: str = "resnet18", vis: bool = True) -> RunWriter:
+                   state: str = "finished", model: str = "resnet18", vis: bool = True, intervals: bool = False,
+                   warnings: list[str] | None = None) -> RunWriter:
+    """``intervals``: record jackknife replicates and intervals (INTERVALS) with the positions values;
+    ``warnings``: what the run recorded about its measures."""
+    from engine.analyses import distance_declaration
+
     names = layer_names(layers)
     writer = RunWriter(path)
+    extra = {"warnings": warnings} if warnings else {}
+    if intervals:
+        extra["analyses"] = [dict(distance_declaration(MEASURES, names), intervals=INTERVALS)]
     writer.write_config({
+        **extra,
         "run": {"epochs": total or epochs, "seed": 0}, "preset_settings": None,
         "dataset": {"root": "/data/shapes", "classes": CLASSES, "probe_images": 9},
         "model": {"name": model, "weights": "none"},
@@ -54,7 +81,7 @@ def write_fake_run(path: Path, epochs: int = 5, layers: int = 4, filters: int = 
     writer.status = {"state": "running", "pid": 1, "host": "test", "started_at": STARTED_AT, "epoch": epochs,
                      "total_epochs": total or epochs, "message": ""}
     for epoch in range(epochs + 1):
-        writer.append_record(epoch_record(epoch, names, filters))
+        writer.append_record(epoch_record(epoch, names, filters, intervals=intervals))
         if vis:
             write_fake_images(path, names[0], [0, 3], epoch)
     if state == "running":

@@ -122,3 +122,36 @@ def test_unrelated_rising_curves_do_not_pass_as_agreement():
     assert not unrelated.holds and unrelated.interval[0] <= 0 <= unrelated.interval[1]
     related = series_agreement(pwsm, [2 * p + 0.05 * rng.normal(size=p.shape) for p in pwsm])
     assert related.holds and related.difference > 0
+
+
+def test_findings_are_decided_by_the_intervals_of_differences():
+    """(a) with replicates: the deepest − shallowest paired difference decides, not the ordering alone;
+    (c): matched − unrelated r is recomputed inside each replicate."""
+    from scipy.stats import t as student_t
+
+    t = float(student_t.ppf(0.95, 4))
+    rng = np.random.default_rng(3)
+    rising = {"a": np.array([.1, .2, .3, .4, .5]), "b": np.array([.1, .15, .3, .35, .6])}
+    tight = {run: v + 0.001 * rng.normal(size=(5, 5)) for run, v in rising.items()}  # (G, layers)
+    trend = depth_trend(rising, dict.fromkeys(rising, LAYERS), replicates=tight, t=t)
+    assert trend.judged_by_intervals and trend.holds and all(r.low > 0 for r in trend.rise.values())
+    # the same ordering, but the replicates say the deepest layer is within noise of the shallowest
+    loose = {run: v + 0.5 * rng.normal(size=(5, 5)) for run, v in rising.items()}
+    vague = depth_trend(rising, dict.fromkeys(rising, LAYERS), replicates=loose, t=t)
+    assert vague.rho == trend.rho and not vague.holds
+    assert vague.rise["a"].low < 0 < vague.rise["a"].high
+    # a drop beyond noise is named with its interval
+    dropping = {"a": np.array([.1, .2, .5, .3, .6])}
+    drops = depth_trend(dropping, {"a": LAYERS}, replicates={"a": dropping["a"] + 0.001 * rng.normal(size=(5, 5))}, t=t)
+    assert len(drops.drops["a"]) == 1 and drops.drops["a"][0].startswith("layer3 < layer2 (-0.200 [")
+
+    epochs = np.arange(1, 6, dtype=float)[:, None]
+    first = [epochs * np.linspace(0.5, 1.5, 4) + 0.01 * rng.normal(size=(5, 4)) for _ in range(2)]
+    second = [2 * f for f in first]
+    reps = lambda series, noise: [s + noise * rng.normal(size=(5, *s.shape)) for s in series]  # noqa: E731
+    agreement = series_agreement(first, second, replicates=(reps(first, 1e-3), reps(second, 1e-3)), t=t)
+    assert agreement.method.startswith("jackknife") and agreement.interval is not None
+    lo, hi = agreement.interval
+    assert lo < agreement.difference < hi
+    by_hand = series_agreement(first, second)  # no replicates: the bootstrap over layers, as before
+    assert by_hand.method == "bootstrap over layers" and by_hand.difference == agreement.difference

@@ -1,6 +1,7 @@
 """`ftdyn run` end to end, resume after a real kill, and the run record it writes."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from scipy.stats import t as student_t
 
 from conftest import TINY_RUN
 from engine.record import RunReader, read_run
@@ -46,6 +48,20 @@ def test_end_to_end_run_and_report(tmp_path, shapes_data, cli):
     assert set(last["timing"]) >= {"train_s", "eval_s", "analysis_s"} and last["lr"] == [1e-4]
     assert (run_dir / "checkpoints" / "last.pt").exists() and (run_dir / "checkpoints" / "best.pt").exists()
 
+    # intervals, on by default for the streaming views: 9 probe images allow 9 groups, not 10, and it says so
+    assert "9 image groups instead of 10 (the probe set has 9 images)" in result.output
+    declared = next(p for p in config["analyses"] if p["name"] == "distance")["intervals"]
+    assert declared["groups"] == 9 and declared["level"] == 0.9
+    assert declared["t"] == pytest.approx(student_t.ppf(0.95, 8), rel=1e-12)
+    for layer, views in last["layers"].items():
+        assert "jackknife" not in views["filter"]  # `filter` is G+1 times dearer: --intervals all
+        entry = views["positions"]
+        for metric, value in entry["values"].items():
+            reps = entry["jackknife"][metric]
+            assert len(reps) == 9 and len(set(reps)) > 1, layer
+            half = declared["t"] * math.sqrt(8 / 9 * sum((r - sum(reps) / 9) ** 2 for r in reps))
+            assert entry["interval"][metric] == pytest.approx([value - half, value + half], rel=1e-12)
+
     report = cli("report", run_dir, "--format", "json")
     assert report.exit_code == 0, report.output
     tables = json.loads(report.output)
@@ -53,10 +69,36 @@ def test_end_to_end_run_and_report(tmp_path, shapes_data, cli):
     reuse = {row["measure"]: row for row in tables["reusability"]}
     assert reuse["pwsm:0.5@positions"]["epochs"] == 2 and reuse["pwsm:0.5@positions"]["mean"] > 0
     assert any(row["measures"] == "pwsm:0.5@positions vs procrustes@positions" for row in tables["correlation"])
+    rows = {(r["measure"], r["layer"], r["epoch"]): r for r in tables["layers"]}
+    row = rows[("pwsm:0.5@positions", "layer2.1", 2)]
+    assert [row["low"], row["high"]] == last["layers"]["layer2.1"]["positions"]["interval"]["pwsm:0.5"]
+    assert row["groups"] == 9 and rows[("procrustes@filter", "layer2.1", 2)]["low"] is None
+    assert reuse["pwsm:0.5@positions"]["low"] < reuse["pwsm:0.5@positions"]["mean"] < reuse["pwsm:0.5@positions"]["high"]
     csv_report = cli("report", run_dir, "--format", "csv")
     assert csv_report.exit_code == 0 and "# reusability" in csv_report.output
     table_report = cli("report", run_dir)
     assert "Table 2" in table_report.output
+    assert "90% jackknife over G=9 probe-image groups" in " ".join(table_report.output.split())
+
+
+def test_intervals_off_and_a_small_alpha_warning_are_recorded_and_reported(tmp_path, shapes_data, cli):
+    run_dir = tmp_path / "off"
+    result = cli("run", "--data", shapes_data, "--out", run_dir, "--epochs", "1", *TINY_RUN, "--layers", "relu",
+                 "--metrics", "pwsm:0.01@pooled,cka-debiased", "--intervals", "off")
+    assert result.exit_code == 0, result.output
+    snapshot = read_run(run_dir)
+    assert next(p for p in snapshot.config["analyses"] if p["name"] == "distance")["intervals"] is None
+    entry = snapshot.epochs[-1]["layers"]["relu"]
+    assert "jackknife" not in entry["pooled"] and "interval" not in entry["positions"]
+    assert entry["positions"]["values"]["cka-debiased"] is not None
+    # 9 pooled rows and 64 channels: PWSM at α = 0.01 is squeezed towards 0 — allowed, recorded, reported
+    [warning] = snapshot.config["warnings"]
+    assert warning.startswith("layer relu, pwsm:0.01@pooled:") and "compresses every distance" in warning
+    report = cli("report", run_dir)
+    assert "warning: off: layer relu, pwsm:0.01@pooled" in " ".join(report.output.split())
+    refused = cli("run", "--data", shapes_data, "--out", tmp_path / "bad", *TINY_RUN, "--interval-level", "1.5")
+    assert refused.output.strip().startswith("error: --interval-level must lie strictly between 0 and 1 (got 1.5)")
+    assert refused.exit_code == 2 and not (tmp_path / "bad").exists()
 
 
 def test_paper_preset_is_recorded_and_explicit_options_win(tmp_path, shapes_data, cli):

@@ -480,3 +480,36 @@ async def test_runs_that_cannot_be_opened_say_why(tmp_path):
             await pilot.press(key)
             assert isinstance(app.screen, RunsScreen)
             assert "broken cannot be opened" in str(list(app._notifications)[-1].message)
+
+
+async def test_interval_bands_and_readout_show_the_recorded_intervals(tmp_path):
+    from run_factory import INTERVALS, fake_replicates
+
+    write_fake_run(tmp_path / "honest", intervals=True, warnings=["layer block0, pwsm:0.01@pooled: near-full whitening"])
+    write_fake_run(tmp_path / "older")  # recorded before intervals: nothing to draw, and it says so
+    app = create_app([tmp_path])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("enter")  # the first run: honest
+        screen = app.screen
+        await pilot.pause()
+        assert any("near-full whitening" in str(n.message) for n in app._notifications)  # its recorded warning
+        assert not screen.bands and "intervals" not in screen.plot_title(200)
+        plt = screen.query_one("#distance").plt
+        drawn = len(plt._active.monitor.y)  # noqa: SLF001 (plotext keeps one entry per plotted line)
+        await pilot.press("i")
+        assert screen.bands and "90% jackknife intervals, G=5" in screen.plot_title(200)
+        assert len(plt._active.monitor.y) == 3 * drawn  # a low and a high edge for every curve
+        await pilot.press("right_square_bracket", "right_square_bracket")  # epoch 1
+        readout = str(screen.query_one("#readout").render())
+        label, xs, ys = next(s for s in screen.series if s[0] == "block3")
+        value = ys[xs.index(1.0)]
+        reps = fake_replicates(value)
+        mean = sum(reps) / len(reps)
+        half = INTERVALS["t"] * (4 / 5 * sum((r - mean) ** 2 for r in reps)) ** 0.5
+        assert f"block3 {value:.4g} [{value - half:.3g}, {value + half:.3g}]" in readout
+        await pilot.press("s")  # smoothed curves and raw intervals do not belong together
+        assert "intervals hidden while smoothing" in screen.plot_title(200)
+        await pilot.press("escape", "down", "enter")
+        await pilot.press("i")
+        assert "no intervals recorded" in str(list(app._notifications)[-1].message)
