@@ -96,11 +96,16 @@ class PeakMemory:
         return max(self.peak, self.rss()) - self.start
 
 
-def large_layer(groups: int, n: int, c: int, hw: int) -> dict:
-    """Runs inside the child process."""
+def large_layer(groups: int, n: int, c: int, hw: int, storage: str) -> dict:
+    """Runs inside the child process. ``storage`` 'float64' forces float64 per-group moments (to
+    measure what float32 groups change in the replicates)."""
     import torch
 
+    import engine.similarity.views as views
     from engine.similarity import LayerAccumulator
+
+    if storage == "float64":
+        views.group_storage = lambda groups, channels: "float64"
 
     generator = torch.Generator().manual_seed(0)
     sampler = PeakMemory()
@@ -114,30 +119,42 @@ def large_layer(groups: int, n: int, c: int, hw: int) -> dict:
     fed = time.perf_counter() - start
     result = accumulator.result()
     peak = sampler.stop()
-    return {"groups": groups, "seconds": time.perf_counter() - start, "fed_s": fed, "peak_mib": peak / 2**20,
-            "pwsm": result.values["pwsm:0.5"], "replicates": len(result.replicates.get("pwsm:0.5", []))}
+    return {"groups": groups, "storage": storage, "seconds": time.perf_counter() - start, "fed_s": fed,
+            "peak_mib": peak / 2**20, "values": result.values, "replicates": result.replicates}
 
 
 def large(n: int, c: int, hw: int) -> None:
-    from engine.intervals import groups_within_memory
+    from engine.intervals import estimate, group_storage, groups_within_memory, settings_for
 
     chosen = groups_within_memory(10, c)
     print(f"large layer: positions view, n = {n}, c = {c}, {hw}×{hw} (a ResNet-50 layer4), fresh process each:")
     rows = []
-    for groups in (1, chosen):
-        out = subprocess.run([sys.executable, __file__, "--child", str(groups), str(n), str(c), str(hw)],
+    for groups, storage in ((1, "auto"), (chosen, "auto"), (chosen, "float64")):
+        out = subprocess.run([sys.executable, __file__, "--child", str(groups), str(n), str(c), str(hw), storage],
                              capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    t = settings_for(chosen, 0.9).t
     for row in rows:
-        print(f"  G = {row['groups']:>2}: {row['seconds']:.1f} s (streaming {row['fed_s']:.1f} s), "
-              f"peak memory +{row['peak_mib']:.0f} MiB, {row['replicates']} replicates, pwsm {row['pwsm']:.6f}")
-    print(f"  ratio on/off: time {rows[1]['seconds'] / rows[0]['seconds']:.2f}, "
-          f"memory {rows[1]['peak_mib'] / max(rows[0]['peak_mib'], 1):.2f} (goal: under 1 GiB)")
+        kind = "" if row["groups"] == 1 else (f", {group_storage(chosen, c)} groups" if row["storage"] == "auto"
+                                              else ", float64 groups (forced)")
+        print(f"  G = {row['groups']:>2}{kind}: {row['seconds']:.1f} s (streaming {row['fed_s']:.1f} s), "
+              f"peak memory +{row['peak_mib']:.0f} MiB, pwsm {row['values']['pwsm:0.5']:.6f}")
+        for label, reps in row["replicates"].items():
+            found = estimate(row["values"][label], reps, t)
+            print(f"      {label}: ± {found.half_width:.2e} (90 %)")
+    off, on, exact = rows
+    worst = max(abs(a - b) for label in on["replicates"]
+                for a, b in zip(on["replicates"][label], exact["replicates"][label]))
+    spread = min(estimate(on["values"][label], reps, t).se for label, reps in on["replicates"].items())
+    print(f"  ratio on/off: time {on['seconds'] / off['seconds']:.2f}, memory {on['peak_mib'] / max(off['peak_mib'], 1):.2f}"
+          f" (goal: the layer's peak under 1 GiB)")
+    print(f"  float32 groups against float64 groups: replicates differ by at most {worst:.1e} "
+          f"({worst / spread:.1e} of the smallest SE)")
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        print(json.dumps(large_layer(*map(int, sys.argv[2:6]))))
+        print(json.dumps(large_layer(*map(int, sys.argv[2:6]), sys.argv[6])))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)

@@ -37,10 +37,12 @@ MODES = ("auto", "all", "off")
 # replicate recomputes the layer from the kept images (G times the view's cost): `--intervals all`.
 STREAMING_VIEWS = ("positions", "pooled", "cls", "filter-map")
 MOMENT_VIEWS = ("positions", "pooled", "cls")  # per-group c×c moments: memory grows with G
-# Memory the per-group moments of one layer may take (float64 XᵀX, YᵀY, XᵀY per group): a run asks
-# for G groups and gets fewer, never under 2, when its widest streamed layer would exceed this
-# (a 2048-channel ResNet-50 layer4 holds 96 MiB a group, so 5 groups; benchmarks/bench_memory.py).
-MOMENT_GROUPS_BYTES = 512 * 2**20
+# Memory the per-group moments of one layer may take (XᵀX, YᵀY, XᵀY per group). Where float64 groups
+# would pass it they are kept in float32 (the total stays float64: the value is unchanged, the
+# replicates carry float32 rounding far below their spread), and where even those would, a run uses
+# fewer groups, never under 2: a 2048-channel ResNet-50 layer4 gets 5 float32 groups, 240 MiB
+# (benchmarks/bench_intervals.py measures the layer's whole peak).
+MOMENT_GROUPS_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -93,9 +95,15 @@ def moment_bytes(channels: int) -> int:
     return 3 * 8 * channels * channels
 
 
+def group_storage(groups: int, channels: int, budget: int = MOMENT_GROUPS_BYTES) -> str:
+    """'float64' where G float64 groups of a ``channels``-wide layer fit ``budget``, else 'float32'."""
+    return "float64" if groups * moment_bytes(channels) <= budget else "float32"
+
+
 def groups_within_memory(requested: int, widest: int, budget: int = MOMENT_GROUPS_BYTES) -> int:
-    """The number of groups (≤ ``requested``, ≥ 2) whose moments of the widest layer fit ``budget``."""
-    return max(2, min(requested, budget // max(1, moment_bytes(widest))))
+    """The number of groups (≤ ``requested``, ≥ 2) whose moments of the widest layer, in float32
+    where float64 does not fit, stay within ``budget``."""
+    return max(2, min(requested, budget // max(1, moment_bytes(widest) // 2)))
 
 
 def jackknife_se(replicates: Sequence[float] | np.ndarray) -> float | None:

@@ -315,8 +315,8 @@ class Trainer:
             widest = max(feature_map_shape(layer.shape, layer.layout)[0] for layer in self.layers)
             if groups_within_memory(groups, widest) < groups:
                 groups = groups_within_memory(groups, widest)
-                why = (f"per-group moments of the {widest}-channel layer take {moment_bytes(widest) / 2**20:.0f} MiB "
-                       f"a group")
+                why = (f"per-group moments of the {widest}-channel layer take {moment_bytes(widest) / 2**21:.0f} MiB "
+                       f"a group in float32")
         if len(self.probe) < groups:  # an empty group would replicate the full value and shrink the interval
             groups, why = len(self.probe), f"the probe set has {len(self.probe)} images"
         if groups < 2:

@@ -21,21 +21,26 @@ class MomentAccumulator:
     """Float64 moments of paired row batches X (r, c), Y (r, c') added with :meth:`update`.
 
     With ``groups`` G > 1 every row belongs to one of G groups (all the rows of one probe image to
-    the same group) and the sums are kept per group, so the moments with one group left out — the
-    jackknife's replicates (:mod:`engine.intervals`) — are the total less that group's sums: exact,
-    and still one pass. ``row_terms`` adds the per-row norm sums debiased CKA needs
-    (:func:`engine.similarity.debiased.centred_row_products`), which add over rows the same way.
+    the same group) and the sums are also kept per group, so the moments with one group left out —
+    the jackknife's replicates (:mod:`engine.intervals`) — are the total less that group's sums: one
+    pass, exact in float64. ``group_dtype`` float32 halves the per-group memory of wide layers; the
+    total stays float64, so the value itself is unchanged and only the replicates carry the group
+    sums' float32 rounding (measured by benchmarks/bench_intervals.py). ``row_terms`` adds the per-row
+    norm sums debiased CKA needs (:func:`engine.similarity.debiased.centred_row_products`), which add
+    over rows the same way.
     """
 
-    def __init__(self, precision: str | None = None, groups: int = 1, row_terms: bool = False):
+    def __init__(self, precision: str | None = None, groups: int = 1, row_terms: bool = False,
+                 group_dtype: torch.dtype = torch.float64):
         self.precision = precision
         self.groups = groups
         self.row_terms = row_terms
+        self.group_dtype = group_dtype
         self.group_rows = [0] * groups
         self.identical = True
         self._shift_x = self._shift_y = None
-        self._sums: dict[str, torch.Tensor] = {}  # name → (G, …) float64 sums about the shift
-        self._total: dict[str, torch.Tensor] | None = None
+        self._total: dict[str, torch.Tensor] = {}  # name → float64 sums about the shift, every row
+        self._groups: dict[str, torch.Tensor] = {}  # name → (G, …) the same sums per group (G > 1)
         self._dtype: torch.dtype | None = None
 
     @property
@@ -51,14 +56,18 @@ class MomentAccumulator:
             self._shift_x = x.to(torch.float64).mean(0)
             self._shift_y = y.to(torch.float64).mean(0)
         self.identical = self.identical and x.shape == y.shape and torch.equal(x, y)
-        xs = x.to(self._dtype) - self._shift_x.to(self._dtype)
-        ys = y.to(self._dtype) - self._shift_y.to(self._dtype)
-        if row_groups is None or self.groups == 1:
-            self.add(0, xs, ys)
-            return
-        for g in torch.unique(row_groups).tolist():
-            rows = (row_groups == g).nonzero().flatten()
-            self.add(g, xs.index_select(0, rows), ys.index_select(0, rows))
+        # slices of rows keep the shifted copies small whatever the batch (a wide layer's positions)
+        step = max(1, ROW_SLICE_BYTES // (8 * max(x.shape[1], y.shape[1], 1)))
+        for start in range(0, x.shape[0], step):
+            xs = x[start:start + step].to(self._dtype) - self._shift_x.to(self._dtype)
+            ys = y[start:start + step].to(self._dtype) - self._shift_y.to(self._dtype)
+            if row_groups is None or self.groups == 1:
+                self.add(0, xs, ys)
+                continue
+            part = row_groups[start:start + step]
+            for g in torch.unique(part).tolist():
+                rows = (part == g).nonzero().flatten()
+                self.add(g, xs.index_select(0, rows), ys.index_select(0, rows))
 
     def add(self, g: int, xs: torch.Tensor, ys: torch.Tensor) -> None:
         terms = {"sum_x": xs.sum(0), "sum_y": ys.sum(0), "sxx": xs.T @ xs, "syy": ys.T @ ys, "sxy": xs.T @ ys}
@@ -67,11 +76,16 @@ class MomentAccumulator:
             terms.update(rxy=(rx * ry).sum(), rxx=(rx * rx).sum(), ryy=(ry * ry).sum(),
                          p_xy=ry @ xs, q_xy=rx @ ys, p_xx=rx @ xs, p_yy=ry @ ys)
         for name, value in terms.items():
-            if name not in self._sums:
-                self._sums[name] = torch.zeros((self.groups, *value.shape), dtype=torch.float64, device=value.device)
-            self._sums[name][g] += value.to(torch.float64)
+            value = value.to(torch.float64)
+            if name not in self._total:
+                self._total[name] = torch.zeros_like(value)
+                if self.groups > 1:
+                    self._groups[name] = torch.zeros((self.groups, *value.shape), dtype=self.group_dtype,
+                                                     device=value.device)
+            self._total[name] += value
+            if self.groups > 1:
+                self._groups[name][g] += value.to(self.group_dtype)
         self.group_rows[g] += xs.shape[0]
-        self._total = None
 
     def replicates(self) -> list[int | None]:
         """None (every row) and, with groups, each group left out in turn — the order of the
@@ -85,17 +99,15 @@ class MomentAccumulator:
         """Every sum over the rows outside group ``leave_out`` (None: all rows), and their count."""
         if self.n_rows == 0:
             raise ValueError("no batch was added to the accumulator")
-        if self._total is None:  # the replicates all start from the total: summed once
-            self._total = {name: value.sum(0) for name, value in self._sums.items()}
-        total = self._total
         if leave_out is None:
-            return total, self.n_rows
-        return ({name: total[name] - value[leave_out] for name, value in self._sums.items()},
+            return self._total, self.n_rows
+        return ({name: total - self._groups[name][leave_out].to(torch.float64) for name, total in self._total.items()},
                 self.n_rows - self.group_rows[leave_out])
 
     def centred_moments(self, leave_out: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         s, m = self.sums(leave_out)
-        return centred_from_sums(s, m)
+        # a replicate's sums are fresh tensors: centred in place (a 2048-channel layer's three are 96 MiB)
+        return centred_from_sums(s, m, in_place=leave_out is not None)
 
     def column_variances(self) -> tuple[torch.Tensor, torch.Tensor]:
         sxx, syy, _ = self.centred_moments()
@@ -109,7 +121,7 @@ class MomentAccumulator:
         rows = {self.rows_without(g) for g in leave_out}
         if len(rows) != 1:  # replicates of unequal size cannot share a batch
             raise ValueError("replicates with different row counts must be decomposed one at a time")
-        sxx, syy, sxy = (torch.stack(parts) for parts in zip(*moments))
+        sxx, syy, sxy = (parts[0][None] if len(parts) == 1 else torch.stack(parts) for parts in zip(*moments))
         identical = torch.full((len(leave_out),), self.identical, device=sxx.device)
         key = None
         if cache is not None:
@@ -146,11 +158,18 @@ class MomentAccumulator:
         return float(similarity[0])
 
 
-def centred_from_sums(s: dict[str, torch.Tensor], m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Σ(x−μ)(y−ν)ᵀ = Σ(x−a)(y−b)ᵀ − m (μ−a)(ν−b)ᵀ, and likewise for XᵀX and YᵀY."""
+# The largest shifted copy of a batch's rows update() makes at once.
+ROW_SLICE_BYTES = 16 * 2**20
+
+
+def centred_from_sums(s: dict[str, torch.Tensor], m: int,
+                      in_place: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Σ(x−μ)(y−ν)ᵀ = Σ(x−a)(y−b)ᵀ − m (μ−a)(ν−b)ᵀ, and likewise for XᵀX and YᵀY (``in_place``:
+    overwriting the sums in ``s``)."""
     mx, my = s["sum_x"] / m, s["sum_y"] / m
-    return (s["sxx"] - m * torch.outer(mx, mx), s["syy"] - m * torch.outer(my, my),
-            s["sxy"] - m * torch.outer(mx, my))
+    centre = (lambda t, u, v: t.sub_(m * torch.outer(u, v))) if in_place else \
+        (lambda t, u, v: t - m * torch.outer(u, v))
+    return centre(s["sxx"], mx, mx), centre(s["syy"], my, my), centre(s["sxy"], mx, my)
 
 
 def positions_rows(activations: torch.Tensor) -> torch.Tensor:

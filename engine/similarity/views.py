@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from engine.intervals import group_storage
 from engine.similarity.batched import (
     DEFAULT_CHUNK_BYTES,
     SourceSpectrumCache,
@@ -59,6 +60,7 @@ from engine.similarity.streaming import MomentAccumulator, pooled_rows, position
 VIEWS = ("positions", "pooled", "flat", "filter", "filter-map", "cls")
 FILTER_VIEWS = ("filter", "filter-map")
 DEFAULT_VIEW = "positions"
+GROUP_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 # A filter is dead when its centred sum of squares is below this fraction of the layer's largest:
 # roundoff of a constant input, nothing a metric could resolve.
 DEAD_RELATIVE_TOLERANCE = {torch.float64: 1e-20, torch.float32: 1e-10}
@@ -172,6 +174,8 @@ class LayerAccumulator:
             raise ValueError(f"batch shape {tuple(a.shape)} does not match earlier batches {self.shape}")
         if self.shape is None:
             self.device = a.device
+            if self.moments is not None:  # wide layers keep their per-group moments in float32
+                self.moments.group_dtype = GROUP_DTYPES[group_storage(self.groups, a.shape[1])]
         seen = self.shape[0] if self.shape else 0
         self.shape = (seen + a.shape[0], *a.shape[1:])
         # probe image i belongs to jackknife group i mod G (engine.intervals): the probe order is fixed
@@ -233,12 +237,12 @@ class LayerAccumulator:
         for i, g in enumerate(leave_outs):
             by_rows.setdefault(self.moments.rows_without(g), []).append(i)
         c = max(self.shape[1], 1)
-        workers = cpu_workers(self.device)
+        # as many replicates at once as the memory budget holds (a 2048-channel layer: one)
+        workers = max(1, min(cpu_workers(self.device), int(self.chunk_bytes // (56 * c * c))))
         # one replicate per task on a multi-core CPU (the pool balances them), batched on a GPU
         chunk = 1 if workers > 1 else max(1, int(self.chunk_bytes // (56 * c * c)))
         batches = [indices[start:start + chunk] for indices in by_rows.values()
                    for start in range(0, len(indices), chunk)]
-        self.moments.sums()  # the total, once, before the threads read it
 
         def one_batch(batch: list[int]) -> dict[str, torch.Tensor]:
             chosen = [leave_outs[i] for i in batch]
