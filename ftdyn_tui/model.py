@@ -600,18 +600,21 @@ def load_picture(path: Path):
 
 
 def export_csv(runs: list[TrackedRun], measure: str, part: str = "distance") -> str:
-    """Every (run, row, epoch) value of ``measure`` of the analysis ``part``, plus accuracy, as CSV."""
+    """Every (run, row, epoch) value of ``measure`` of the analysis ``part``, with its recorded interval
+    (empty where none), plus accuracy, as CSV."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["run", "analysis", "measure", "row", "epoch", "step", "value", "held_out_accuracy"])
+    writer.writerow(["run", "analysis", "measure", "row", "epoch", "step", "value", "low", "high",
+                     "held_out_accuracy"])
     for run in runs:
         declaration = run.part(part)
         if declaration is None:
             continue
         for record in run.epochs:
             for row in measure_rows(declaration, measure):
+                low_high = part_interval(record, declaration, measure, row) or (None, None)
                 writer.writerow([run.name, part, measure, row, record["epoch"], record.get("step"),
-                                 part_value(record, declaration, measure, row),
+                                 part_value(record, declaration, measure, row), *low_high,
                                  (record.get("held_out") or {}).get("accuracy")])
     return buffer.getvalue()
 

@@ -1,5 +1,6 @@
 """The TUI: Pilot tests that press keys on every screen, live follow, snapshots, and no torch."""
 
+import csv
 import subprocess
 import sys
 import time
@@ -508,6 +509,10 @@ async def test_interval_bands_and_readout_show_the_recorded_intervals(tmp_path):
         mean = sum(reps) / len(reps)
         half = INTERVALS["t"] * (4 / 5 * sum((r - mean) ** 2 for r in reps)) ** 0.5
         assert f"block3 {value:.4g} [{value - half:.3g}, {value + half:.3g}]" in readout
+        await pilot.press("e")  # the export carries the intervals too
+        [exported] = (tmp_path / "honest").glob("export-*.csv")
+        row = next(r for r in csv.DictReader(exported.open()) if r["row"] == "block3" and r["epoch"] == "1")
+        assert float(row["low"]) == pytest.approx(value - half) and float(row["high"]) == pytest.approx(value + half)
         await pilot.press("s")  # smoothed curves and raw intervals do not belong together
         assert "intervals hidden while smoothing" in screen.plot_title(200)
         await pilot.press("escape", "down", "enter")
