@@ -78,7 +78,7 @@ from engine.strategies import (
     set_train_mode,
     warmup_factor,
 )
-from engine.similarity.views import check_metrics_for_view
+from engine.similarity.views import check_metrics_for_view, replicate_metrics
 from engine.visualise import FilterEvidence, Visualiser, VisSettings, parse_named_filters
 
 LP_SETTINGS = {"method": "multinomial logistic regression, L2, L-BFGS (scipy), max 200 iterations",
@@ -326,7 +326,25 @@ class Trainer:
             self.on_event("warning", text=f"intervals: {groups} image groups instead of {settings.groups} ({why}); "
                                           f"the t quantile of the interval accounts for it")
             settings = settings_for(groups, config.interval_level, config.intervals)
+        self.warn_replicates_without_whitening(settings)
         return settings
+
+    def warn_replicates_without_whitening(self, settings: IntervalSettings) -> None:
+        """PWSM α = 0 that is defined on the whole probe set but not once a group is left out has no
+        interval (replicate_metrics): said before training and recorded with the run's warnings."""
+        kept = len(self.probe) - -(-len(self.probe) // settings.groups)  # the smallest replicate
+        for layer in self.layers:
+            shape = (kept, *feature_map_shape(layer.shape, layer.layout))
+            for measure in self.measures:
+                if not settings.covers(measure.view) or (measure.view == "cls" and not (
+                        layer.layout and layer.layout.class_token)):
+                    continue
+                if not replicate_metrics([measure.metric], measure.view, shape):
+                    text = (f"layer {layer.name}, {measure.label}: no interval — with a group of probe images left "
+                            f"out, full whitening (α = 0) is degenerate there; use more probe images, fewer "
+                            f"--interval-groups or α > 0")
+                    self.measure_warnings.append(text)
+                    self.on_event("warning", text=text)
 
     def transform(self, augment: bool):
         """The run's image transform: resize (and augmentation), normalisation, block shuffle."""

@@ -411,3 +411,19 @@ def test_a_filter_without_a_debiased_value_is_left_out_of_that_metric_only():
     found = layer_distance(torch.from_numpy(maps), torch.from_numpy(maps + 0.3 * rng.normal(size=maps.shape)),
                            ["cka-debiased", "cka"], view="filter-map")
     assert found.values["cka-debiased"] is not None and np.isnan(found.per_filter["cka-debiased"][0])
+
+
+@pytest.mark.parametrize("view", ["pooled", "flat"])
+def test_full_whitening_degenerate_only_without_a_group_has_no_interval(view):
+    """20 images and 17 features: PWSM α = 0 is defined on all of them (19 > 17) but not on the 16 a
+    replicate keeps. That measure gets no replicates (None, so no interval); the layer and the other
+    metrics are unaffected."""
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(20, 17, 1, 1))
+    b = a + 0.3 * rng.normal(size=a.shape)
+    accumulator = LayerAccumulator(view, ["pwsm:0", "cka"], groups=5)
+    accumulator.update(torch.from_numpy(a), torch.from_numpy(b))
+    found = accumulator.result()
+    assert found.values["pwsm:0"] is not None and found.replicates["pwsm:0"] == [None] * 5
+    assert all(v is not None for v in found.replicates["cka"])
+    assert estimate(found.values["pwsm:0"], found.replicates["pwsm:0"], 2.0) is None

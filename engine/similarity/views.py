@@ -110,6 +110,14 @@ def check_metrics_for_view(metrics: Sequence[Metric], view: str, shape: tuple[in
             check_whitening(metric.alpha, rows, features, where=f"view '{view}'")
 
 
+def replicate_metrics(metrics: Sequence[Metric], view: str, shape: tuple[int, int, int, int]) -> list[Metric]:
+    """The metrics a jackknife replicate of ``shape`` (the images left after deleting a group) can take:
+    PWSM α = 0 is left out where the fewer rows make full whitening degenerate — that value then has
+    no interval, rather than the whole layer failing (the run warns up front)."""
+    rows, features = view_shape(view, *shape)
+    return [m for m in metrics if not (m.name == "pwsm" and m.alpha == 0.0 and rows - 1 <= features)]
+
+
 def dead_mask(centred_power: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """True where a filter's centred sum of squares is zero up to roundoff of the layer's scale."""
     largest = centred_power.max() if centred_power.numel() else centred_power.new_tensor(0.0)
@@ -212,21 +220,23 @@ class LayerAccumulator:
             return result
         a = torch.cat([k[0] for k in self.kept])
         b = torch.cat([k[1] for k in self.kept])
-        result = self.kept_result(a, b, None)
+        result = self.kept_result(a, b, None, self.metrics)
         if self.groups > 1:
             image_groups = torch.arange(a.shape[0], device=a.device) % self.groups
             for g in range(self.groups):
                 keep = (image_groups != g).nonzero().flatten()
-                result.add_replicate(self.kept_result(a[keep], b[keep], g).values)
+                usable = replicate_metrics(self.metrics, self.view, (len(keep), *a.shape[1:]))
+                values = self.kept_result(a[keep], b[keep], g, usable).values if usable else {}
+                result.add_replicate({m.label: values.get(m.label) for m in self.metrics})
         return result
 
-    def kept_result(self, a: torch.Tensor, b: torch.Tensor, left_out: int | None) -> LayerDistance:
+    def kept_result(self, a: torch.Tensor, b: torch.Tensor, left_out: int | None, metrics) -> LayerDistance:
         """`flat` or `filter` on the kept images (one replicate: group ``left_out`` deleted)."""
         dtype = compute_dtype_for(self.device, self.precision)
         if self.view == "flat":
-            return flat_layer_distance(a, b, self.metrics, self.whitening_scale, dtype, self.chunk_bytes)
+            return flat_layer_distance(a, b, metrics, self.whitening_scale, dtype, self.chunk_bytes)
         key = self.cache_key if left_out is None else (self.cache_key, "left out", left_out)
-        return filter_layer_distance(a, b, self.metrics, self.whitening_scale, self.precision, self.cache,
+        return filter_layer_distance(a, b, metrics, self.whitening_scale, self.precision, self.cache,
                                      key, self.chunk_bytes)
 
     def moment_values(self, leave_outs: list[int | None]) -> dict[str, list[float | None]]:
@@ -248,8 +258,12 @@ class LayerAccumulator:
             chosen = [leave_outs[i] for i in batch]
             debiased = lambda: torch.tensor([self.moments.debiased_cka(g) for g in chosen],  # noqa: E731
                                             dtype=torch.float64)
+            metrics = self.metrics if None in chosen else replicate_metrics(  # a replicate's rows as pooled rows
+                self.metrics, "pooled", (self.moments.rows_without(chosen[0]), c, 1, 1))
+            if not metrics:
+                return {}
             pair = self.moments.paired_spectra(chosen, self.cache, (self.cache_key, self.view))
-            return metric_values(pair, self.metrics, self.whitening_scale, debiased)
+            return metric_values(pair, metrics, self.whitening_scale, debiased)
 
         # batched decompositions run one matrix at a time on one core on a CPU: replicates on every core
         for batch, values in zip(batches, run_in_parallel(one_batch, batches, workers if len(batches) > 1 else 1)):
