@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from engine.analyses import declared_parts, dig, measure_rows, part_value, read_results
-from engine.intervals import Estimate, IntervalSettings, derived, estimate
+from engine.intervals import Estimate, IntervalSettings, derived, estimate, paired_difference
 from engine.record import RunSnapshot, recorded_warnings
 from engine.untrusted import number_or_none
 
@@ -393,7 +393,31 @@ def build_report(runs: list[RunSnapshot]) -> dict[str, list[dict[str, Any]]]:
                               if "problem" not in result])
     return {"accuracy": accuracy_table(runs), "reusability": reusability_table(runs),
             "correlation": correlation_table(runs), "strategies": strategy_table(runs), "layers": layer_table(runs),
-            "series": series_table(runs), "transfer": transfer_table(runs), "warnings": warning_table(runs), **posthoc}
+            "series": series_table(runs), "transfer": transfer_table(runs), "warnings": warning_table(runs),
+            "changes": change_table(runs), **posthoc}
+
+
+def change_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
+    """Is a layer still moving? Per run, measure and layer with intervals: the last epoch's distance
+    minus the one before, a paired difference (the same probe-image groups) computed inside each
+    replicate; ``moved`` when its interval excludes 0."""
+    rows = []
+    for run in runs:
+        settings = interval_settings(run)
+        if settings is None or len(run.epochs) < 2:
+            continue
+        before, last = run.epochs[-2], run.epochs[-1]
+        for measure in measure_labels(run):
+            for layer in layer_names(run):
+                found = paired_difference(
+                    layer_value(last, layer, measure), layer_replicates(last, layer, measure, settings.groups),
+                    layer_value(before, layer, measure), layer_replicates(before, layer, measure, settings.groups),
+                    settings.t)
+                if found is not None:
+                    rows.append({"run": run_name(run), "measure": measure, "layer": layer, "from_epoch": before["epoch"],
+                                 "to_epoch": last["epoch"], "difference": found.value,
+                                 **interval_fields(found, settings), "moved": found.excludes_zero})
+    return rows
 
 
 def warning_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:

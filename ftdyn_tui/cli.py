@@ -797,6 +797,12 @@ def print_tables(tables: dict[str, list[dict]]) -> None:
                             for k, v in r["learning_rates"].items()) or "—"] for r in tables["strategies"]])
     print_by_epoch("Layer distance by epoch (early → deep)" + interval_note(tables["layers"], "± half-width of the "),
                    ["run", "measure", "layer"], tables["layers"], ("run", "measure", "layer"))
+    if tables.get("changes"):
+        print_table("Still moving? Each layer's distance at the last recorded epoch minus the one before, a paired "
+                    "difference (same probe images; moved: its interval excludes 0)" + interval_note(tables["changes"], ""),
+                    ["run", "measure", "layer", "change", "interval", "moved"],
+                    [[r["run"], r["measure"], r["layer"], f"{r['difference']:+.4f}", interval_cell(r),
+                      "yes" if r["moved"] else "no"] for r in tables["changes"]])
     for row in tables.get("warnings", []):
         say("warning:", "yellow", f"{row['run']}: {row['warning']}")
     if tables.get("transfer"):

@@ -74,6 +74,14 @@ def test_end_to_end_run_and_report(tmp_path, shapes_data, cli):
     assert [row["low"], row["high"]] == last["layers"]["layer2.1"]["positions"]["interval"]["pwsm:0.5"]
     assert row["groups"] == 9 and rows[("procrustes@filter", "layer2.1", 2)]["low"] is None
     assert reuse["pwsm:0.5@positions"]["low"] < reuse["pwsm:0.5@positions"]["mean"] < reuse["pwsm:0.5@positions"]["high"]
+    # is a layer still moving: epoch 2 − epoch 1 inside each replicate, narrower than the two intervals
+    change = next(r for r in tables["changes"] if r["measure"] == "pwsm:0.5@positions" and r["layer"] == "layer2.1")
+    entries = [e["layers"]["layer2.1"]["positions"] for e in epochs[1:]]
+    diffs = [b - a for a, b in zip(entries[0]["jackknife"]["pwsm:0.5"], entries[1]["jackknife"]["pwsm:0.5"])]
+    half = declared["t"] * math.sqrt(8 / 9 * sum((d - sum(diffs) / 9) ** 2 for d in diffs))
+    assert change["difference"] == pytest.approx(entries[1]["values"]["pwsm:0.5"] - entries[0]["values"]["pwsm:0.5"])
+    assert [change["low"], change["high"]] == pytest.approx([change["difference"] - half, change["difference"] + half])
+    assert change["moved"] == (change["low"] > 0 or change["high"] < 0)
     csv_report = cli("report", run_dir, "--format", "csv")
     assert csv_report.exit_code == 0 and "# reusability" in csv_report.output
     table_report = cli("report", run_dir)
