@@ -588,7 +588,9 @@ def report(
                                            "each readable by pandas.read_csv), with json report.json."),
 ) -> None:
     """The paper's tables: accuracy (Table 1), reusability mean ± std (Table 2), metric correlation,
-    and per-layer distances by epoch."""
+    and per-layer distances by epoch — with jackknife intervals where the runs recorded them (±
+    half-widths, the interval of each reusability mean, and whether each layer still moved over the
+    last epoch, as a paired difference); the runs' warnings about their own measures."""
     if out_dir is not None and fmt == ReportFormat.table:
         fail("--out writes files: add --format csv (one file per table) or --format json")
     from engine.record import find_runs, read_run
