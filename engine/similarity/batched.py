@@ -104,8 +104,15 @@ def run_in_parallel(fn, items: list, workers: int) -> list:
         return [fn(item) for item in items]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core per chunk; matmuls would otherwise oversubscribe
+
+    def single_threaded(item):
+        # the thread-count setting is per thread for OpenMP: without this a pool thread's BLAS and LAPACK
+        # calls use every core, and their sums' order (hence the last bits) depends on the load
+        torch.set_num_threads(1)
+        return fn(item)
+
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(fn, items))
+            return list(pool.map(single_threaded, items))
     finally:
         torch.set_num_threads(threads)
