@@ -87,7 +87,8 @@ def test_demo_checks_the_papers_findings(cache, tmp_path, cli, monkeypatch):
         assert f"✓ ({letter})" in result.output or f"✗ ({letter})" in result.output
     saved = json.loads((tmp_path / "demo" / "findings.json").read_text())
     assert saved["agreement"]["measures"][1] == SECOND and saved["agreement"]["paper_r"] == [0.83, 0.43]
-    again = cli("demo", "--out", tmp_path / "demo", "--no-tui", "--device", "cpu")  # warm: the demo replaces itself
+    # warm (one epoch is enough to show it): the demo replaces itself and reuses the cached source model
+    again = cli("demo", "--out", tmp_path / "demo", "--no-tui", "--device", "cpu", "--epochs", "1")
     assert again.exit_code == 0 and "pretraining" not in again.output
 
 
