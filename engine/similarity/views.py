@@ -61,6 +61,7 @@ VIEWS = ("positions", "pooled", "flat", "filter", "filter-map", "cls")
 FILTER_VIEWS = ("filter", "filter-map")
 DEFAULT_VIEW = "positions"
 GROUP_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+PARALLEL_MIN_FEATURES = 64  # replicates of narrower layers are decomposed in the calling thread
 # A filter is dead when its centred sum of squares is below this fraction of the layer's largest:
 # roundoff of a constant input, nothing a metric could resolve.
 DEAD_RELATIVE_TOLERANCE = {torch.float64: 1e-20, torch.float32: 1e-10}
@@ -247,8 +248,10 @@ class LayerAccumulator:
         for i, g in enumerate(leave_outs):
             by_rows.setdefault(self.moments.rows_without(g), []).append(i)
         c = max(self.shape[1], 1)
-        # as many replicates at once as the memory budget holds (a 2048-channel layer: one)
+        # as many replicates at once as the memory budget holds (a 2048-channel layer: one); a narrow
+        # layer's decompositions take less than handing them to threads
         workers = max(1, min(cpu_workers(self.device), int(self.chunk_bytes // (56 * c * c))))
+        workers = 1 if c < PARALLEL_MIN_FEATURES else workers
         # one replicate per task on a multi-core CPU (the pool balances them), batched on a GPU
         chunk = 1 if workers > 1 else max(1, int(self.chunk_bytes // (56 * c * c)))
         batches = [indices[start:start + chunk] for indices in by_rows.values()
