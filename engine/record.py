@@ -8,6 +8,8 @@
     RUN/analyses/           post-hoc results (loss barrier, module criticality), one JSON file each
     RUN/skipped_files.txt   unreadable data files that were skipped
     RUN/train.log           output of a detached run
+    RUN/events.jsonl        what the run said: phases, warnings, epoch summaries (appended)
+    RUN/system.jsonl        the training host's CPU, memory, disk and GPUs, every heartbeat (engine.system)
 
 Safe to read while written, on local and network file systems: whole files are published by
 writing a temporary file beside them and renaming it over (atomic on POSIX and NFS); records are
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from engine.run_lock import writer_alive
+from engine.system import SYSTEM, SystemSampler
 from engine.untrusted import NOFOLLOW, RunFormatError, number_or_none, read_plain
 
 # 1: feature distances only (records' `layers`); 2: analyses as parts — config.json declares them
@@ -36,6 +39,7 @@ from engine.untrusted import NOFOLLOW, RunFormatError, number_or_none, read_plai
 # post-hoc results. Schema-1 runs read unchanged (engine.analyses.declared_parts).
 SCHEMA_VERSION = 2
 CONFIG, STATUS, RECORDS = "config.json", "status.json", "records.jsonl"
+EVENTS = "events.jsonl"
 VIS_INDEX = "vis/index.jsonl"
 STATES = ("running", "finished", "failed", "interrupted")
 # A running run whose heartbeat is older than this is shown as stalled.
@@ -126,6 +130,8 @@ class RunWriter:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self.sampler: SystemSampler | None = None
+        self.pending_events: list[dict[str, Any]] = []  # said before the run directory was ours to write
 
     def write_config(self, config: dict[str, Any]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -136,6 +142,10 @@ class RunWriter:
         self.update_status(state="running", pid=os.getpid(), host=socket.gethostname(), started_at=started,
                            epoch=epoch, total_epochs=total_epochs, message="")
         self._stop.clear()
+        self.sampler = SystemSampler(self.dir)
+        self.record_system()
+        events, self.pending_events = self.pending_events, []
+        self.append_events(events)
         self._heartbeat = threading.Thread(target=self._beat, name="ftdyn-heartbeat", daemon=True)
         self._heartbeat.start()
 
@@ -145,6 +155,30 @@ class RunWriter:
                 self.update_status()
             except OSError:
                 pass  # a full disk: the training thread meets it at its next write and records it
+            self.record_system()
+
+    def record_system(self) -> None:
+        """One sample of the host (engine.system) into RUN/system.jsonl; a full disk skips it."""
+        try:
+            append_lines(self.dir / SYSTEM, [self.sampler.sample()])
+        except OSError:
+            pass
+
+    def log_event(self, kind: str, text: str) -> None:
+        """What the run says (a phase, a warning, an epoch's summary), for viewers: RUN/events.jsonl.
+        Kept until :meth:`start` when the run directory is not yet this process's to write."""
+        event = {"at": now(), "kind": kind, "text": text}
+        if self.sampler is None:
+            self.pending_events.append(event)
+        else:
+            self.append_events([event])
+
+    def append_events(self, events: list[dict[str, Any]]) -> None:
+        try:
+            if events:
+                append_lines(self.dir / EVENTS, events)
+        except OSError:
+            pass  # the log is for viewers; a full disk is recorded by the training thread's own write
 
     def update_status(self, **fields: Any) -> None:
         with self._lock:

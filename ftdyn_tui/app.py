@@ -50,6 +50,7 @@ from ftdyn_tui.model import (
     learning_rate_series,
     legend_text,
     layer_colour,
+    log_lines,
     load_picture,
     measure_rows,
     overlay_styles,
@@ -60,6 +61,7 @@ from ftdyn_tui.model import (
     result_summary,
     reusability_rows,
     smooth,
+    system_lines,
     transfer_result,
     value_at,
 )
@@ -112,20 +114,28 @@ class RunsScreen(Screen):
         Binding("f", "open_filters", "Filters"),
         Binding("t", "open_results", "Transfer"),
         Binding("c", "open_config", "Config/diff", show=False),
+        Binding("s", "toggle_panel('system')", "System"),
+        Binding("l", "toggle_panel('log')", "Log"),
         Binding("slash", "search", "Filter runs"),
         Binding("escape", "clear_search", "Clear filter", show=False),
     ]
+    DEFAULT_CSS = """
+    RunsScreen #panel { height: auto; max-height: 12; border-top: solid $primary-darken-2; padding: 0 1; }
+    """
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield Input(placeholder="filter runs by name, model, data or status…", id="search")
         yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
         yield Static(id="message")
+        yield Static(id="panel")
         yield Footer()
 
     def on_mount(self) -> None:
         self.marked: set[Path] = set()
+        self.panel: str | None = None  # the highlighted run's training host (s) or log (l), under the table
         self.query_one("#search").display = False
+        self.query_one("#panel").display = False
         table = self.query_one("#runs", DataTable)
         table.add_columns("", "run", "status", "model", "data", "strategy", "epoch", "best acc", "elapsed", "ETA",
                           "speed")
@@ -154,6 +164,29 @@ class RunsScreen(Screen):
         if runs:
             table.move_cursor(row=min(keep, len(runs) - 1))
         self.query_one("#message", Static).update(self.message_text(runs))
+        self.fill_panel()
+
+    def action_toggle_panel(self, name: str) -> None:
+        self.panel = None if self.panel == name else name
+        self.fill_panel()
+
+    def fill_panel(self) -> None:
+        """The system or log panel for the highlighted run, as the run directory recorded it."""
+        panel = self.query_one("#panel", Static)
+        panel.display = self.panel is not None
+        run = self.current_run()
+        if self.panel is None:
+            return
+        if run is None:
+            panel.update(Text("no run highlighted"))
+            return
+        width = max(40, (self.size.width or 80) - 4)
+        if self.panel == "system":
+            lines = [f"{run.name} · training host (s hides)", *system_lines(run.path, width)]
+        else:
+            source, shown = log_lines(run.path, count=10, width=width)
+            lines = [f"{run.name} · {source} (l hides)", *(shown or ["nothing recorded yet"])]
+        panel.update(Text("\n".join(visible(line, width) for line in lines)))
 
     def message_text(self, runs: list[TrackedRun]) -> Text:
         """The line under the table, as plain text (paths, problems and messages come from run directories)."""
@@ -185,6 +218,7 @@ class RunsScreen(Screen):
     @on(DataTable.RowHighlighted)
     def highlighted(self) -> None:
         self.query_one("#message", Static).update(self.message_text(self.visible_runs()))
+        self.fill_panel()
 
     @on(DataTable.RowSelected)
     def selected(self) -> None:

@@ -326,12 +326,9 @@ class TrainingProgress:
             self.progress.update(self.task, completed=info["step"],
                                  info=f"{info['images_per_s']:.0f} img/s  loss {info['loss']:.3f}")
         elif kind == "epoch_done":
-            record = info["record"]
-            train = record["train"]
-            self.progress.console.print(
-                f"epoch {record['epoch']}: held-out acc {record['held_out']['accuracy']:.3f}"
-                + (f", train acc {train['accuracy']:.3f}" if train else "")
-                + f"  (train {record['timing']['train_s']:.1f}s, analysis {record['timing']['analysis_s']:.1f}s)")
+            from engine.training import epoch_summary
+
+            self.progress.console.print(epoch_summary(info["record"]))
 
 
 @app.command()

@@ -21,6 +21,8 @@ import numpy as np
 from engine.untrusted import RunFormatError, inside, number_or_none, read_plain, safe_file_name, visible
 from engine.analyses import declared_parts, dig, measure_rows, part_interval, part_value, read_results, series_matrix
 from engine.intervals import IntervalSettings
+from engine.record import EVENTS
+from engine.system import read_samples, tail_bytes, tail_objects
 from engine.record import (
     VIS_INDEX,
     JsonlFollower,
@@ -748,3 +750,78 @@ def result_summary(result: dict[str, Any]) -> list[str]:
         lines.append("settings: " + ", ".join(f"{k} {v}" for k, v in settings.items() if not isinstance(v, list)))
     lines += [f"note: {note}" for note in result.get("notes", [])]
     return lines
+
+
+# ------------------------------------------------------------------------------------------------
+# The training host and what the run said: the runs screen's system (s) and log (l) panels
+
+SPARK = "▁▂▃▄▅▆▇█"
+LOG = "train.log"
+
+
+def sparkline(values: list[float | None], high: float = 100.0) -> str:
+    """One character per value from 0 to ``high``; a gap where a value is missing."""
+    return "".join(" " if v is None else SPARK[min(len(SPARK) - 1, max(0, int(v / high * len(SPARK))))]
+                   for v in values)
+
+
+def gibibytes(value: Any) -> str:
+    number = number_or_none(value)
+    return "?" if number is None else f"{number / 2**30:.1f}"
+
+
+def system_lines(run_dir: Path, width: int = 80, at: float | None = None) -> list[str]:
+    """The training host as its run recorded it (RUN/system.jsonl): the latest sample, and the CPU and
+    GPU load over the last samples. Every string from the file is shown through visible()."""
+    samples = read_samples(run_dir)
+    if not samples:
+        return ["no system samples recorded (a run from before ftdyn recorded them, or one not started yet)"]
+    last = samples[-1]
+    age = (at if at is not None else time.time()) - float(last["at"])
+    lines = [visible(f"host {last.get('host', '?')} · sampled {duration(max(0.0, age))} ago · "
+                     f"{len(samples)} samples shown", width)]
+    trail = max(8, width - 34)
+    cpu = number_or_none(last.get("cpu_percent"))
+    cpus = number_or_none(last.get("cpus"))
+    lines.append(f"CPU  {'—' if cpu is None else f'{cpu:5.1f} %'}"
+                 f"{'' if cpus is None else f' of {cpus:.0f}'}  "
+                 + sparkline([number_or_none(s.get("cpu_percent")) for s in samples[-trail:]]))
+    ram = last.get("memory") if isinstance(last.get("memory"), dict) else None
+    if ram:
+        lines.append(f"RAM  {gibibytes(ram.get('used'))} / {gibibytes(ram.get('total'))} GiB")
+    disk = last.get("disk") if isinstance(last.get("disk"), dict) else None
+    if disk:
+        lines.append(f"disk {gibibytes(disk.get('free'))} GiB free of {gibibytes(disk.get('total'))} (the run's file system)")
+    gpus = [g for g in last.get("gpus") or [] if isinstance(g, dict)] if isinstance(last.get("gpus"), list) else []
+    for gpu in gpus:
+        index = gpu.get("index")
+        history = []
+        for sample in samples[-trail:]:
+            same = [g for g in sample.get("gpus") or [] if isinstance(g, dict) and g.get("index") == index] \
+                if isinstance(sample.get("gpus"), list) else []
+            history.append(number_or_none(same[0].get("utilisation")) if same else None)
+        util, temp = number_or_none(gpu.get("utilisation")), number_or_none(gpu.get("temperature"))
+        lines.append(visible(f"GPU{index} {gpu.get('name', '?')}: {'—' if util is None else f'{util:.0f} %'} busy, "
+                             f"{gibibytes(gpu.get('memory_used'))} / {gibibytes(gpu.get('memory_total'))} GiB, "
+                             f"{'—' if temp is None else f'{temp:.0f} °C'}", width - len(history) - 2)
+                     + "  " + sparkline(history))
+    notes = last.get("notes") if isinstance(last.get("notes"), list) else []
+    lines += [visible(note, width) for note in notes if isinstance(note, str)]
+    return lines
+
+
+def log_lines(run_dir: Path, count: int = 12, width: int = 100) -> tuple[str, list[str]]:
+    """The end of what the run printed: RUN/train.log for a detached run, else its recorded events
+    (RUN/events.jsonl). Returns (which, lines); untrusted text, shown through visible()."""
+    data = tail_bytes(run_dir / LOG)
+    if data is not None:
+        text = data.decode("utf-8", "replace").replace("\r", "\n")  # progress bars redraw with \r
+        lines = [line for line in text.splitlines() if line.strip()]
+        return LOG, [visible(line, width) for line in lines[-count:]]
+    events = tail_objects(run_dir / EVENTS, count)
+    shown = []
+    for event in events:
+        at = number_or_none(event.get("at"))
+        stamp = time.strftime("%H:%M:%S", time.localtime(at)) if at is not None else "--:--:--"
+        shown.append(visible(f"{stamp} {event.get('kind', '?')}: {event.get('text', '')}", width))
+    return EVENTS, shown

@@ -48,6 +48,12 @@ def test_end_to_end_run_and_report(tmp_path, shapes_data, cli):
     assert set(last["timing"]) >= {"train_s", "eval_s", "analysis_s"} and last["lr"] == [1e-4]
     assert (run_dir / "checkpoints" / "last.pt").exists() and (run_dir / "checkpoints" / "best.pt").exists()
 
+    # what the run said and the host it ran on, for viewers elsewhere (the app's log and system panels)
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert any(e["kind"] == "epoch_done" and e["text"].startswith("epoch 2: held-out acc") for e in events)
+    assert any(e["kind"] == "warning" and "9 image groups" in e["text"] for e in events)
+    assert (run_dir / "system.jsonl").read_text().count("\n") >= 1
+
     # intervals, on by default for the streaming views: 9 probe images allow 9 groups, not 10, and it says so
     assert "9 image groups instead of 10 (the probe set has 9 images)" in result.output
     declared = next(p for p in config["analyses"] if p["name"] == "distance")["intervals"]

@@ -518,3 +518,43 @@ async def test_interval_bands_and_readout_show_the_recorded_intervals(tmp_path):
         await pilot.press("escape", "down", "enter")
         await pilot.press("i")
         assert "no intervals recorded" in str(list(app._notifications)[-1].message)
+
+
+def fake_system_sample(at: float, cpu: float, util: float) -> dict:
+    return {"at": at, "host": "gpu-box", "cpu_percent": cpu, "cpus": 16,
+            "memory": {"used": 40 * 2**30, "total": 128 * 2**30}, "disk": {"free": 12 * 2**30, "total": 64 * 2**30},
+            "gpus": [{"index": 0, "name": "NVIDIA A100\x1b[31m", "utilisation": util, "memory_used": 30 * 2**30,
+                      "memory_total": 80 * 2**30, "temperature": 64}], "notes": []}
+
+
+async def test_system_and_log_panels_follow_the_highlighted_run(tmp_path):
+    from engine.record import EVENTS, append_lines
+    from engine.system import SYSTEM
+
+    write_fake_run(tmp_path / "alpha")
+    append_lines(tmp_path / "alpha" / SYSTEM, [fake_system_sample(1000.0 + 10 * i, 10.0 * i, 12.5 * i) for i in range(9)])
+    append_lines(tmp_path / "alpha" / EVENTS, [{"at": 1000.0, "kind": "warning", "text": "skipped 2 files\x07"}])
+    write_fake_run(tmp_path / "beta")  # recorded nothing of its host: said, not faked
+    (tmp_path / "beta" / "train.log").write_text("epoch 1: held-out acc 0.5\repoch 1/3 ━━━ 50%\nlast words\n")
+    app = create_app([tmp_path])
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        panel = screen.query_one("#panel")
+        assert not panel.display
+        await pilot.press("s")
+        text = str(panel.render())
+        assert panel.display and "host gpu-box" in text and "CPU   80.0 % of 16" in text
+        assert "GPU0 NVIDIA A100\\x1b[31m: 100 % busy, 30.0 / 80.0 GiB, 64 °C" in text  # escapes shown, not run
+        assert "▁▂▃▄▅▆▇██" in text  # utilisation 0 → 100 % over the samples
+        assert "RAM  40.0 / 128.0 GiB" in text and "disk 12.0 GiB free of 64.0" in text
+        await pilot.press("down")
+        assert "no system samples recorded" in str(panel.render())
+        await pilot.press("l")
+        text = str(panel.render())
+        assert "beta · train.log" in text and "last words" in text and "epoch 1/3" in text
+        await pilot.press("up")
+        text = str(panel.render())
+        assert "alpha · events.jsonl" in text and "warning: skipped 2 files\\x07" in text
+        await pilot.press("l")
+        assert not panel.display
