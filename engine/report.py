@@ -409,15 +409,21 @@ def change_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
         before, last = run.epochs[-2], run.epochs[-1]
         for measure in measure_labels(run):
             for layer in layer_names(run):
-                found = paired_difference(
-                    layer_value(last, layer, measure), layer_replicates(last, layer, measure, settings.groups),
-                    layer_value(before, layer, measure), layer_replicates(before, layer, measure, settings.groups),
-                    settings.t)
+                found = epoch_change(before, last, layer, measure, settings)
                 if found is not None:
                     rows.append({"run": run_name(run), "measure": measure, "layer": layer, "from_epoch": before["epoch"],
                                  "to_epoch": last["epoch"], "difference": found.value,
                                  **interval_fields(found, settings), "moved": found.excludes_zero})
     return rows
+
+
+def epoch_change(before: dict[str, Any], after: dict[str, Any], layer: str, measure: str,
+                 settings: IntervalSettings) -> Estimate | None:
+    """A layer's distance in record ``after`` minus record ``before``, the paired jackknife difference
+    (the same probe-image groups in both), or None where either lacks replicates."""
+    return paired_difference(
+        layer_value(after, layer, measure), layer_replicates(after, layer, measure, settings.groups),
+        layer_value(before, layer, measure), layer_replicates(before, layer, measure, settings.groups), settings.t)
 
 
 def warning_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:

@@ -63,6 +63,7 @@ from ftdyn_tui.model import (
     smooth,
     system_lines,
     transfer_result,
+    unmoved_marks,
     value_at,
 )
 
@@ -448,8 +449,12 @@ class DynamicsScreen(Screen):
             declaration = run.part(self.part)
             epochs, matrix = run.matrix(self.measure, self.part)
             title = f"{run.name} · {self.part} · {self.measure}" if len(self.runs) > 1 else f"{self.part} · {self.measure}"
+            # with intervals on (i): ≈ where a row did not move beyond noise since the epoch before
+            marks = unmoved_marks(run, self.part, self.measure) if self.bands else None
+            caption = interval_caption(run, self.part) if marks is not None else None
             blocks.append(heatmap_text(measure_rows(declaration, self.measure), [str(e) for e in epochs], matrix.T,
-                                       width, title=title, unit=declaration.get("unit", "")))
+                                       width, title=title, unit=declaration.get("unit", ""), marks=marks,
+                                       mark_note=f"no change beyond noise since the epoch before (paired, {caption})"))
         widget.update(Group(*blocks))
 
     def draw_side(self) -> None:

@@ -34,6 +34,7 @@ from engine.record import (
 )
 from engine.report import (
     correlation_row,
+    epoch_change,
     layer_correlations,
     measure_pairs,
     INITS,
@@ -640,9 +641,10 @@ def heat_colour(value: float, low: float, high: float) -> tuple[int, int, int]:
 
 
 def heatmap_text(row_labels: list[str], column_labels: list[str], matrix: np.ndarray, width: int = 80,
-                 title: str = "", unit: str = "") -> "Text":
+                 title: str = "", unit: str = "", marks: np.ndarray | None = None, mark_note: str = "") -> "Text":
     """A row × column heatmap as Rich text: one coloured cell per value (blank where unmeasured),
-    columns thinned evenly when they do not fit ``width``, and the colour scale with its range."""
+    columns thinned evenly when they do not fit ``width``, and the colour scale with its range.
+    ``marks`` (rows × columns, bool) draws ≈ on a cell; ``mark_note`` says what it means."""
     from rich.text import Text
 
     matrix = np.asarray(matrix, dtype=np.float64)
@@ -675,7 +677,9 @@ def heatmap_text(row_labels: list[str], column_labels: list[str], matrix: np.nda
             value = matrix[i, c] if i < matrix.shape[0] and c < matrix.shape[1] else np.nan
             if np.isfinite(value):
                 r, g, b = heat_colour(float(value), low, high)
-                text.append(" " * cell, style=f"on rgb({r},{g},{b})")
+                marked = marks is not None and i < marks.shape[0] and c < marks.shape[1] and bool(marks[i, c])
+                ink = "black" if (r + g + b) > 380 else "white"
+                text.append(("≈" if marked else " ").center(cell), style=f"{ink} on rgb({r},{g},{b})")
             else:
                 text.append("·".center(cell), style="dim")
         text.append("\n")
@@ -685,7 +689,27 @@ def heatmap_text(row_labels: list[str], column_labels: list[str], matrix: np.nda
         r, g, b = HEAT_RAMP[k]
         text.append("  ", style=f"on rgb({r},{g},{b})")
     text.append(f" {high:.3g}" + (f"  {visible(unit, 60)}" if unit else ""))
+    if marks is not None and mark_note:
+        text.append("\n" + " " * (label_width + 1) + f"≈ {mark_note}", style="dim")
     return text
+
+
+def unmoved_marks(run: TrackedRun, part: str, measure: str) -> np.ndarray | None:
+    """(rows × epochs) True where a row's value did not change beyond noise since the epoch before:
+    the paired difference of the two epochs (computed inside each jackknife replicate) has an
+    interval that holds 0. None where the part records no intervals."""
+    declaration = run.part(part) or {}
+    settings = IntervalSettings.from_json(declaration.get("intervals"))
+    if settings is None or declaration.get("layout") != "layers":
+        return None
+    rows = measure_rows(declaration, measure)
+    epochs = run.epochs
+    marks = np.zeros((len(rows), len(epochs)), dtype=bool)
+    for j in range(1, len(epochs)):
+        for i, row in enumerate(rows):
+            found = epoch_change(epochs[j - 1], epochs[j], row, measure, settings)
+            marks[i, j] = found is not None and not found.excludes_zero
+    return marks
 
 
 # ------------------------------------------------------------------------------------------------

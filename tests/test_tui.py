@@ -558,3 +558,27 @@ async def test_system_and_log_panels_follow_the_highlighted_run(tmp_path):
         assert "alpha · events.jsonl" in text and "warning: skipped 2 files\\x07" in text
         await pilot.press("l")
         assert not panel.display
+
+
+async def test_heatmap_marks_layers_that_did_not_move_beyond_noise(tmp_path):
+    from engine.record import append_lines
+    from ftdyn_tui.model import TrackedRun, unmoved_marks
+    from run_factory import epoch_record
+
+    write_fake_run(tmp_path / "honest", epochs=3, intervals=True)
+    again = epoch_record(3, layer_names(4), 12, intervals=True)  # epoch 4 repeats epoch 3: nothing moved
+    append_lines(tmp_path / "honest" / "records.jsonl", [dict(again, epoch=4, step=40)])
+    honest, older = TrackedRun(tmp_path / "honest"), TrackedRun(tmp_path / "older")
+    honest.refresh()
+    marks = unmoved_marks(honest, "distance", "pwsm:0.5@positions")
+    assert marks.shape == (4, 5) and marks[:, 4].all() and not marks[:, :4].any()
+    write_fake_run(tmp_path / "older", epochs=3)
+    older.refresh()
+    assert unmoved_marks(older, "distance", "pwsm:0.5@positions") is None
+    app = create_app([tmp_path / "honest"])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("enter", "i", "h")
+        group = app.screen.query_one("#heatmap").content  # a Rich Group: one heatmap per run
+        heat = "".join(str(block) for block in group.renderables)
+        assert heat.count("≈") == 4 + 1 and "no change beyond noise since the epoch before" in heat
