@@ -491,6 +491,50 @@ def sweep(
     console.print(Text(f"compare them: `ftdyn report {out_dir}`"))
 
 
+class FigureFormat(str, Enum):
+    pdf = "pdf"
+    png = "png"
+    svg = "svg"
+
+
+@app.command()
+def figures(
+    runs: list[Path] = typer.Argument(..., help="Run directories (or folders holding runs), in the order their "
+                                                "colours are given."),
+    out_dir: Path = typer.Option(..., "--out", help="The folder the figures and tables go into."),
+    fmt: FigureFormat = typer.Option(FigureFormat.pdf, "--format", help="pdf, png (300 dpi) or svg."),
+) -> None:
+    """Publication figures and tables from runs, sized for a two-column paper: per-layer distance curves
+    (one panel per model, bands where intervals were recorded), Table 1 and Table 2 as LaTeX and CSV,
+    every other analysis (drift heatmaps, barrier curves, criticality) and the filters' montages."""
+    from engine.figures import write_figures
+    from engine.record import find_runs, read_run
+
+    snapshots = []
+    for path in runs:
+        if not path.exists():
+            fail(f"'{path}' does not exist")
+        found = list(find_runs(path))
+        if not found:
+            fail(f"no ftdyn run found in '{path}' (a run directory holds config.json)")
+        snapshots += [read_run(p) for p in found]
+    readable = []
+    for snapshot in snapshots:  # a corrupt run is named and left out, as by `ftdyn report`
+        problem = snapshot.problem or report_problem(snapshot)
+        if problem:
+            say("skipped:", "yellow", problem)
+        else:
+            readable.append(snapshot)
+    if not readable:
+        fail("no readable run to draw" + (" (see above)" if snapshots else ""))
+    try:
+        written = write_figures(readable, out_dir, fmt.value)
+    except OSError as exc:
+        fail(f"cannot write into '{out_dir}' ({exc.strerror}); choose another --out")
+    say("wrote", "green", f"{len(written)} files into {out_dir}: " + ", ".join(p.name for p in written[:6])
+        + (" …" if len(written) > 6 else ""))
+
+
 @app.command("resize-cka")
 def resize_cka(
     model: str = typer.Option(..., "--model", help="A torchvision classifier (see `ftdyn models`)."),

@@ -7,7 +7,6 @@ new on each poll. The series, tables and rankings below are what the screens dra
 
 from __future__ import annotations
 
-import colorsys
 import csv
 import io
 import math
@@ -20,6 +19,7 @@ import numpy as np
 
 from engine.untrusted import RunFormatError, inside, number_or_none, read_plain, safe_file_name, visible
 from engine.analyses import declared_parts, dig, measure_rows, part_interval, part_value, read_results, series_matrix
+from engine.colours import RUN_PALETTE, Colour, layer_colour
 from engine.intervals import IntervalSettings
 from engine.record import EVENTS
 from engine.system import read_samples, tail_bytes, tail_objects
@@ -329,13 +329,9 @@ def positive_only(xs: list[float], ys: list[float]) -> tuple[list[float], list[f
     return [x for x, _ in kept], [y for _, y in kept]
 
 
-# Runs in an overlay: Tableau 10, a qualitative palette whose colours stay apart under the light → dark
-# ramp of layer_colour (measured: ≥ 37 apart in redmean distance over 6 runs × 5 layers), and a marker
-# per run, so that runs differ in two ways.
-RUN_PALETTE = ((78, 121, 167), (242, 142, 43), (225, 87, 89), (118, 183, 178), (89, 161, 79), (237, 201, 72),
-               (176, 122, 161), (255, 157, 167), (156, 117, 95), (186, 176, 172))
+# Runs in an overlay: the palette of engine.colours (shared with `ftdyn figures`), and a marker per run,
+# so that runs differ in two ways.
 RUN_MARKERS = ("braille", "hd", "·", "+", "x", "o", "*", "#", "%", "~")
-Colour = tuple[int, int, int]
 
 
 def overlay_styles(runs: list[TrackedRun], first_seen: dict[Path, int]) -> dict[Path, tuple[Colour, str]]:
@@ -351,17 +347,6 @@ def overlay_styles(runs: list[TrackedRun], first_seen: dict[Path, int]) -> dict[
         used.add(index)
         styles[run.path] = (RUN_PALETTE[index], RUN_MARKERS[index])
     return styles
-
-
-def layer_colour(base: Colour | None, depth: int, layers: int) -> Colour:
-    """A layer's colour: for one run a blue → red ramp over depth; in an overlay the run's colour, light
-    for early layers and dark for deep ones."""
-    t = depth / max(1, layers - 1)
-    if base is None:
-        r, g, b = colorsys.hsv_to_rgb(0.62 - 0.62 * t, 0.85, 1.0)
-        return int(r * 255), int(g * 255), int(b * 255)
-    white, black = 0.6 * (1 - t), 0.3 * t
-    return tuple(round(c * (1 - white - black) + 255 * white) for c in base)
 
 
 def accuracy_series(run: TrackedRun, split: str, key: str) -> tuple[list[float], list[float]]:

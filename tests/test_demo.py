@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from engine import demo as demo_module
 import numpy as np
@@ -87,6 +88,16 @@ def test_demo_checks_the_papers_findings(cache, tmp_path, cli, monkeypatch):
         assert f"✓ ({letter})" in result.output or f"✗ ({letter})" in result.output
     saved = json.loads((tmp_path / "demo" / "findings.json").read_text())
     assert saved["agreement"]["measures"][1] == SECOND and saved["agreement"]["paper_r"] == [0.83, 0.43]
+    # every figure of the demo is drawn and opens
+    drawn = cli("figures", tmp_path / "demo", "--out", tmp_path / "figures", "--format", "png")
+    assert drawn.exit_code == 0, drawn.output
+    pictures = sorted((tmp_path / "figures").rglob("*.png"))
+    names = {p.name.split("-")[0] for p in pictures}
+    assert {"distance", "drift"} <= names and any("montages" in p.parts for p in pictures)
+    for picture in pictures:
+        with Image.open(picture) as image:
+            image.verify()
+    assert (tmp_path / "figures" / "table2.tex").read_text().count(r"\\") >= 3 * 4  # 3 runs × 4 measures
     # warm (one epoch is enough to show it): the demo replaces itself and reuses the cached source model
     again = cli("demo", "--out", tmp_path / "demo", "--no-tui", "--device", "cpu", "--epochs", "1")
     assert again.exit_code == 0 and "pretraining" not in again.output
