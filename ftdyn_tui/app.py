@@ -545,6 +545,8 @@ class DynamicsScreen(Screen):
         values = [(label, value_at(xs, ys, self.cursor)) for label, xs, ys in self.series]
         values = sorted(((label, v) for label, v in values if v is not None), key=lambda item: -item[1])
         where = f"{self.x_axis} {self.cursor:g}: "
+        if any(self.cursor in points for points in self.intervals.values()):  # say what the brackets are
+            where = f"{self.x_axis} {self.cursor:g} ([{interval_caption(self.runs[0], self.part)}]): "
 
         def shown(label: str, value: float) -> str:
             low_high = self.intervals.get(label, {}).get(self.cursor)

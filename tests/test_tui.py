@@ -509,6 +509,7 @@ async def test_interval_bands_and_readout_show_the_recorded_intervals(tmp_path):
         mean = sum(reps) / len(reps)
         half = INTERVALS["t"] * (4 / 5 * sum((r - mean) ** 2 for r in reps)) ** 0.5
         assert f"block3 {value:.4g} [{value - half:.3g}, {value + half:.3g}]" in readout
+        assert readout.startswith("epoch 1 ([90% jackknife intervals, G=5]):")  # what the brackets are
         await pilot.press("e")  # the export carries the intervals too
         [exported] = (tmp_path / "honest").glob("export-*.csv")
         row = next(r for r in csv.DictReader(exported.open()) if r["row"] == "block3" and r["epoch"] == "1")
