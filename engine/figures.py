@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.analyses import declared_parts, measure_rows, read_results, series_matrix
+from engine.analyses import declared_parts, measure_rows, part_interval, read_results, series_matrix
 from engine.colours import RUN_PALETTE, layer_colour
 from engine.record import VIS_INDEX, RunSnapshot, write_atomic
 from engine.report import (
@@ -85,7 +85,7 @@ def save(figure, path: Path) -> Path:
     return path
 
 
-def run_colours(runs: list[RunSnapshot]) -> dict[Path, tuple[float, float, float]]:
+def run_colours(runs: list[RunSnapshot]) -> dict[Path, tuple[int, int, int]]:
     """Each run's base colour: the palette in the order the runs were given."""
     return {run.path: RUN_PALETTE[i % len(RUN_PALETTE)] for i, run in enumerate(runs)}
 
@@ -141,14 +141,13 @@ def interval_bands(run: RunSnapshot, layers: list[str], measure: str) -> np.ndar
     """(epochs × layers × 2) recorded [low, high], NaN where none; None for a run without intervals."""
     if interval_settings(run) is None:
         return None
-    metric, _, view = measure.rpartition("@")
+    part = next(p for p in declared_parts(run.config) if p.get("name") == "distance")
     bands = np.full((len(run.epochs), len(layers), 2), np.nan)
     for i, record in enumerate(run.epochs):
         for j, layer in enumerate(layers):
-            found = (((record.get("layers") or {}).get(layer) or {}).get(view) or {}).get("interval") or {}
-            pair = found.get(metric) if isinstance(found, dict) else None
-            if isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, (int, float)) for v in pair):
-                bands[i, j] = pair
+            found = part_interval(record, part, measure, layer)
+            if found is not None:
+                bands[i, j] = found
     return bands
 
 

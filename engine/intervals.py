@@ -187,9 +187,3 @@ def unpaired_difference(a: Estimate | None, b: Estimate | None) -> Estimate | No
         return None
     return Estimate(a.value - b.value, math.hypot(a.se, b.se), max(a.t, b.t))
 
-
-def format_estimate(found: Estimate | None, digits: int = 3) -> str:
-    """'0.312 ± 0.014' (the half-width at the recorded level), or '—'."""
-    if found is None:
-        return "—"
-    return f"{found.value:.{digits}f} ± {found.half_width:.{digits}f}"

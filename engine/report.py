@@ -147,22 +147,26 @@ def reusability_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
     """Table 2, with the jackknife interval of the mean where the run recorded replicates."""
     rows = []
     for run in runs:
+        settings = interval_settings(run)
         for measure in measure_labels(run):
-            mean, std, count = reusability(epoch_numbers(run), distance_matrix(run.epochs, layer_names(run), measure))
-            found = reusability_estimate(run, measure)
+            matrix = distance_matrix(run.epochs, layer_names(run), measure)
+            mean, std, count = reusability(epoch_numbers(run), matrix)
+            found = reusability_estimate(run, measure, settings, matrix)
             rows.append({"run": run_name(run), "measure": measure, "mean": mean, "std": std, "epochs": count,
-                         **interval_fields(found, interval_settings(run))})
+                         **interval_fields(found, settings)})
     return rows
 
 
-def reusability_estimate(run: RunSnapshot, measure: str) -> Estimate | None:
+def reusability_estimate(run: RunSnapshot, measure: str, settings: IntervalSettings | None = None,
+                         matrix: np.ndarray | None = None) -> Estimate | None:
     """The reusability mean with its jackknife interval: the statistic recomputed inside each replicate
-    (same image groups for every layer and epoch, so the pairing is kept)."""
-    settings = interval_settings(run)
+    (same image groups for every layer and epoch, so the pairing is kept). ``settings`` and ``matrix``
+    (the run's distance_matrix of ``measure``) where the caller has them already."""
+    settings = settings or interval_settings(run)
     if settings is None:
         return None
     numbers, layers = epoch_numbers(run), layer_names(run)
-    matrix = distance_matrix(run.epochs, layers, measure)
+    matrix = matrix if matrix is not None else distance_matrix(run.epochs, layers, measure)
     keep = (numbers >= 1) & ~np.isnan(matrix).all(axis=1)
     matrix = matrix[keep]
     cube = replicate_matrix(run.epochs, layers, measure, settings.groups)[:, keep]

@@ -508,25 +508,8 @@ def figures(
     (one panel per model, bands where intervals were recorded), Table 1 and Table 2 as LaTeX and CSV,
     every other analysis (drift heatmaps, barrier curves, criticality) and the filters' montages."""
     from engine.figures import write_figures
-    from engine.record import find_runs, read_run
 
-    snapshots = []
-    for path in runs:
-        if not path.exists():
-            fail(f"'{path}' does not exist")
-        found = list(find_runs(path))
-        if not found:
-            fail(f"no ftdyn run found in '{path}' (a run directory holds config.json)")
-        snapshots += [read_run(p) for p in found]
-    readable = []
-    for snapshot in snapshots:  # a corrupt run is named and left out, as by `ftdyn report`
-        problem = snapshot.problem or report_problem(snapshot)
-        if problem:
-            say("skipped:", "yellow", problem)
-        else:
-            readable.append(snapshot)
-    if not readable:
-        fail("no readable run to draw" + (" (see above)" if snapshots else ""))
+    readable = readable_runs(runs, "draw")
     try:
         written = write_figures(readable, out_dir, fmt.value)
     except OSError as exc:
@@ -702,11 +685,22 @@ def report(
     last epoch, as a paired difference); the runs' warnings about their own measures."""
     if out_dir is not None and fmt == ReportFormat.table:
         fail("--out writes files: add --format csv (one file per table) or --format json")
-    from engine.record import find_runs, read_run
     from engine.report import build_report
 
+    readable = readable_runs(runs, "report")
+    if out_dir is not None:
+        write_tables(fmt, build_report(readable), out_dir)
+    else:
+        emit(fmt, build_report(readable), print_tables)
+
+
+def readable_runs(paths: list[Path], purpose: str) -> list:
+    """The runs under ``paths`` that can be read; a corrupt run is named and left out, the others used.
+    A path that does not exist or holds no run, or no readable run at all, ends in a one-line error."""
+    from engine.record import find_runs, read_run
+
     snapshots = []
-    for path in runs:
+    for path in paths:
         if not path.exists():
             fail(f"'{path}' does not exist")
         found = list(find_runs(path))
@@ -714,18 +708,15 @@ def report(
             fail(f"no ftdyn run found in '{path}' (a run directory holds config.json)")
         snapshots += [read_run(p) for p in found]
     readable = []
-    for snapshot in snapshots:  # a corrupt run is named and left out; the others are reported
+    for snapshot in snapshots:
         problem = snapshot.problem or report_problem(snapshot)
         if problem:
             say("skipped:", "yellow", problem)
         else:
             readable.append(snapshot)
     if not readable:
-        fail("no readable run to report" + (" (see above)" if snapshots else ""))
-    if out_dir is not None:
-        write_tables(fmt, build_report(readable), out_dir)
-    else:
-        emit(fmt, build_report(readable), print_tables)
+        fail(f"no readable run to {purpose}" + (" (see above)" if snapshots else ""))
+    return readable
 
 
 def report_problem(snapshot) -> str | None:
