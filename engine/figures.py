@@ -10,8 +10,9 @@ Written into one folder:
   measure, mean ± std over epochs, with the interval of the mean where recorded (Table 2);
 * ``<part>-<measure>-<run>.<fmt>`` — every other epoch analysis a run recorded (parameter drift): a row ×
   epoch heatmap;
-* ``barrier-<run>-<n>.<fmt>``, ``criticality-<run>-<n>.<fmt>`` — the post-hoc results (loss and error
-  along the line between two models; train error per module and rewinding α);
+* ``barrier-<run>-<n>.<fmt>``, ``criticality-<run>-<n>.<fmt>``, ``umap-<run>-<n>.<fmt>`` — the post-hoc
+  results (loss and error along the line between two models; train error per module and rewinding α;
+  a layer's UMAP, source and epochs on the source's axes);
 * ``montages/<run>/<layer>-f<filter>-class.png`` and ``…-sample.png`` — the class-based and sample-based
   montages the runs drew (copied as they are).
 
@@ -196,6 +197,8 @@ def result_figure(result: dict[str, Any], run: str):
         axis.legend(frameon=False)
         axis.set_title(title)
         return figure
+    if result.get("display") == "scatter":
+        return map_figure(result, title)
     if result.get("display") == "matrix":
         rows, columns, values = result.get("rows") or [], result.get("columns") or [], result.get("values") or []
         matrix = np.array([[v if isinstance(v, (int, float)) else np.nan for v in row] for row in values], dtype=float)
@@ -211,6 +214,54 @@ def result_figure(result: dict[str, Any], run: str):
         figure.colorbar(image, ax=axis, label=visible(result.get("unit") or "", 40), shrink=0.9)
         return figure
     return None
+
+
+MAP_PANELS = 6  # a UMAP figure: the source and at most five epochs (evenly spread, the last included)
+
+
+def map_figure(result: dict[str, Any], title: str):
+    """A UMAP result as one row of panels on the same axes — source, then epochs — one colour per
+    class (a key with the class names where there are at most ten), across both columns of a paper."""
+    import matplotlib.pyplot as plt
+
+    points, labels = result.get("points"), result.get("labels")
+    if not isinstance(points, dict) or not isinstance(labels, list):
+        return None
+    epochs = sorted(int(e) for e in points if str(e).isdigit() and isinstance(points[e], list))
+    if 0 not in epochs:
+        return None
+    later = [e for e in epochs if e]
+    shown = [0] + [later[round(i)] for i in np.linspace(0, len(later) - 1, min(len(later), MAP_PANELS - 1))] \
+        if later else [0]
+    shown = list(dict.fromkeys(shown))
+    arrays = {}
+    for epoch in shown:
+        rows = [p[:2] if isinstance(p, list) and len(p) >= 2 else [np.nan, np.nan] for p in points[str(epoch)]]
+        xy = np.array([[v if isinstance(v, (int, float)) else np.nan for v in row] for row in rows], dtype=float)
+        if xy.shape != (len(labels), 2):
+            return None
+        arrays[epoch] = xy
+    classes = result.get("classes") or []
+    label_array = np.array([v if isinstance(v, int) else -1 for v in labels])
+    everything = np.concatenate(list(arrays.values()))
+    figure, axes = plt.subplots(1, len(shown), figsize=(min(6.9, 1.25 * len(shown) + 0.4), 1.6),
+                                sharex=True, sharey=True, squeeze=False)
+    for axis, epoch in zip(axes[0], shown):
+        for value in sorted(set(label_array.tolist())):
+            chosen = label_array == value
+            name = visible(classes[value], 20) if 0 <= value < len(classes) else "?"
+            axis.scatter(arrays[epoch][chosen, 0], arrays[epoch][chosen, 1], s=2, linewidths=0,
+                         color=rgb(RUN_PALETTE[value % len(RUN_PALETTE)]), label=name)
+        axis.set_title("source" if epoch == 0 else f"epoch {epoch}")
+        axis.set_xticks([])
+        axis.set_yticks([])
+    if np.isfinite(everything).any():
+        axes[0][0].set_xlim(np.nanmin(everything[:, 0]), np.nanmax(everything[:, 0]))
+        axes[0][0].set_ylim(np.nanmin(everything[:, 1]), np.nanmax(everything[:, 1]))
+    if len(set(label_array.tolist())) <= len(RUN_PALETTE):
+        axes[0][-1].legend(frameon=False, markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    figure.suptitle(title)
+    return figure
 
 
 # ------------------------------------------------------------------------------------------------

@@ -272,9 +272,9 @@ def series_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
 
 def posthoc_tables(results: list[tuple[str, dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
     """Post-hoc results (RUN/analyses/*.json) as tables: barrier curves and numbers, criticality
-    rewinding curves and per-module summaries."""
+    rewinding curves and per-module summaries, UMAP movement per epoch and the mapped points."""
     tables: dict[str, list[dict[str, Any]]] = {"barrier": [], "barrier_curve": [], "criticality": [],
-                                                "criticality_curve": []}
+                                                "criticality_curve": [], "umap": [], "umap_points": []}
     for run, result in results:
         if result.get("name") == "barrier":
             ends = result.get("endpoints", {})
@@ -295,6 +295,17 @@ def posthoc_tables(results: list[tuple[str, dict[str, Any]]]) -> dict[str, list[
                 for alpha, error in zip(result.get("columns", []), errors):
                     tables["criticality_curve"].append({"run": run, "module": module, "alpha": alpha,
                                                         "train_error": error})
+        elif result.get("name") == "umap":
+            layer, features, classes = result.get("layer"), result.get("features"), result.get("classes") or []
+            labels = result.get("labels") or []
+            for epoch in result.get("epochs", []):
+                stats = (result.get("stats") or {}).get(str(epoch)) or {}
+                tables["umap"].append({"run": run, "layer": layer, "features": features, "epoch": epoch, **stats})
+                for image, (point, label) in enumerate(zip((result.get("points") or {}).get(str(epoch), []), labels)):
+                    tables["umap_points"].append({
+                        "run": run, "layer": layer, "features": features, "epoch": epoch, "image": image,
+                        "class": classes[label] if isinstance(label, int) and 0 <= label < len(classes) else label,
+                        "x": point[0], "y": point[1]})
     return tables
 
 

@@ -49,9 +49,15 @@ from ftdyn_tui.model import (
     interval_series,
     learning_rate_series,
     legend_text,
+    MAP_KEY_CLASSES,
     layer_colour,
+    layer_maps,
     log_lines,
     load_picture,
+    map_caption,
+    map_epochs,
+    map_limits,
+    map_points,
     measure_rows,
     overlay_styles,
     part_series,
@@ -101,6 +107,27 @@ def image_widget_class(mode: str):
 
     return {"halfcell": widget.HalfcellImage, "sixel": widget.SixelImage, "kitty": widget.TGPImage,
             "auto": widget.Image}[mode]
+
+
+def draw_map(plot: PlotextPlot, result: dict, epoch: int) -> None:
+    """A UMAP result as two panels on the same axes: the source (what the map was fitted on) and
+    ``epoch`` placed on it, one colour per class (a key where there are few enough classes)."""
+    plt = plot.plt
+    plt.clear_data()
+    plt.clear_figure()
+    plt.subplots(1, 2)
+    (x_low, x_high), (y_low, y_high) = map_limits(result)
+    classes = sorted({name for shown in (0, epoch) for name in map_points(result, shown)})
+    for column, shown in ((1, 0), (2, epoch)):
+        panel = plt.subplot(1, column)  # the figure's own methods would act on every panel
+        by_class = map_points(result, shown)
+        for name, (xs, ys) in sorted(by_class.items()):
+            panel.scatter(xs, ys, marker="braille", color=RUN_PALETTE[classes.index(name) % len(RUN_PALETTE)],
+                          label=name if len(classes) <= MAP_KEY_CLASSES and column == 2 else None)
+        panel.xlim(x_low, x_high)
+        panel.ylim(y_low, y_high)
+        panel.title("source (epoch 0)" if shown == 0 else f"epoch {shown}")
+    plot.refresh()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -723,9 +750,11 @@ class FilterScreen(Screen):
         Binding("c", "next_class", "Class"),
         Binding("k", "next_kind", "Class/sample"),
         Binding("p", "write_path", "Path"),
+        Binding("u", "toggle_map", "UMAP"),
         Binding("escape", "app.pop_screen", "Back"),
     ]
     DEFAULT_CSS = """
+    FilterScreen #map { height: 1fr; }
     FilterScreen #pickers { width: 36; }
     FilterScreen #layers { height: 9; }
     FilterScreen #images Horizontal { height: 1fr; }
@@ -742,6 +771,8 @@ class FilterScreen(Screen):
         self.label_index = 0
         self.epoch: int | None = None
         self.ranking_note: str | None = None
+        self.map_shown = False  # `u`: the layer's UMAP instead of the filter's images
+        self.map_epoch: int | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -755,9 +786,11 @@ class FilterScreen(Screen):
                     image_class = image_widget_class(self.app.images)
                     yield image_class(id="source", classes="picture")
                     yield image_class(id="current", classes="picture")
+                yield PlotextPlot(id="map")
         yield Footer()
 
     def on_mount(self) -> None:
+        self.query_one("#map").display = False
         self.query_one("#filters", DataTable).add_columns("filter", "distance", "chosen", "img")
         self.fill_filters()
         note = graphics_note(self.app.images)
@@ -771,6 +804,41 @@ class FilterScreen(Screen):
     def layer_chosen(self, event: OptionList.OptionHighlighted) -> None:
         self.current_layer = self.tracked.layers[event.option_index]
         self.fill_filters()
+
+    def action_toggle_map(self) -> None:
+        if not self.map_shown and not layer_maps(self.tracked.results, self.current_layer):
+            self.notify(f"No UMAP of {visible(self.current_layer, 60)} yet: `ftdyn umap {visible(self.tracked.path, 80)} "
+                        f"--layer {visible(self.current_layer, 60)}` computes it from the run's checkpoints.",
+                        severity="warning", markup=False, timeout=10)
+            return
+        self.map_shown = not self.map_shown
+        self.query_one("#map").display = self.map_shown
+        self.query_one("#images Horizontal").display = not self.map_shown
+        self.show_images()
+
+    def show_map(self) -> None:
+        """The current layer's newest UMAP: source beside the chosen epoch (the last by default)."""
+        caption = self.query_one("#caption", Static)
+        maps = layer_maps(self.tracked.results, self.current_layer)
+        if not maps:
+            self.query_one("#map").display = False
+            caption.update(plain(f"No UMAP of {self.current_layer} yet: `ftdyn umap RUN --layer "
+                                 f"{self.current_layer}` computes it from the run's checkpoints."))
+            return
+        result = maps[0]
+        try:
+            epochs = map_epochs(result)
+            if self.map_epoch not in epochs:
+                self.map_epoch = epochs[-1]
+            self.query_one("#map").display = True
+            draw_map(self.query_one("#map", PlotextPlot), result, self.map_epoch)
+            lines = [map_caption(result, self.map_epoch),
+                     f"left: source (epoch 0)   right: epoch {self.map_epoch}  [{epochs[0]}…{epochs[-1]}]  "
+                     f"← → epoch, u images"]
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            self.query_one("#map").display = False
+            lines = [f"{result.get('file', 'the map')} cannot be drawn ({type(exc).__name__})"]
+        caption.update(Text("\n").join(plain(line) for line in lines))
 
     def fill_filters(self, keep: bool = False) -> None:
         table = self.query_one("#filters", DataTable)
@@ -805,6 +873,9 @@ class FilterScreen(Screen):
         return images[label], label
 
     def show_images(self) -> None:
+        if self.map_shown:
+            self.show_map()
+            return
         by_epoch, label = self.shown()
         caption = self.query_one("#caption", Static)
         source, current = self.query_one("#source"), self.query_one("#current")
@@ -833,6 +904,9 @@ class FilterScreen(Screen):
         return Text("\n").join(plain(line) for line in ([self.ranking_note] if self.ranking_note else []) + lines)
 
     def action_epoch(self, step: int) -> None:
+        if self.map_shown:
+            self.step_map(step)
+            return
         by_epoch, _ = self.shown()
         if not by_epoch:
             self.notify("No images of this filter to step through.", severity="warning")
@@ -846,6 +920,15 @@ class FilterScreen(Screen):
             return
         self.epoch = epochs[target]
         self.show_images()
+
+    def step_map(self, step: int) -> None:
+        maps = layer_maps(self.tracked.results, self.current_layer)
+        epochs = map_epochs(maps[0]) if maps else []
+        if not epochs:
+            return
+        position = epochs.index(self.map_epoch) if self.map_epoch in epochs else len(epochs) - 1
+        self.map_epoch = epochs[max(0, min(len(epochs) - 1, position + step))]
+        self.show_map()
 
     def action_next_class(self) -> None:
         labels = self.images_of_kind()
@@ -886,11 +969,13 @@ class FilterScreen(Screen):
 
 
 class ResultsScreen(Screen):
-    """A run's post-hoc analyses (`ftdyn transfer …`), each drawn from its declared display: a
-    curve (loss barrier: loss and error over λ) or a matrix (criticality: module × α heatmap)."""
+    """A run's post-hoc analyses (`ftdyn transfer …`, `ftdyn umap`), each drawn from its declared display:
+    a curve (loss barrier: loss and error over λ), a matrix (criticality: module × α heatmap) or a
+    scatter (UMAP: source beside an epoch, ← → choose the epoch)."""
 
     AUTO_FOCUS = "#results"
-    BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
+    BINDINGS = [Binding("left", "map_epoch(-1)", "Epoch −"), Binding("right", "map_epoch(1)", "Epoch +"),
+                Binding("escape", "app.pop_screen", "Back")]
     DEFAULT_CSS = """
     ResultsScreen #results { width: 40; }
     ResultsScreen #result-plot { height: 1fr; }
@@ -907,6 +992,8 @@ class ResultsScreen(Screen):
         except (KeyError, TypeError, ValueError, AttributeError, IndexError):
             transfer = None
         self.results = run.results + ([transfer] if transfer else [])
+        self.current = 0
+        self.map_epoch: int | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -922,8 +1009,8 @@ class ResultsScreen(Screen):
         if not self.results:
             self.query_one("#result-plot").display = self.query_one("#result-matrix").display = False
             self.query_one("#result-text", Static).update(plain(
-                f"No post-hoc analyses in {self.tracked.path} yet. `ftdyn transfer barrier RUN [RUN2]` and "
-                f"`ftdyn transfer criticality RUN` write them into RUN/analyses/."))
+                f"No post-hoc analyses in {self.tracked.path} yet. `ftdyn transfer barrier RUN [RUN2]`, "
+                f"`ftdyn transfer criticality RUN` and `ftdyn umap RUN --layer L` write them into RUN/analyses/."))
             return
         self.show(0)
 
@@ -931,8 +1018,19 @@ class ResultsScreen(Screen):
     def chosen(self, event: OptionList.OptionHighlighted) -> None:
         self.show(event.option_index)
 
+    def action_map_epoch(self, step: int) -> None:
+        result = self.results[self.current] if self.results else {}
+        if result.get("display") != "scatter":
+            return
+        epochs = map_epochs(result)
+        position = epochs.index(self.map_epoch) if self.map_epoch in epochs else len(epochs) - 1
+        self.map_epoch = epochs[max(0, min(len(epochs) - 1, position + step))]
+        self.show(self.current)
+
     def show(self, index: int) -> None:
         """One result drawn; a result file the drawing cannot use is named with its reason instead."""
+        if index != self.current:
+            self.current, self.map_epoch = index, None
         try:
             self.draw_result(self.results[index])
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
@@ -942,9 +1040,14 @@ class ResultsScreen(Screen):
 
     def draw_result(self, result: dict) -> None:
         plot, matrix = self.query_one("#result-plot", PlotextPlot), self.query_one("#result-matrix", Static)
-        plot.display = result.get("display") == "curve"
+        plot.display = result.get("display") in ("curve", "scatter")
         matrix.display = result.get("display") == "matrix"
-        if plot.display:
+        if result.get("display") == "scatter":
+            epochs = map_epochs(result)
+            if self.map_epoch not in epochs:
+                self.map_epoch = epochs[-1]
+            draw_map(plot, result, self.map_epoch)
+        if result.get("display") == "curve":
             plt = plot.plt
             plt.clear_data()
             plt.clear_figure()
@@ -983,7 +1086,7 @@ HELP = """\
 | | `space` | mark a run for overlay |
 | | `f` | filters of the highlighted run |
 | | `/` | filter the list; `escape` clears |
-| | `t` | post-hoc analyses of the highlighted run (loss barrier, criticality; accuracy against block size where runs vary the shuffle) |
+| | `t` | post-hoc analyses of the highlighted run (loss barrier, criticality, UMAPs; accuracy against block size where runs vary the shuffle) |
 | curves | `a` | next analysis (feature distance, parameter drift, …) |
 | | `m` / `v` | next metric / next view (drift: relative or absolute / block groups or hooked layers) |
 | | `h` | heatmap: rows × epochs, colour = value |
@@ -997,11 +1100,13 @@ HELP = """\
 | | `y` | side plot: accuracy → loss → learning rate |
 | | `f` | filters of the first run |
 | | `t` | post-hoc analyses of the first run |
-| transfer | `↑` `↓` | choose a result: a barrier's curves or criticality's module × α heatmap |
-| filters | `←` `→` | epoch |
+| transfer | `↑` `↓` | choose a result: a barrier's curves, criticality's module × α heatmap or a UMAP |
+| | `←` `→` | a UMAP's epoch (source on the left) |
+| filters | `←` `→` | epoch (of the images, or of the map) |
 | | `c` | next class (or sample image) |
 | | `k` | class-based / sample-based |
 | | `p` | show the image's path (and copy it) |
+| | `u` | the layer's UMAP (`ftdyn umap`): source beside an epoch, instead of the images |
 | | `escape` | back |
 
 Runs are re-read every half second; a run whose heartbeat stopped shows as *stalled*.

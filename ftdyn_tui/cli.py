@@ -804,6 +804,34 @@ def transfer_criticality(
     emit_posthoc(result, path, fmt)
 
 
+@app.command()
+def umap(
+    run_dir: Path = typer.Argument(..., metavar="RUN", help="Run directory."),
+    layer: str = typer.Option(..., "--layer", help="A hooked layer of the run."),
+    epochs: Optional[list[str]] = typer.Option(None, "--epochs", help="Epochs to place on the map, comma-separated "
+                                               "(default: every saved checkpoint; the source is always there)."),
+    features: str = typer.Option("pooled", "--features", help="pooled (each map's spatial mean, the `pooled` view) "
+                                 "or cls (the class token of ViT layers)."),
+    neighbours: int = typer.Option(15, "--neighbours", min=2, help="UMAP's n_neighbors (at most the probe size − 1)."),
+    min_dist: float = typer.Option(0.1, "--min-dist", min=0.0, max=1.0, help="UMAP's min_dist."),
+    metric: str = typer.Option("euclidean", "--metric", help="euclidean or cosine, for the map and the "
+                                                            "neighbour agreement in feature space."),
+    seed: int = typer.Option(0, "--seed", help="UMAP's random_state: the same seed gives the same map."),
+    data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP),
+    fmt: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table, csv (the points too) or json."),
+) -> None:
+    """UMAP of a layer's probe features: fitted on the source model's, with each epoch's placed on the
+    same map, so epochs share axes. Prints how far the images moved on the map and whether classes
+    are neighbours there and in the features themselves. Written to RUN/analyses/umap-<layer>.json;
+    the TUI draws it (filters screen, `u`) and `ftdyn figures` makes it a figure."""
+    from engine.analyses.feature_umap import run_feature_umap
+
+    result, path = run_posthoc(lambda on_event: run_feature_umap(
+        run_dir, layer, parse_epochs(epochs), features, neighbours, min_dist, metric, seed,
+        str(data) if data else None, on_event))
+    emit_posthoc(result, path, fmt)
+
+
 def run_posthoc(work) -> tuple[dict, Path]:
     """Run a post-hoc analysis under a progress bar; every refusal is one line."""
     from engine.errors import FtdynError
@@ -998,6 +1026,16 @@ def print_posthoc(tables: dict[str, list[dict]]) -> None:
         print_table("Module criticality", ["run", "module", "smallest α within ε", "ε", "μ", "‖θᵀ − θ⁰‖"],
                     [[r["run"], r["module"], fmt_number(r["alpha_min"], 2), str(r["epsilon"]), fmt_number(r["mu"], 3),
                       fmt_number(r["drift"], 3)] for r in tables["criticality"]])
+    if tables.get("umap"):
+        print_umap(tables["umap"])
+
+
+def print_umap(rows: list[dict]) -> None:
+    print_table("UMAP fitted on the source: images' median move (× the source map's RMS radius) and the share "
+                "whose 5 nearest neighbours have their class, on the map and in the features",
+                ["run", "layer", "features", "epoch", "move", "neighbours (map)", "neighbours (features)"],
+                [[r["run"], str(r["layer"]), str(r["features"]), str(r["epoch"]), fmt_number(r.get("shift")),
+                  fmt_number(r.get("neighbours_map")), fmt_number(r.get("neighbours_features"))] for r in rows])
 
 
 def curve_text(title: str, xs: list[float], series: dict[str, list[float]], x_label: str,

@@ -757,8 +757,70 @@ def result_summary(result: dict[str, Any]) -> list[str]:
     settings = result.get("settings") or {}
     if settings:
         lines.append("settings: " + ", ".join(f"{k} {v}" for k, v in settings.items() if not isinstance(v, list)))
+    if result.get("display") == "scatter":
+        lines += [map_numbers(result, epoch) for epoch in map_epochs(result)]
     lines += [f"note: {note}" for note in result.get("notes", [])]
     return lines
+
+
+# ------------------------------------------------------------------------------------------------
+# UMAP of a layer's probe features (RUN/analyses/umap-*.json, display "scatter")
+
+# The most classes a map colours apart with a key; more share colours and the key is left out.
+MAP_KEY_CLASSES = len(RUN_PALETTE)
+
+
+def layer_maps(results: list[dict[str, Any]], layer: str | None) -> list[dict[str, Any]]:
+    """The scatter results (UMAPs) of ``layer``, newest first."""
+    return [r for r in reversed(results) if r.get("display") == "scatter" and r.get("layer") == layer]
+
+
+def map_epochs(result: dict[str, Any]) -> list[int]:
+    """The epochs a map places, in order (0: the source the map was fitted on)."""
+    return sorted(int(e) for e in result["points"] if str(e).isdigit())
+
+
+def map_points(result: dict[str, Any], epoch: int) -> dict[str, tuple[list[float], list[float]]]:
+    """class name → (xs, ys) of the images placed at ``epoch``; points that are not two finite
+    numbers (a damaged file) are left out."""
+    classes, labels = result.get("classes") or [], result["labels"]
+    by_class: dict[str, tuple[list[float], list[float]]] = {}
+    for point, label in zip(result["points"][str(epoch)], labels):
+        x, y = (number_or_none(v) for v in point[:2]) if isinstance(point, list) and len(point) >= 2 else (None, None)
+        if x is None or y is None:
+            continue
+        name = visible(classes[label], 30) if isinstance(label, int) and 0 <= label < len(classes) else str(label)
+        xs, ys = by_class.setdefault(name, ([], []))
+        xs.append(x)
+        ys.append(y)
+    return by_class
+
+
+def map_limits(result: dict[str, Any]) -> tuple[tuple[float, float], tuple[float, float]]:
+    """x and y limits that hold every epoch's points, so all epochs are drawn on the same axes."""
+    xs = [x for epoch in map_epochs(result) for xs, _ in map_points(result, epoch).values() for x in xs]
+    ys = [y for epoch in map_epochs(result) for _, ys in map_points(result, epoch).values() for y in ys]
+    if not xs:
+        return (0.0, 1.0), (0.0, 1.0)
+    pad_x, pad_y = 0.05 * (max(xs) - min(xs) or 1.0), 0.05 * (max(ys) - min(ys) or 1.0)
+    return (min(xs) - pad_x, max(xs) + pad_x), (min(ys) - pad_y, max(ys) + pad_y)
+
+
+def map_numbers(result: dict[str, Any], epoch: int) -> str:
+    """What the map at ``epoch`` says in numbers: how far images moved, whether classes are neighbours."""
+    stats = (result.get("stats") or {}).get(str(epoch)) or {}
+    k = (result.get("settings") or {}).get("k", 5)
+    shift, in_map, in_features = (number_or_none(stats.get(key)) for key in
+                                  ("shift", "neighbours_map", "neighbours_features"))
+    numbers = ([f"move {shift:.3f} × source radius"] if shift is not None else []) + \
+              ([f"{k}-NN class agreement: map {in_map:.2f}"] if in_map is not None else []) + \
+              ([f"features {in_features:.2f}"] if in_features is not None else [])
+    return visible(f"epoch {epoch}: " + (", ".join(numbers) or "no numbers recorded"), 200)
+
+
+def map_caption(result: dict[str, Any], epoch: int) -> str:
+    return visible(f"UMAP of {result.get('layer')} ({result.get('features')}) fitted on the source · ", 120) + \
+        map_numbers(result, epoch)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -40,3 +40,23 @@ def cli():
         return runner.invoke(app, [str(a) for a in args])
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, shapes_data):
+    """Two tiny runs: full fine-tuning with every epoch's checkpoint, and a linear probe."""
+    from typer.testing import CliRunner
+
+    from ftdyn_tui.cli import app
+
+    root = tmp_path_factory.mktemp("analyses")
+    runner = CliRunner()
+    full = root / "full"
+    result = runner.invoke(app, ["run", "--data", str(shapes_data), "--out", str(full), "--epochs", "2",
+                                 "--save-every-epoch", *TINY_RUN])
+    assert result.exit_code == 0, result.output
+    probe = root / "probe"
+    result = runner.invoke(app, ["run", "--data", str(shapes_data), "--out", str(probe), "--epochs", "2",
+                                 "--strategy", "linear-probe", *TINY_RUN])
+    assert result.exit_code == 0, result.output
+    return full, probe

@@ -5,7 +5,7 @@ An analysis is a *part*. Each part says five things, and nothing else in ftdyn n
 1. **name** — what `--analyses` selects and what the run record calls it (`distance`, `drift`, …).
 2. **when** — ``"epoch"``: at the end of every epoch (and every ``--every-steps`` N steps) from
    the live source and tuned models; ``"posthoc"``: afterwards, from checkpoints, by a command
-   (`ftdyn transfer barrier`, `ftdyn transfer criticality`).
+   (`ftdyn transfer barrier`, `ftdyn transfer criticality`, `ftdyn umap`).
 3. **what it needs** — an epoch part that sets ``uses_probe`` receives every hooked layer's paired
    activations (source, tuned) batch by batch from *one* forward pass over the probe set, shared
    by every part and by the visualisations; a part that does not (parameter drift) is not sent them.
@@ -14,7 +14,8 @@ An analysis is a *part*. Each part says five things, and nothing else in ftdyn n
 5. **how it is shown** — its *declaration*, written into ``config.json`` (epoch parts) or into its
    result file (post-hoc parts), tells the TUI and ``ftdyn report`` how to draw it with no code of
    their own: ``series`` (a value per row and measure, every epoch: curves and a row × epoch
-   heatmap), ``curve`` (y series over one x axis) or ``matrix`` (a row × column heatmap).
+   heatmap), ``curve`` (y series over one x axis), ``matrix`` (a row × column heatmap) or ``scatter``
+   (2-D points per epoch with a class each: the UMAP of features).
 
 An epoch part is a class with ``name``, ``when = "epoch"``, ``section``, ``uses_probe``, ``default``
 (on unless `--analyses` says otherwise), a one-line ``summary``, a ``build(context)`` class method
@@ -50,7 +51,7 @@ from typing import Any
 from engine.untrusted import number_or_none, read_plain
 
 RESULTS_DIR = "analyses"  # RUN/analyses/<name>-<tag>.json: post-hoc results
-DISPLAY_KINDS = ("series", "curve", "matrix")
+DISPLAY_KINDS = ("series", "curve", "matrix", "scatter")
 
 
 def distance_declaration(measures: list[str], layers: list[str]) -> dict[str, Any]:

@@ -1,9 +1,10 @@
-"""The analysis parts ftdyn knows, found by name: what `--analyses` selects and `ftdyn transfer` runs.
+"""The analysis parts ftdyn knows, found by name: what `--analyses` selects and the post-hoc commands run.
 
 Epoch parts are found, not listed: every class in a module of this package with ``when = "epoch"``
 is one (with ``name``, ``summary``, ``default`` and a ``build(context)`` class method taking the
 :class:`PartContext`), so a new analysis is one new file. They run and are listed in name order.
-Post-hoc parts run afterwards from a run's checkpoints, each by its own `ftdyn transfer` command.
+Post-hoc parts run afterwards from a run's checkpoints, each by its own command (`ftdyn transfer …`,
+`ftdyn umap`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Any
 
 from engine.errors import FtdynError
 
-POSTHOC_PARTS = {
-    "barrier": "loss and error along the line between two models, and the barrier (ftdyn transfer barrier)",
-    "criticality": "module criticality: rewinding one block group at a time (ftdyn transfer criticality)",
+POSTHOC_PARTS = {  # name → the command that computes it
+    "barrier": "ftdyn transfer barrier",  # loss and error along the line between two models, and the barrier
+    "criticality": "ftdyn transfer criticality",  # rewinding one block group at a time
+    "umap": "ftdyn umap",  # a layer's probe features on one UMAP fitted on the source
 }
 
 
@@ -61,7 +63,7 @@ def parse_analyses(names: list[str] | None) -> list[str]:
     known = epoch_parts()
     for name in names:
         if name in POSTHOC_PARTS:
-            raise FtdynError(f"'{name}' runs after training, from checkpoints: use `ftdyn transfer {name}` "
+            raise FtdynError(f"'{name}' runs after training, from checkpoints: use `{POSTHOC_PARTS[name]}` "
                              f"(--analyses takes {', '.join(known)})")
         if name not in known:
             raise FtdynError(f"unknown analysis '{name}'; --analyses takes {', '.join(known)}")
