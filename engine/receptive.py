@@ -179,7 +179,7 @@ def patch_fields(shapes: dict[str, tuple[int, int, int]], image_size: int) -> di
 
 def linearised(model: nn.Module) -> nn.Module:
     """A copy whose input gradients are positive exactly on each unit's receptive field."""
-    probe = copy.deepcopy(model).eval().double()
+    probe = copy.deepcopy(model).eval().double().requires_grad_(False)  # input gradients only
     for name, module in list(probe.named_modules()):
         replacement = None
         if isinstance(module, (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Dropout, nn.BatchNorm2d)):
@@ -197,20 +197,33 @@ def linearised(model: nn.Module) -> nn.Module:
     return probe
 
 
-def receptive_field_by_gradient(model: nn.Module, layer: str, channel: int = 0, input_size: int = 320) -> ReceptiveField:
-    """Receptive field of ``channel`` from the input-gradient support of two neighbouring central units."""
+class LayerReached(Exception):
+    """Ends a forward pass at the hooked layer."""
+
+
+def receptive_field_by_gradient(model: nn.Module, layer: str, channel: int = 0, input_size: int = 40) -> ReceptiveField:
+    """Receptive field of ``channel`` from the input-gradient support of two neighbouring central units,
+    on the smallest input (``input_size`` doubled as often as needed) where the field is not clipped."""
     probe = linearised(model)
     captured = {}
-    handle = probe.get_submodule(layer).register_forward_hook(lambda m, i, o: captured.__setitem__("out", o))
+
+    def stop_at_layer(_module, _inputs, output):
+        captured["out"] = output
+        raise LayerReached  # nothing after the layer is needed: the forward pass ends here
+
+    handle = probe.get_submodule(layer).register_forward_hook(stop_at_layer)
     try:
         while True:
             image = torch.ones(1, 3, input_size, input_size, dtype=torch.float64, requires_grad=True)
             try:
                 probe(image)
-            except RuntimeError:
-                pass  # the classifier may reject an unusual input size; the hooked output is already here
+            except LayerReached:
+                pass
             out = captured["out"]
             h, w = out.shape[-2:]
+            if min(h, w) < 3:  # no two neighbouring units away from the border yet
+                input_size *= 2
+                continue
             i, j = h // 2, w // 2
             spans = []
             for di, dj in ((0, 0), (1, 1)):

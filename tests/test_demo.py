@@ -15,10 +15,11 @@ from engine.demo import (SECOND, DemoSettings, cached_source, depth_trend, findi
 from engine.domains import DOMAINS, LAYOUTS, NEW_SHAPES, SHAPES, write_domain
 from engine.errors import FtdynError
 
-# A reduced configuration that still shows the paper's findings, in about a minute on 2 cores. Its
-# probe (72 held-out images a class × 2) keeps even layer4's 2×2 maps out of PWSM's whitening regime.
-SMALL = DemoSettings(image_size=64, source_classes=6, source_per_class=150, source_epochs=8, target_classes=4,
-                     target_per_class=72, target_val_fraction=0.5, epochs=3, probe_size=144, vis_k=1, workers=0)
+# A reduced configuration for the mechanics: every step of the demo runs and its findings are measured
+# and said, not asserted — at this size they need not hold (80 probe images give layer4's 2×2 maps
+# 320 rows for 512 channels, where PWSM's whitening compresses distances; the full demo has 576).
+SMALL = DemoSettings(image_size=48, source_classes=6, source_per_class=60, source_epochs=4, target_classes=4,
+                     target_per_class=40, target_val_fraction=0.5, epochs=2, probe_size=80, vis_k=1, workers=0)
 
 
 @pytest.fixture()
