@@ -15,8 +15,11 @@ textual_constants.COLOR_SYSTEM = os.environ["TEXTUAL_COLOR_SYSTEM"]
 sys.path.insert(0, str(Path(__file__).parent))
 
 # Small enough for seconds per run on 2 CPU cores, large enough for every default layer of resnet18.
+# Visualisation tests add --vis; tests of intervals add `--intervals auto` (the default), which costs
+# about 1 s per measurement here (layer4's 512 channels decomposed once per probe-image group).
 TINY_RUN = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "8",
-            "--probe-size", "9", "--workers", "0", "--no-vis"]  # visualisation tests add --vis
+            "--probe-size", "9", "--workers", "0", "--no-vis", "--intervals", "off"]
+WITH_INTERVALS = ["--intervals", "auto"]
 
 
 @pytest.fixture(scope="session")

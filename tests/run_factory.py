@@ -3,6 +3,7 @@ tests and the TUI benchmark: no training, fixed numbers, so screens render the s
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -109,8 +110,20 @@ def write_fake_images(path: Path, layer: str, filters: list[int], epoch: int) ->
 
 def backdate_heartbeat(path: Path) -> None:
     """Make a 'running' run look abandoned (its process killed without a word)."""
-    import json
-
     status = json.loads((path / "status.json").read_text())
     status["updated_at"] = STARTED_AT + 125.0  # long ago: the heartbeat stopped 2 min after the start
     (path / "status.json").write_text(json.dumps(status))
+
+
+def write_fake_map(run_dir: Path, layer: str = "block0", epochs: tuple[int, ...] = (0, 2, 5)) -> dict:
+    """A recorded UMAP result: three classes in three clumps that drift apart over epochs."""
+    labels = [i % 3 for i in range(12)]
+    points = {str(e): [[float(label * (1 + e)), float(i % 4) + 0.1 * e] for i, label in enumerate(labels)]
+              for e in epochs}
+    result = {"schema": 1, "name": "umap", "display": "scatter", "created_at": 1.0, "title": f"UMAP of {layer}",
+              "layer": layer, "features": "pooled", "epochs": list(epochs), "points": points, "labels": labels,
+              "classes": CLASSES, "settings": {"neighbours": 11, "k": 5},
+              "stats": {str(e): {"shift": 0.1 * e, "neighbours_map": 1.0, "neighbours_features": 0.75} for e in epochs}}
+    (run_dir / "analyses").mkdir(exist_ok=True)
+    (run_dir / "analyses" / f"umap-{layer}.json").write_text(json.dumps(result))
+    return result

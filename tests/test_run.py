@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from scipy.stats import t as student_t
 
-from conftest import TINY_RUN
+from conftest import TINY_RUN, WITH_INTERVALS
 from engine.record import RunReader, read_run
 
 
@@ -26,7 +26,7 @@ def without_timing(records: list[dict]) -> list[dict]:
 
 def test_end_to_end_run_and_report(tmp_path, shapes_data, cli):
     run_dir = tmp_path / "run"
-    result = cli("run", "--data", shapes_data, "--out", run_dir, "--epochs", "2", *TINY_RUN,
+    result = cli("run", "--data", shapes_data, "--out", run_dir, "--epochs", "2", *TINY_RUN, *WITH_INTERVALS,
                  "--metrics", "pwsm,procrustes,cka,procrustes@filter")
     assert result.exit_code == 0, result.output
     snapshot = read_run(run_dir)
@@ -141,7 +141,7 @@ def wait_for(predicate, timeout=120.0):
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, shapes_data):
-    common = ["--data", shapes_data, "--epochs", "4", "--every-steps", "2", *TINY_RUN]
+    common = ["--data", shapes_data, "--epochs", "3", "--every-steps", "2", *TINY_RUN, *WITH_INTERVALS]
     reference = tmp_path / "reference"
     subprocess.run(run_command("--out", reference, *common), check=True, capture_output=True)
 

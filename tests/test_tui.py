@@ -8,7 +8,7 @@ import time
 import pytest
 
 import textual_image.widget  # noqa: F401  (textual-image queries the terminal on import: before any app)
-from run_factory import backdate_heartbeat, epoch_record, layer_names, write_fake_run
+from run_factory import backdate_heartbeat, epoch_record, layer_names, write_fake_map, write_fake_run
 from ftdyn_tui.app import DynamicsScreen, FilterScreen, HelpScreen, RunsScreen, create_app
 from ftdyn_tui.model import smooth
 
@@ -227,6 +227,37 @@ def demo_like_runs(tmp_path):
 def test_snapshot_demo_overlay(snap_compare, demo_like_runs, size):
     assert snap_compare(create_app([demo_like_runs], images="halfcell"),
                         press=["space", "down", "space", "down", "space", "enter"], terminal_size=size)
+
+
+@pytest.fixture()
+def panel_runs(tmp_path, monkeypatch):
+    """A run with intervals, a recorded host, events and a UMAP; the app's clock fixed (and UTC), so
+    "sampled … ago" and the events' times read the same on every machine."""
+    from types import SimpleNamespace
+
+    import ftdyn_tui.model as model
+    from engine.record import EVENTS, append_lines
+    from engine.system import SYSTEM
+
+    root = tmp_path / "runs"
+    write_fake_run(root / "alpha", epochs=5, intervals=True)
+    append_lines(root / "alpha" / SYSTEM, [fake_system_sample(1000.0 + 10 * i, 10.0 * i, 12.5 * i) for i in range(9)])
+    append_lines(root / "alpha" / EVENTS, [{"at": 1000.0, "kind": "phase", "text": "scanning images"},
+                                           {"at": 1012.0, "kind": "warning", "text": "skipped 2 unreadable files"},
+                                           {"at": 1090.0, "kind": "epoch", "text": "epoch 1: held-out acc 0.61"}])
+    write_fake_map(root / "alpha")
+    monkeypatch.setattr(model, "time", SimpleNamespace(time=lambda: 1100.0, strftime=time.strftime,
+                                                       localtime=time.gmtime))
+    return root
+
+
+PANEL_KEYS = {"heatmap": ["enter", "i", "h"], "system": ["s"], "log": ["l"], "umap": ["f", "u"]}
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+@pytest.mark.parametrize("panel", list(PANEL_KEYS))
+def test_snapshot_panels(snap_compare, panel_runs, panel, size):
+    assert snap_compare(create_app([panel_runs], images="halfcell"), press=PANEL_KEYS[panel], terminal_size=size)
 
 
 def redmean(a, b) -> float:

@@ -11,7 +11,7 @@ import torch
 from engine.analyses.feature_umap import map_shift, neighbour_agreement, probe_features, run_feature_umap
 from engine.errors import FtdynError
 from engine.training import model_state, open_run
-from run_factory import CLASSES, write_fake_run
+from run_factory import CLASSES, write_fake_map, write_fake_run
 
 
 def reference_agreement(points, labels, k, cosine=False):
@@ -108,24 +108,10 @@ def test_umap_command_prints_csv_and_refuses_bad_input_in_one_line(trained, cli)
 # Shown: the TUI's filter view and post-hoc results, and `ftdyn figures`
 
 
-def fake_map(run_dir, layer="block0", epochs=(0, 2, 5)):
-    """A recorded UMAP result: three classes in three clumps that drift apart over epochs."""
-    labels = [i % 3 for i in range(12)]
-    points = {str(e): [[float(label * (1 + e)), float(i % 4) + 0.1 * e] for i, label in enumerate(labels)]
-              for e in epochs}
-    result = {"schema": 1, "name": "umap", "display": "scatter", "created_at": 1.0, "title": f"UMAP of {layer}",
-              "layer": layer, "features": "pooled", "epochs": list(epochs), "points": points, "labels": labels,
-              "classes": CLASSES, "settings": {"neighbours": 11, "k": 5},
-              "stats": {str(e): {"shift": 0.1 * e, "neighbours_map": 1.0, "neighbours_features": 0.75} for e in epochs}}
-    (run_dir / "analyses").mkdir(exist_ok=True)
-    (run_dir / "analyses" / f"umap-{layer}.json").write_text(json.dumps(result))
-    return result
-
-
 def test_map_points_leave_damaged_points_out(tmp_path):
     from ftdyn_tui.model import map_epochs, map_limits, map_points
 
-    result = fake_map(tmp_path)
+    result = write_fake_map(tmp_path)
     result["points"]["5"][0] = ["x", None]
     result["points"]["5"][1] = [float("nan"), 1.0]
     assert map_epochs(result) == [0, 2, 5]
@@ -139,7 +125,7 @@ async def test_filter_view_shows_the_layers_map_and_steps_through_epochs(tmp_pat
     from ftdyn_tui.app import FilterScreen, ResultsScreen, create_app
 
     write_fake_run(tmp_path / "alpha")
-    fake_map(tmp_path / "alpha")
+    write_fake_map(tmp_path / "alpha")
     app = create_app([tmp_path / "alpha"], poll_seconds=60)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause()
@@ -181,7 +167,7 @@ def test_figures_draw_a_map_per_umap_result(tmp_path):
     from engine.record import read_run
 
     write_fake_run(tmp_path / "alpha", vis=False)
-    fake_map(tmp_path / "alpha")
+    write_fake_map(tmp_path / "alpha")
     written = write_figures([read_run(tmp_path / "alpha")], tmp_path / "figures", "png")
     maps = [path for path in written if path.name.startswith("umap-")]
     assert len(maps) == 1
