@@ -25,6 +25,7 @@ from textual_plotext import PlotextPlot
 
 from engine.record import recorded_warnings, write_atomic
 from engine.untrusted import MESSAGE_LIMIT, visible
+from ftdyn_tui.picture import HalfcellPicture
 
 from ftdyn_tui.model import (
     CURVE_COLOURS,
@@ -101,12 +102,14 @@ def graphics_note(mode: str) -> str | None:
 
 
 def image_widget_class(mode: str):
-    """The textual-image widget for ``mode``. textual-image asks the terminal about its graphics
-    support when imported, so the CLI imports it before the app starts (see ``ftdyn tui``)."""
+    """The image widget for ``mode``: our half-block pictures, or textual-image's sixel and kitty
+    widgets. textual-image asks the terminal about its graphics support when imported, so the CLI
+    imports it before the app starts (see ``ftdyn tui``), and only for those modes."""
+    if mode == "halfcell":
+        return HalfcellPicture
     from textual_image import widget
 
-    return {"halfcell": widget.HalfcellImage, "sixel": widget.SixelImage, "kitty": widget.TGPImage,
-            "auto": widget.Image}[mode]
+    return {"sixel": widget.SixelImage, "kitty": widget.TGPImage, "auto": widget.Image}[mode]
 
 
 def draw_map(plot: PlotextPlot, result: dict, epoch: int) -> None:

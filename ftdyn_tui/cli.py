@@ -244,8 +244,9 @@ def last_line(path: Path) -> str:
 
 
 def open_tui(paths: list[Path], images: ImageMode) -> None:
-    # textual-image asks the terminal what it can draw when imported: before Textual takes over.
-    import textual_image.widget  # noqa: F401
+    if images != ImageMode.halfcell:
+        # textual-image asks the terminal what it can draw when imported: before Textual takes over.
+        import textual_image.widget  # noqa: F401
 
     from ftdyn_tui.app import create_app
 

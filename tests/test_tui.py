@@ -492,6 +492,27 @@ def test_pictures_on_16_colour_terminals_are_dithered_onto_those_colours():
     assert dithered_error < snapped_error / 2  # shades survive as patterns, not as flat patches
 
 
+def test_halfcell_pictures_keep_the_shape_and_put_two_pixels_in_a_cell():
+    from PIL import Image
+    from rich.console import Console
+
+    from ftdyn_tui.picture import HalfcellPictureRenderable, cell_size
+
+    assert cell_size((40, 40), 20, None) == (20, 10)  # square: half as many rows as columns
+    assert cell_size((40, 40), 20, 5) == (10, 5)  # too high: the height decides
+    assert cell_size((80, 20), 40, 30) == (40, 5)
+    image = Image.new("RGB", (2, 4))
+    colours = [[(255, 0, 0), (0, 255, 0)], [(0, 0, 255), (9, 9, 9)], [(1, 2, 3), (4, 5, 6)], [(7, 8, 9), (0, 0, 0)]]
+    for y, row in enumerate(colours):
+        for x, colour in enumerate(row):
+            image.putpixel((x, y), colour)
+    console = Console(width=2, color_system="truecolor")
+    lines = console.render_lines(HalfcellPictureRenderable(image), console.options.update(width=2, height=2))
+    cells = [[(segment.text, segment.style.color.triplet, segment.style.bgcolor.triplet) for segment in line]
+             for line in lines]
+    assert cells == [[("▀", colours[2 * r][c], colours[2 * r + 1][c]) for c in range(2)] for r in range(2)]
+
+
 def test_a_long_path_breaks_after_separators_only():
     from ftdyn_tui.model import path_lines
 
