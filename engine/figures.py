@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.analyses import declared_parts, measure_rows, part_interval, read_results, series_matrix
+from engine.analyses import declared_parts, epoch_points, measure_rows, part_interval, read_results, series_matrix
 from engine.colours import RUN_PALETTE, layer_colour
 from engine.record import VIS_INDEX, RunSnapshot, write_atomic
 from engine.report import (
@@ -44,7 +44,7 @@ from engine.report import (
     reusability_table,
     run_name,
 )
-from engine.untrusted import inside, read_plain, safe_file_name, visible
+from engine.untrusted import inside, number_or_none, read_plain, safe_file_name, visible
 
 FORMATS = ("pdf", "png", "svg")
 COLUMN_INCHES = 3.3  # one column of a two-column paper
@@ -224,20 +224,19 @@ def map_figure(result: dict[str, Any], title: str):
     class (a key with the class names where there are at most ten), across both columns of a paper."""
     import matplotlib.pyplot as plt
 
-    points, labels = result.get("points"), result.get("labels")
-    if not isinstance(points, dict) or not isinstance(labels, list):
+    points, labels = epoch_points(result), result.get("labels")
+    if 0 not in points or not isinstance(labels, list):
         return None
-    epochs = sorted(int(e) for e in points if str(e).isdigit() and isinstance(points[e], list))
-    if 0 not in epochs:
-        return None
+    epochs = sorted(points)
     later = [e for e in epochs if e]
     shown = [0] + [later[round(i)] for i in np.linspace(0, len(later) - 1, min(len(later), MAP_PANELS - 1))] \
         if later else [0]
     shown = list(dict.fromkeys(shown))
     arrays = {}
     for epoch in shown:
-        rows = [p[:2] if isinstance(p, list) and len(p) >= 2 else [np.nan, np.nan] for p in points[str(epoch)]]
-        xy = np.array([[v if isinstance(v, (int, float)) else np.nan for v in row] for row in rows], dtype=float)
+        rows = [p[:2] if isinstance(p, list) and len(p) >= 2 else [None, None] for p in points[epoch]]
+        xy = np.array([[number_or_none(v) if number_or_none(v) is not None else np.nan for v in row] for row in rows],
+                      dtype=float)
         if xy.shape != (len(labels), 2):
             return None
         arrays[epoch] = xy
@@ -249,15 +248,18 @@ def map_figure(result: dict[str, Any], title: str):
     for axis, epoch in zip(axes[0], shown):
         for value in sorted(set(label_array.tolist())):
             chosen = label_array == value
+            # names are text, never mathtext, and never hidden from the key by a leading underscore
             name = visible(classes[value], 20) if 0 <= value < len(classes) else "?"
+            name = name.replace("$", r"\$").lstrip("_") or "?"
             axis.scatter(arrays[epoch][chosen, 0], arrays[epoch][chosen, 1], s=2, linewidths=0,
                          color=rgb(RUN_PALETTE[value % len(RUN_PALETTE)]), label=name)
         axis.set_title("source" if epoch == 0 else f"epoch {epoch}")
         axis.set_xticks([])
         axis.set_yticks([])
-    if np.isfinite(everything).any():
-        axes[0][0].set_xlim(np.nanmin(everything[:, 0]), np.nanmax(everything[:, 0]))
-        axes[0][0].set_ylim(np.nanmin(everything[:, 1]), np.nanmax(everything[:, 1]))
+    drawn = everything[np.isfinite(everything).all(1)]
+    if len(drawn) and np.ptp(drawn, axis=0).all():
+        axes[0][0].set_xlim(drawn[:, 0].min(), drawn[:, 0].max())
+        axes[0][0].set_ylim(drawn[:, 1].min(), drawn[:, 1].max())
     if len(set(label_array.tolist())) <= len(RUN_PALETTE):
         axes[0][-1].legend(frameon=False, markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5))
     figure.suptitle(title)

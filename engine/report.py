@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.analyses import declared_parts, dig, measure_rows, part_value, read_results
+from engine.analyses import declared_parts, dig, epoch_points, measure_rows, part_value, read_results
 from engine.intervals import Estimate, IntervalSettings, derived, estimate, paired_difference
 from engine.record import RunSnapshot, recorded_warnings
 from engine.untrusted import number_or_none
@@ -270,9 +270,10 @@ def series_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
     return rows
 
 
-def posthoc_tables(results: list[tuple[str, dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+def posthoc_tables(results: list[tuple[str, dict[str, Any]]], with_points: bool = False) -> dict[str, list[dict[str, Any]]]:
     """Post-hoc results (RUN/analyses/*.json) as tables: barrier curves and numbers, criticality
-    rewinding curves and per-module summaries, UMAP movement per epoch and the mapped points."""
+    rewinding curves and per-module summaries, UMAP movement per epoch (with ``with_points`` every
+    mapped point too: probe images × epochs rows, for `ftdyn umap --format csv`)."""
     tables: dict[str, list[dict[str, Any]]] = {"barrier": [], "barrier_curve": [], "criticality": [],
                                                 "criticality_curve": [], "umap": [], "umap_points": []}
     for run, result in results:
@@ -296,17 +297,42 @@ def posthoc_tables(results: list[tuple[str, dict[str, Any]]]) -> dict[str, list[
                     tables["criticality_curve"].append({"run": run, "module": module, "alpha": alpha,
                                                         "train_error": error})
         elif result.get("name") == "umap":
-            layer, features, classes = result.get("layer"), result.get("features"), result.get("classes") or []
-            labels = result.get("labels") or []
-            for epoch in result.get("epochs", []):
-                stats = (result.get("stats") or {}).get(str(epoch)) or {}
-                tables["umap"].append({"run": run, "layer": layer, "features": features, "epoch": epoch, **stats})
-                for image, (point, label) in enumerate(zip((result.get("points") or {}).get(str(epoch), []), labels)):
-                    tables["umap_points"].append({
-                        "run": run, "layer": layer, "features": features, "epoch": epoch, "image": image,
-                        "class": classes[label] if isinstance(label, int) and 0 <= label < len(classes) else label,
-                        "x": point[0], "y": point[1]})
+            tables["umap"] += umap_rows(run, result)
+            if with_points:
+                tables["umap_points"] += umap_point_rows(run, result)
     return tables
+
+
+def umap_rows(run: str, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """A UMAP result's numbers per epoch (only numbers are taken from the file's statistics: the row's
+    run and epoch are ours, never the file's to overwrite)."""
+    rows = []
+    for epoch in sorted(epoch_points(result)):
+        stats = dig(result, "stats", str(epoch))
+        stats = stats if isinstance(stats, dict) else {}
+        rows.append({"run": run, "layer": str(result.get("layer")), "features": str(result.get("features")),
+                     "epoch": epoch, "shift": number_or_none(stats.get("shift")),
+                     "shift_floor": number_or_none(result.get("shift_floor")),
+                     "neighbours_map": number_or_none(stats.get("neighbours_map")),
+                     "neighbours_features": number_or_none(stats.get("neighbours_features"))})
+    return rows
+
+
+def umap_point_rows(run: str, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every point of a UMAP result that is two numbers: run, layer, epoch, image, class, x, y."""
+    classes = result.get("classes") if isinstance(result.get("classes"), list) else []
+    labels = result.get("labels") if isinstance(result.get("labels"), list) else []
+    rows = []
+    for epoch, points in sorted(epoch_points(result).items()):
+        for image, (point, label) in enumerate(zip(points, labels)):
+            x, y = (number_or_none(v) for v in point[:2]) if isinstance(point, list) and len(point) >= 2 \
+                else (None, None)
+            if x is None or y is None:
+                continue
+            name = classes[label] if isinstance(label, int) and 0 <= label < len(classes) else label
+            rows.append({"run": run, "layer": str(result.get("layer")), "features": str(result.get("features")),
+                         "epoch": epoch, "image": image, "class": str(name), "x": x, "y": y})
+    return rows
 
 
 # Epochs to target: the first epoch whose held-out accuracy reaches this share of the better of the

@@ -56,6 +56,7 @@ from ftdyn_tui.model import (
     log_lines,
     load_picture,
     map_caption,
+    map_class_order,
     map_epochs,
     map_limits,
     map_points,
@@ -68,6 +69,7 @@ from ftdyn_tui.model import (
     result_summary,
     reusability_rows,
     smooth,
+    stepped,
     system_lines,
     transfer_result,
     unmoved_marks,
@@ -120,7 +122,7 @@ def draw_map(plot: PlotextPlot, result: dict, epoch: int) -> None:
     plt.clear_figure()
     plt.subplots(1, 2)
     (x_low, x_high), (y_low, y_high) = map_limits(result)
-    classes = sorted({name for shown in (0, epoch) for name in map_points(result, shown)})
+    classes = map_class_order(result)  # colours follow the run's classes, as in `ftdyn figures`
     for column, shown in ((1, 0), (2, epoch)):
         panel = plt.subplot(1, column)  # the figure's own methods would act on every panel
         by_class = map_points(result, shown)
@@ -775,6 +777,7 @@ class FilterScreen(Screen):
         self.epoch: int | None = None
         self.ranking_note: str | None = None
         self.map_shown = False  # `u`: the layer's UMAP instead of the filter's images
+        self.maps: list[dict] = []  # the current layer's UMAPs, newest first
         self.map_epoch: int | None = None
 
     def compose(self) -> ComposeResult:
@@ -809,7 +812,7 @@ class FilterScreen(Screen):
         self.fill_filters()
 
     def action_toggle_map(self) -> None:
-        if not self.map_shown and not layer_maps(self.tracked.results, self.current_layer):
+        if not self.map_shown and not self.maps:
             self.notify(f"No UMAP of {visible(self.current_layer, 60)} yet: `ftdyn umap {visible(self.tracked.path, 80)} "
                         f"--layer {visible(self.current_layer, 60)}` computes it from the run's checkpoints.",
                         severity="warning", markup=False, timeout=10)
@@ -822,13 +825,12 @@ class FilterScreen(Screen):
     def show_map(self) -> None:
         """The current layer's newest UMAP: source beside the chosen epoch (the last by default)."""
         caption = self.query_one("#caption", Static)
-        maps = layer_maps(self.tracked.results, self.current_layer)
-        if not maps:
+        if not self.maps:
             self.query_one("#map").display = False
             caption.update(plain(f"No UMAP of {self.current_layer} yet: `ftdyn umap RUN --layer "
                                  f"{self.current_layer}` computes it from the run's checkpoints."))
             return
-        result = maps[0]
+        result = self.maps[0]
         try:
             epochs = map_epochs(result)
             if self.map_epoch not in epochs:
@@ -848,6 +850,8 @@ class FilterScreen(Screen):
         cursor = table.cursor_row
         table.clear()
         rows, dead, measure = filter_rows(self.tracked, self.current_layer) if self.current_layer else ([], None, None)
+        # read here, when the layer or the run changed, not on every key
+        self.maps = layer_maps(self.tracked.results, self.current_layer) if self.current_layer else []
         for row in rows:
             table.add_row(str(row.index), fmt(row.distance), plain(row.chosen_by or ""), str(row.images),
                           key=str(row.index))
@@ -925,12 +929,7 @@ class FilterScreen(Screen):
         self.show_images()
 
     def step_map(self, step: int) -> None:
-        maps = layer_maps(self.tracked.results, self.current_layer)
-        epochs = map_epochs(maps[0]) if maps else []
-        if not epochs:
-            return
-        position = epochs.index(self.map_epoch) if self.map_epoch in epochs else len(epochs) - 1
-        self.map_epoch = epochs[max(0, min(len(epochs) - 1, position + step))]
+        self.map_epoch = stepped(map_epochs(self.maps[0]) if self.maps else [], self.map_epoch, step)
         self.show_map()
 
     def action_next_class(self) -> None:
@@ -1025,9 +1024,7 @@ class ResultsScreen(Screen):
         result = self.results[self.current] if self.results else {}
         if result.get("display") != "scatter":
             return
-        epochs = map_epochs(result)
-        position = epochs.index(self.map_epoch) if self.map_epoch in epochs else len(epochs) - 1
-        self.map_epoch = epochs[max(0, min(len(epochs) - 1, position + step))]
+        self.map_epoch = stepped(map_epochs(result), self.map_epoch, step)
         self.show(self.current)
 
     def show(self, index: int) -> None:

@@ -854,7 +854,7 @@ def run_posthoc(work) -> tuple[dict, Path]:
 def emit_posthoc(result: dict, path: Path, fmt: "ReportFormat") -> None:
     from engine.report import posthoc_tables
 
-    emit(fmt, posthoc_tables([(path.parent.parent.name, result)]), print_posthoc, as_json=result)
+    emit(fmt, posthoc_tables([(path.parent.parent.name, result)], with_points=True), print_posthoc, as_json=result)
 
 
 def tables_as_csv(tables: dict[str, list[dict]]) -> str:
@@ -1032,11 +1032,13 @@ def print_posthoc(tables: dict[str, list[dict]]) -> None:
 
 
 def print_umap(rows: list[dict]) -> None:
-    print_table("UMAP fitted on the source: images' median move (× the source map's RMS radius) and the share "
-                "whose 5 nearest neighbours have their class, on the map and in the features",
-                ["run", "layer", "features", "epoch", "move", "neighbours (map)", "neighbours (features)"],
-                [[r["run"], str(r["layer"]), str(r["features"]), str(r["epoch"]), fmt_number(r.get("shift")),
-                  fmt_number(r.get("neighbours_map")), fmt_number(r.get("neighbours_features"))] for r in rows])
+    print_table("UMAP fitted on the source: images' median move (× the source map's RMS radius; UMAP's own "
+                "placement noise beside it) and the share whose 5 nearest neighbours have their class, on the map "
+                "and in the features",
+                ["run", "layer", "features", "epoch", "move", "UMAP noise", "neighbours (map)", "neighbours (features)"],
+                [[r["run"], r["layer"], r["features"], str(r["epoch"]), fmt_number(r.get("shift")),
+                  fmt_number(r.get("shift_floor")), fmt_number(r.get("neighbours_map")),
+                  fmt_number(r.get("neighbours_features"))] for r in rows])
 
 
 def curve_text(title: str, xs: list[float], series: dict[str, list[float]], x_label: str,

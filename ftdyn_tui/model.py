@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from engine.untrusted import RunFormatError, inside, number_or_none, read_plain, safe_file_name, visible
-from engine.analyses import declared_parts, dig, measure_rows, part_interval, part_value, read_results, series_matrix
+from engine.analyses import (declared_parts, dig, epoch_points, measure_rows, part_interval, part_value,
+                             read_results, series_matrix)
 from engine.colours import RUN_PALETTE, Colour, layer_colour
 from engine.intervals import IntervalSettings
 from engine.record import EVENTS
@@ -777,23 +778,47 @@ def layer_maps(results: list[dict[str, Any]], layer: str | None) -> list[dict[st
 
 def map_epochs(result: dict[str, Any]) -> list[int]:
     """The epochs a map places, in order (0: the source the map was fitted on)."""
-    return sorted(int(e) for e in result["points"] if str(e).isdigit())
+    return sorted(epoch_points(result))
+
+
+def stepped(epochs: list[int], current: int | None, step: int) -> int | None:
+    """The epoch ``step`` places from ``current`` in ``epochs``, kept within them (None when there are
+    none); from an epoch not among them, the steps count from the last."""
+    if not epochs:
+        return None
+    position = epochs.index(current) if current in epochs else len(epochs) - 1
+    return epochs[max(0, min(len(epochs) - 1, position + step))]
+
+
+# Coordinates beyond this are not a map anyone fitted: left out, like non-numbers.
+MAP_LIMIT = 1e12
 
 
 def map_points(result: dict[str, Any], epoch: int) -> dict[str, tuple[list[float], list[float]]]:
     """class name → (xs, ys) of the images placed at ``epoch``; points that are not two finite
-    numbers (a damaged file) are left out."""
-    classes, labels = result.get("classes") or [], result["labels"]
+    numbers of a sane size (a damaged file) are left out."""
+    classes = result.get("classes") if isinstance(result.get("classes"), list) else []
+    labels = result.get("labels") if isinstance(result.get("labels"), list) else []
     by_class: dict[str, tuple[list[float], list[float]]] = {}
-    for point, label in zip(result["points"][str(epoch)], labels):
+    for point, label in zip(epoch_points(result).get(epoch, []), labels):
         x, y = (number_or_none(v) for v in point[:2]) if isinstance(point, list) and len(point) >= 2 else (None, None)
-        if x is None or y is None:
+        if x is None or y is None or abs(x) > MAP_LIMIT or abs(y) > MAP_LIMIT:
             continue
-        name = visible(classes[label], 30) if isinstance(label, int) and 0 <= label < len(classes) else str(label)
+        name = visible(classes[label], 30) if isinstance(label, int) and 0 <= label < len(classes) else \
+            visible(label, 30)
         xs, ys = by_class.setdefault(name, ([], []))
         xs.append(x)
         ys.append(y)
     return by_class
+
+
+def map_class_order(result: dict[str, Any]) -> list[str]:
+    """Class names in the order of the run's classes (their colours follow it, as in `ftdyn figures`),
+    then any other labels."""
+    classes = [visible(c, 30) for c in result.get("classes") or [] if isinstance(c, str)] \
+        if isinstance(result.get("classes"), list) else []
+    seen = {name for epoch in map_epochs(result) for name in map_points(result, epoch)}
+    return classes + sorted(seen - set(classes))
 
 
 def map_limits(result: dict[str, Any]) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -808,11 +833,15 @@ def map_limits(result: dict[str, Any]) -> tuple[tuple[float, float], tuple[float
 
 def map_numbers(result: dict[str, Any], epoch: int) -> str:
     """What the map at ``epoch`` says in numbers: how far images moved, whether classes are neighbours."""
-    stats = (result.get("stats") or {}).get(str(epoch)) or {}
-    k = (result.get("settings") or {}).get("k", 5)
+    stats = dig(result, "stats", str(epoch))
+    stats = stats if isinstance(stats, dict) else {}
+    k = dig(result, "settings", "k")
+    k = int(k) if number_or_none(k) is not None and 0 < k < 1000 else 5
     shift, in_map, in_features = (number_or_none(stats.get(key)) for key in
                                   ("shift", "neighbours_map", "neighbours_features"))
-    numbers = ([f"move {shift:.3f} × source radius"] if shift is not None else []) + \
+    floor = number_or_none(result.get("shift_floor"))
+    numbers = ([f"move {shift:.3f} × source radius" + (f" (UMAP's own noise {floor:.3f})" if floor is not None
+                                                         else "")] if shift is not None else []) + \
               ([f"{k}-NN class agreement: map {in_map:.2f}"] if in_map is not None else []) + \
               ([f"features {in_features:.2f}"] if in_features is not None else [])
     return visible(f"epoch {epoch}: " + (", ".join(numbers) or "no numbers recorded"), 200)

@@ -25,7 +25,8 @@ def cell_size(image_size: tuple[int, int], columns: int, rows: int | None) -> tu
     high (None: any height), keeping its shape: a cell is one pixel wide and two high."""
     width, height = image_size
     fit = min(columns / width, (2 * rows) / height if rows else math.inf)
-    return max(1, round(width * fit)), max(1, math.ceil(height * fit / 2))
+    high = math.ceil(height * fit / 2 - 1e-9)  # the tolerance: 23 · (94/23) / 2 must give 47, not 48
+    return max(1, min(columns, round(width * fit))), max(1, min(rows, high) if rows else high)
 
 
 class HalfcellPictureRenderable:

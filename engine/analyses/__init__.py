@@ -112,6 +112,17 @@ def dig(value: Any, *keys: str) -> Any:
     return value
 
 
+def epoch_points(result: dict[str, Any]) -> dict[int, list]:
+    """A scatter result's epoch → its points (``result["points"]``), for the keys that are plain epoch
+    numbers ('5', not '05' or '²') holding lists; a damaged result gives what it can, never an error."""
+    points = result.get("points")
+    if not isinstance(points, dict):
+        return {}
+    return {int(k): v for k, v in points.items()
+            if isinstance(k, str) and k.isascii() and k.isdigit() and len(k) < 10 and str(int(k)) == k
+            and isinstance(v, list)}
+
+
 def series_matrix(records: list[dict[str, Any]], part: dict[str, Any], measure: str) -> "np.ndarray":
     """(records × rows) values of one measure of a series part; NaN where nothing was measured."""
     import numpy as np

@@ -17,7 +17,12 @@ edge, not beyond it: the map shows movement among source neighbourhoods, not how
 Numbers beside the picture, per epoch t (u_iᵗ: image i's place in the map):
 
 * ``shift`` = median_i ‖u_iᵗ − u_i⁰‖ / r₀ with r₀ the RMS distance of the source points from their
-  centroid: how far images moved, in units of the source map's size (0 at t = 0);
+  centroid: how far images moved, in units of the source map's size (0 at t = 0). u⁰ is the source
+  placed by ``transform`` like every epoch (not the fitted embedding, which ``transform`` would not
+  reproduce: a layer that moved by 10⁻⁹ would show a move of about 0.3 against it). ``transform``
+  itself depends on the order of the points it places, so the result records its noise floor,
+  ``shift_floor``: the shift of the source placed again in a shuffled order (about 0.1 on 120
+  clustered points) — moves below it are UMAP's, not the network's;
 * ``neighbours_map`` and ``neighbours_features``: leave-one-out k-nearest-neighbour (k = 5, majority,
   ties to the nearest) class accuracy in the 2-D map and in the feature space itself (Euclidean, or
   cosine with ``--metric cosine``). UMAP can make or hide clusters: the second says whether what the
@@ -141,7 +146,7 @@ def run_feature_umap(run_dir: str | Path, layer: str, epochs: list[int] | None =
     hooked = trainer.layers[[entry.name for entry in trainer.layers].index(layer)]
     if features == "cls" and not (hooked.layout and hooked.layout.class_token):
         raise FtdynError(f"layer '{layer}' has no class token; use --features pooled")
-    labels = np.array([int(label) for _, label in trainer.probe], dtype=np.int64)
+    labels = np.array([trainer.held_out.samples[i][1] for i in trainer.probe.indices], dtype=np.int64)
     if len(labels) < MIN_IMAGES:
         raise FtdynError(f"the run's probe set has {len(labels)} images; a map needs at least {MIN_IMAGES} "
                          f"(runs take more with --probe-size)")
@@ -158,8 +163,15 @@ def run_feature_umap(run_dir: str | Path, layer: str, epochs: list[int] | None =
 
     source = features_at(0)
     on_event("phase", name="fitting UMAP on the source features (the first fit compiles umap-learn's kernels)")
-    fitted = fit_map(source, neighbours, min_dist, metric, seed)
-    source_map = np.asarray(fitted.embedding_, dtype=np.float64)
+    fitted = fit_map(source.astype(np.float32), neighbours, min_dist, metric, seed)
+    # The source is placed like every epoch, by transform: umap-learn would hand back its fitted
+    # embedding for the very array it was fitted on (it checks a hash, which the float64 copy does not
+    # match), and a moved layer measured against that other placement would show a move of its own.
+    source_map = place(fitted, source)
+    # transform's optimisation depends on the order of the points it places: the same source features
+    # in another order land up to this far away, so smaller moves are UMAP's noise, not the network's
+    order = np.random.default_rng(seed).permutation(len(source))
+    floor = map_shift(source_map, place(fitted, source[order])[np.argsort(order)])
     points, stats = {}, {}
     for done, epoch in enumerate(wanted, start=1):
         tuned = source if epoch == 0 else features_at(epoch)
@@ -173,7 +185,7 @@ def run_feature_umap(run_dir: str | Path, layer: str, epochs: list[int] | None =
         "schema": 1, "name": "umap", "display": "scatter", "created_at": time.time(),
         "title": f"UMAP of {layer} ({features} features), fitted on the source",
         "layer": layer, "features": features, "epochs": wanted, "points": points,
-        "labels": labels.tolist(), "classes": list(trainer.data.classes), "stats": stats,
+        "labels": labels.tolist(), "classes": list(trainer.data.classes), "stats": stats, "shift_floor": floor,
         "notes": ([] if len(wanted) > 1 else
                   ["only the source was mapped: the run saved no checkpoint (runs keep every epoch with "
                    "--save-every-epoch)"]),
