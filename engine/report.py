@@ -275,7 +275,8 @@ def posthoc_tables(results: list[tuple[str, dict[str, Any]]], with_points: bool 
     rewinding curves and per-module summaries, UMAP movement per epoch (with ``with_points`` every
     mapped point too: probe images × epochs rows, for `ftdyn umap --format csv`)."""
     tables: dict[str, list[dict[str, Any]]] = {"barrier": [], "barrier_curve": [], "criticality": [],
-                                                "criticality_curve": [], "umap": [], "umap_points": []}
+                                                "criticality_curve": [], "umap": [], "umap_points": [],
+                                                "invariance": [], "invariance_inversion": []}
     for run, result in results:
         if result.get("name") == "barrier":
             ends = result.get("endpoints", {})
@@ -296,11 +297,37 @@ def posthoc_tables(results: list[tuple[str, dict[str, Any]]], with_points: bool 
                 for alpha, error in zip(result.get("columns", []), errors):
                     tables["criticality_curve"].append({"run": run, "module": module, "alpha": alpha,
                                                         "train_error": error})
+        elif result.get("name") == "invariance" and result.get("display") == "matrix":
+            tables["invariance"] += invariance_rows(run, result)
+        elif result.get("name") == "invariance" and isinstance(result.get("inversion_error"), dict):
+            for layer, error in result["inversion_error"].items():
+                seconds = dig(result, "inversion_seconds", layer)
+                tables["invariance_inversion"].append({
+                    "run": run, "layer": str(layer), "median_error": number_or_none(dig(error, "median")),
+                    "max_error": number_or_none(dig(error, "max")), "seconds": number_or_none(seconds)})
         elif result.get("name") == "umap":
             tables["umap"] += umap_rows(run, result)
             if with_points:
                 tables["umap_points"] += umap_point_rows(run, result)
     return tables
+
+
+def invariance_rows(run: str, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """STIR between source layer i and tuned layer j at one epoch, both ways where measured, and CKA."""
+    rows, columns = result.get("rows"), result.get("columns")
+    if not isinstance(rows, list) or not isinstance(columns, list):
+        return []
+
+    def cell(name: str, i: int, j: int) -> float | None:
+        matrix = result.get(name)
+        row = matrix[i] if isinstance(matrix, list) and i < len(matrix) and isinstance(matrix[i], list) else []
+        return number_or_none(row[j]) if j < len(row) else None
+
+    epoch = number_or_none(result.get("epoch"))
+    return [{"run": run, "epoch": None if epoch is None else int(epoch), "source_layer": str(a), "tuned_layer": str(b),
+             "stir_tuned_given_source": cell("values", i, j), "stir_source_given_tuned": cell("reverse", i, j),
+             "cka": cell("cka", i, j)}
+            for i, a in enumerate(rows) for j, b in enumerate(columns)]
 
 
 def umap_rows(run: str, result: dict[str, Any]) -> list[dict[str, Any]]:

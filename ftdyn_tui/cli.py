@@ -833,6 +833,48 @@ def umap(
     emit_posthoc(result, path, fmt)
 
 
+@app.command()
+def invariance(
+    run_dir: Path = typer.Argument(..., metavar="RUN", help="Run directory."),
+    layers: Optional[list[str]] = typer.Option(None, "--layers", help="Hooked layers to invert and measure, "
+                                               "comma-separated (default: every hooked layer)."),
+    epochs: Optional[list[str]] = typer.Option(None, "--epochs", help="Epochs to compare with the source, "
+                                               "comma-separated (default: every saved checkpoint)."),
+    steps: int = typer.Option(500, "--steps", min=1, help="Inversion steps per image (Merlin et al.: 500)."),
+    step_size: float = typer.Option(0.5, "--step-size", min=0.0, help="η of the L2-normalised steps in pixel "
+                                    "space [0, 1] (STIR: 0.5)."),
+    images: int = typer.Option(0, "--images", min=0, help="Probe images to invert, evenly spaced over the probe "
+                               "set (0: all of them)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the inversions' noise starts."),
+    both_directions: bool = typer.Option(False, "--both-directions", help="Also STIR(source | tuned): inverts the "
+                                         "tuned model at every layer of every chosen epoch (L inversions an epoch)."),
+    data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP),
+    fmt: ReportFormat = typer.Option(ReportFormat.table, "--format", help="table, csv or json."),
+) -> None:
+    """Shared invariance (STIR, Nanda et al. 2022) between the source model and each epoch: probe images
+    are inverted through the source at each layer (cached in RUN/invariance/), and STIR(tuned layer j |
+    source layer i) says how far the tuned model cannot tell those inversions from the images — the
+    source's invariances it kept — for every (i, j), with CKA beside it. Written to
+    RUN/analyses/invariance-e<epoch>.json and invariance-diagonal.json; the TUI and `ftdyn report` show them."""
+    from engine.analyses.invariance import InversionSettings, run_invariance
+
+    settings = InversionSettings(steps=steps, step_size=step_size, images=images, seed=seed)
+    result, path = run_posthoc(lambda on_event: first_and_last(run_invariance(
+        run_dir, split_list(layers), parse_epochs(epochs), settings, both_directions,
+        str(data) if data else None, on_event)))
+    from engine.analyses import read_results
+    from engine.report import posthoc_tables
+
+    written = [r for r in read_results(run_dir) if r.get("name") == "invariance"]
+    emit(fmt, posthoc_tables([(run_dir.name, r) for r in written]), print_posthoc, as_json=result)
+
+
+def first_and_last(found: tuple[dict, list[Path]]) -> tuple[dict, Path]:
+    """(the summary, the last file written) of a post-hoc analysis that writes several files."""
+    result, paths = found
+    return result, paths[-1]
+
+
 def run_posthoc(work) -> tuple[dict, Path]:
     """Run a post-hoc analysis under a progress bar; every refusal is one line."""
     from engine.errors import FtdynError
@@ -1029,6 +1071,35 @@ def print_posthoc(tables: dict[str, list[dict]]) -> None:
                       fmt_number(r["drift"], 3)] for r in tables["criticality"]])
     if tables.get("umap"):
         print_umap(tables["umap"])
+    if tables.get("invariance"):
+        print_invariance(tables["invariance"], tables.get("invariance_inversion", []))
+
+
+def print_invariance(rows: list[dict], inversions: list[dict]) -> None:
+    """Per run and epoch: STIR(tuned j | source i) as a heatmap, its diagonal beside CKA; the inversions' errors."""
+    from ftdyn_tui.model import heatmap_text
+
+    grids: dict[tuple, list[dict]] = {}
+    for row in rows:
+        grids.setdefault((row["run"], row["epoch"]), []).append(row)
+    for (run, epoch), cells in grids.items():
+        sources = list(dict.fromkeys(r["source_layer"] for r in cells))
+        tuned = list(dict.fromkeys(r["tuned_layer"] for r in cells))
+        value = {(r["source_layer"], r["tuned_layer"]): r["stir_tuned_given_source"] for r in cells}
+        matrix = [[value.get((a, b)) if value.get((a, b)) is not None else float("nan") for b in tuned] for a in sources]
+        out.print(heatmap_text(sources, tuned, matrix, width=min(out.width, 100),
+                               title=f"{visible(run)} @ epoch {epoch}: STIR(tuned layer j | source layer i) — rows i "
+                                     f"(inverted through the source), columns j", unit="STIR"))
+        print_table(f"{run} @ epoch {epoch}: each layer with itself",
+                    ["layer", "STIR(tuned | source)", "STIR(source | tuned)", "CKA"],
+                    [[r["source_layer"], fmt_number(r["stir_tuned_given_source"]),
+                      fmt_number(r["stir_source_given_tuned"]), fmt_number(r["cka"])]
+                     for r in cells if r["source_layer"] == r["tuned_layer"]])
+    if inversions:
+        print_table("Inversions through the source: relative error ‖f(x′) − f(x)‖ / ‖f(x)‖ of the best iterate",
+                    ["run", "layer", "median", "max", "seconds (— reused)"],
+                    [[r["run"], r["layer"], fmt_number(r["median_error"]), fmt_number(r["max_error"]),
+                      fmt_number(r["seconds"], 1)] for r in inversions])
 
 
 def print_umap(rows: list[dict]) -> None:

@@ -21,6 +21,7 @@ POSTHOC_PARTS = {  # name → the command that computes it
     "barrier": "ftdyn transfer barrier",  # loss and error along the line between two models, and the barrier
     "criticality": "ftdyn transfer criticality",  # rewinding one block group at a time
     "umap": "ftdyn umap",  # a layer's probe features on one UMAP fitted on the source
+    "invariance": "ftdyn invariance",  # STIR between the source and each epoch, from inversions
 }
 
 

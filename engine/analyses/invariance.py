@@ -1,0 +1,316 @@
+"""Shared invariance between the source model and its fine-tuned epochs: STIR (Nanda et al. 2022), as
+Merlin et al. (2023) use it on a pretrained model and its fine-tuned versions (ANALYSES.md §5).
+
+**Inversion.** For a model m, a hooked layer i and the probe images X (pixels in [0, 1]; the run's
+normalisation is applied inside the forward pass), find X′ that m represents at layer i like X. Per
+image, from noise x′⁰ = clip₀¹(z), z ~ N(0, 1) (as STIR's code seeds it):
+
+    e(x′) = ‖f_i(x′) − f_i(x)‖₂ / ‖f_i(x)‖₂          (f_i: the layer's whole output, flattened)
+    x′ ← clip₀¹( x′ − η · g / (‖g‖₂ + 10⁻¹⁰) ),   g = ∇ₓ′ e(x′)   (each image its own step)
+
+for ``steps`` steps (η = 0.5, 500 steps as Merlin et al.), keeping each image's best iterate (the
+start and every step are candidates). Inversions through the source depend only on (source model,
+layer, probe set, settings): they are computed once and cached in ``RUN/invariance/``.
+
+**STIR.** With X′ᵢ inverted through m₁ at layer i, and f²ⱼ model m₂'s layer j:
+
+    STIR(m₂ⱼ | m₁ᵢ) = CKA( f²ⱼ(X), f²ⱼ(X′ᵢ) )
+
+— how far m₂ is invariant to what m₁'s layer i is invariant to (1: m₂ cannot tell X′ᵢ from X). CKA is
+linear CKA over all probe images (STIR's code keeps only its last batch; this is 1 − ``cka_distance``
+on the same matrices). Per epoch t, m₁ = the source θ⁰ and m₂ = θᵗ:
+
+* STIR(θᵗⱼ | θ⁰ᵢ) for every (i, j) — the source's invariances kept by the tuned model. One forward
+  pass of θᵗ over each X′ᵢ gives every j, so the whole matrix costs L passes over the probe set.
+* with ``both_directions``: STIR(θ⁰ᵢ | θᵗⱼ) — what the tuned model is invariant to that the source
+  shares; it inverts θᵗ at every layer, L inversions per epoch (the expensive direction).
+* CKA(f⁰ᵢ(X), fᵗⱼ(X)) beside them: two layers can be far apart in CKA and still share invariances.
+
+Merlin et al. name measures of invariance *retained* and *forgotten* during fine-tuning; their
+formulas (§3 of arXiv 2307.06006) could not be read here (only the abstract is stored, and the
+authors' code, nvedant07/invariances_in_reps, writes the STIR matrices in both directions and CKA
+but no such measure). So this module reports plain STIR in both directions, as docs/ANALYSES.md says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.analyses.barrier import result_path
+from engine.data import IMAGENET_MEAN, IMAGENET_STD
+from engine.errors import FtdynError
+from engine.record import write_json_atomic
+from engine.training import (Event, available_checkpoints, model_state, open_run, quiet, saved_config,
+                             source_fingerprint)
+from engine.untrusted import safe_file_name
+
+CACHE_DIR = "invariance"  # RUN/invariance/inversions-<layer>.pt
+BATCH = 32  # images inverted together (each image still takes its own normalised step)
+
+
+@dataclass(frozen=True)
+class InversionSettings:
+    steps: int = 500
+    step_size: float = 0.5
+    images: int = 0  # 0: the whole probe set
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.steps < 1 or not (self.step_size > 0 and math.isfinite(self.step_size)) or self.images < 0:
+            raise FtdynError("--steps must be ≥ 1, --step-size > 0 and --images ≥ 0 (0: every probe image)")
+
+
+class LayerReached(Exception):
+    """Ends a forward pass once the wanted layers have given their outputs."""
+
+
+def layer_outputs(model: nn.Module, images: torch.Tensor, layers: list[str], keep_graph: bool = False) -> dict:
+    """{layer: its output flattened per image} for pixel-space ``images``; the forward pass stops at
+    the last of ``layers`` in execution order where that is possible."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    found: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def store(_module, _inputs, output):
+            found[name] = output.flatten(1) if keep_graph else output.detach().flatten(1)
+            if len(found) == len(layers):
+                raise LayerReached
+        return store
+
+    handles = [model.get_submodule(name).register_forward_hook(hook(name)) for name in layers]
+    try:
+        model((images - mean) / std)
+    except LayerReached:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+def invert(model: nn.Module, layer: str, targets: torch.Tensor, settings: InversionSettings,
+           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(X′, each image's best relative error) for pixel-space ``targets`` at ``layer`` of ``model``."""
+    model.eval()
+    with torch.no_grad():
+        goal = layer_outputs(model, targets, [layer])[layer]
+    scale = goal.norm(dim=1).clamp_min(1e-30)
+    x = torch.randn(targets.shape, generator=generator, device="cpu").to(targets.device).clamp(0.0, 1.0)
+    best, best_error = x.clone(), torch.full((len(x),), math.inf, device=x.device)
+    for step in range(settings.steps + 1):
+        x.requires_grad_(True)
+        output = layer_outputs(model, x, [layer], keep_graph=True)[layer]
+        if not output.requires_grad:
+            raise FtdynError(f"layer '{layer}' cannot be inverted: its output does not depend differentiably on "
+                             f"the image")
+        error = (output - goal).norm(dim=1) / scale
+        if not torch.isfinite(error).all():
+            raise FloatingPointError(f"the relative error became non-finite at step {step}")
+        better = error.detach() < best_error
+        best[better], best_error[better] = x.detach()[better], error.detach()[better]
+        if step == settings.steps:
+            break
+        gradient, = torch.autograd.grad(error.sum(), x)  # images are independent: each gets its own gradient
+        norms = gradient.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        x = (x.detach() - settings.step_size * gradient / (norms + 1e-10)).clamp(0.0, 1.0)
+    return best, best_error
+
+
+def centred_gram(features: torch.Tensor) -> torch.Tensor:
+    """H K H with K = F Fᵀ (float64): what linear CKA needs of one side, n × n whatever the width."""
+    f = features.double()
+    f = f - f.mean(0, keepdim=True)
+    return f @ f.T
+
+
+def gram_cka(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """Linear CKA from two centred Grams: ⟨A, B⟩ / (‖A‖ ‖B‖) (None where a side is constant)."""
+    denominator = float(a.norm() * b.norm())
+    return float((a * b).sum()) / denominator if denominator > 0 else None
+
+
+def probe_pixels(trainer, images: int) -> torch.Tensor:
+    """The probe images in pixel space [0, 1] (the run's normalisation undone), all of them or an evenly
+    spaced ``images`` of them."""
+    chosen = list(range(len(trainer.probe)))
+    if 0 < images < len(chosen):
+        chosen = sorted({round(k) for k in np.linspace(0, len(chosen) - 1, images)})
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    pixels = torch.stack([trainer.probe[i][0] * std + mean for i in chosen]).clamp(0.0, 1.0)
+    return pixels
+
+
+def inversion_key(trainer, layer: str, pixels: torch.Tensor, settings: InversionSettings) -> str:
+    """What an inversion depends on: the source weights, the probe images' pixels (so a moved data
+    folder still matches and a changed image does not), the layer and the settings."""
+    content = {"source": source_fingerprint(trainer.source), "layer": layer, **asdict(settings),
+               "probe": hashlib.sha256(pixels.detach().cpu().float().numpy().tobytes()).hexdigest()}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def cached_inversions(run_dir: Path, trainer, layer: str, pixels: torch.Tensor, settings: InversionSettings,
+                      on_event: Event) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(X′, errors, reused) through the source at ``layer``: from RUN/invariance/ when its key matches,
+    else computed (and cached)."""
+    folder = run_dir / CACHE_DIR
+    if folder.is_symlink():
+        raise FtdynError(f"'{folder}' is a link; ftdyn writes only inside the run directory")
+    path = folder / f"inversions-{safe_file_name(layer)}.pt"
+    key = inversion_key(trainer, layer, pixels, settings)
+    if path.is_file() and not path.is_symlink():
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(stored, dict) and stored.get("key") == key and \
+                    tuple(stored["images"].shape) == tuple(pixels.shape):
+                return stored["images"].to(pixels.device), stored["errors"].to(pixels.device), True
+        except Exception:  # a damaged or foreign cache file is recomputed, never trusted
+            pass
+    started = time.perf_counter()
+    images, errors = invert_in_batches(trainer.source, layer, pixels, settings, on_event, f"inverting {layer}")
+    folder.mkdir(exist_ok=True)
+    torch.save({"key": key, "images": images.cpu(), "errors": errors.cpu(),
+                "seconds": time.perf_counter() - started}, path)
+    return images, errors, False
+
+
+def invert_in_batches(model: nn.Module, layer: str, pixels: torch.Tensor, settings: InversionSettings,
+                      on_event: Event, task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(settings.seed)
+    images, errors = [], []
+    for start in range(0, len(pixels), BATCH):
+        found, error = invert(model, layer, pixels[start:start + BATCH], settings, generator)
+        images.append(found)
+        errors.append(error)
+        on_event("progress", task=task, done=min(len(pixels), start + BATCH), total=len(pixels), info=layer)
+    return torch.cat(images), torch.cat(errors)
+
+
+@torch.no_grad()
+def layer_grams(model: nn.Module, pixels: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+    """{layer: centred Gram of its flattened outputs over all ``pixels``}."""
+    model.eval()
+    outputs: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
+    for start in range(0, len(pixels), BATCH):
+        found = layer_outputs(model, pixels[start:start + BATCH], layers)
+        for layer in layers:
+            outputs[layer].append(found[layer].cpu())
+    return {layer: centred_gram(torch.cat(parts)) for layer, parts in outputs.items()}
+
+
+def stir_matrix(measured: nn.Module, inverted: dict[str, torch.Tensor | None], pixels: torch.Tensor,
+                layers: list[str]) -> list[list[float | None]]:
+    """[i][j] = STIR(measured at layer j | the model X′ᵢ was inverted through, at layer i)."""
+    clean = layer_grams(measured, pixels, layers)
+    rows = []
+    for inverted_layer in layers:
+        found = inverted.get(inverted_layer)
+        if found is None:
+            rows.append([None] * len(layers))
+            continue
+        moved = layer_grams(measured, found, layers)
+        rows.append([gram_cka(clean[j], moved[j]) for j in layers])
+    return rows
+
+
+def run_invariance(run_dir: str | Path, layers: list[str] | None = None, epochs: list[int] | None = None,
+                   settings: InversionSettings = InversionSettings(), both_directions: bool = False,
+                   data: str | None = None, on_event: Event = quiet) -> tuple[dict[str, Any], list[Path]]:
+    """STIR matrices (and CKA) between the source and each chosen epoch; one result file per epoch,
+    plus the diagonal over epochs. Returns (the diagonal result, files written)."""
+    settings.check()
+    run_dir = Path(run_dir)
+    saved = saved_config(run_dir)
+    hooked = [entry["name"] for entry in saved["layers"]]
+    layers = list(dict.fromkeys(layers or hooked))
+    unknown = [name for name in layers if name not in hooked]
+    if unknown:
+        raise FtdynError(f"layer '{unknown[0]}' was not hooked in this run; choose from {', '.join(hooked)}")
+    checkpoints = available_checkpoints(run_dir)
+    wanted = sorted(set(epochs) if epochs else set(checkpoints))
+    missing = [e for e in wanted if e != 0 and e not in checkpoints]
+    if missing or not wanted:
+        raise FtdynError(f"no checkpoint for epoch {missing[0] if missing else 'any'} (available: "
+                         f"{', '.join(map(str, sorted(checkpoints))) or 'none'}); runs keep every epoch with "
+                         f"--save-every-epoch")
+    started = time.perf_counter()
+    trainer = open_run(run_dir, on_event, data=data)
+    pixels = probe_pixels(trainer, settings.images)
+    pixels = pixels.to(trainer.device)
+    if len(pixels) < 3:
+        raise FtdynError(f"STIR needs at least 3 probe images (the run has {len(pixels)})")
+
+    notes, source_side, errors, costs = [], {}, {}, {}
+    for layer in layers:
+        began = time.perf_counter()
+        try:
+            images, error, reused = cached_inversions(run_dir, trainer, layer, pixels, settings, on_event)
+        except FloatingPointError as exc:
+            notes.append(f"{layer}: inversion stopped ({exc}); its STIR is left out")
+            source_side[layer] = None
+            continue
+        source_side[layer] = images
+        errors[layer] = {"median": float(error.median()), "max": float(error.max())}
+        costs[layer] = None if reused else time.perf_counter() - began
+        if reused:
+            notes.append(f"{layer}: inversions reused from {CACHE_DIR}/ (same source, probe set and settings)")
+
+    files, diagonal = [], {layer: [] for layer in layers}
+    for epoch in wanted:
+        tuned = trainer.model
+        tuned.load_state_dict(trainer.source.state_dict() if epoch == 0 else model_state(run_dir, epoch, trainer.device))
+        tuned.eval()
+        began = time.perf_counter()
+        kept = stir_matrix(tuned, source_side, pixels, layers)
+        similar = [[gram_cka(a, b) for b in layer_grams(tuned, pixels, layers).values()]
+                   for a in layer_grams(trainer.source, pixels, layers).values()]
+        reverse = None
+        if both_directions:
+            tuned_side = {}
+            for layer in layers:
+                try:
+                    tuned_side[layer], _ = invert_in_batches(tuned, layer, pixels, settings, on_event,
+                                                             f"inverting {layer} of epoch {epoch}")
+                except FloatingPointError as exc:
+                    notes.append(f"epoch {epoch}, {layer} of the tuned model: inversion stopped ({exc})")
+                    tuned_side[layer] = None
+            reverse = [list(row) for row in zip(*stir_matrix(trainer.source, tuned_side, pixels, layers))]
+        for i, layer in enumerate(layers):
+            diagonal[layer].append(kept[i][i])
+        result = {
+            "schema": 1, "name": "invariance", "display": "matrix", "created_at": time.time(),
+            "title": f"STIR(epoch {epoch} layer j | source layer i): the source's invariances the tuned model shares",
+            "row_label": "source layer i (inverted)", "rows": layers, "column_label": "tuned layer j",
+            "columns": layers, "value_label": "STIR", "unit": "STIR (1: shared)", "values": kept,
+            "reverse": reverse, "cka": similar, "epoch": epoch,
+            "inversion_error": errors, "notes": list(notes),
+            "settings": {"epoch": epoch, **asdict(settings), "probe_images": len(pixels), "both_directions": both_directions},
+            "seconds": time.perf_counter() - began,
+        }
+        target = result_path(run_dir, f"invariance-e{epoch}")
+        target.parent.mkdir(exist_ok=True)
+        write_json_atomic(target, result)
+        files.append(target)
+        on_event("progress", task="invariance", done=wanted.index(epoch) + 1, total=len(wanted), info=f"epoch {epoch}")
+    summary = {
+        "schema": 1, "name": "invariance", "display": "curve", "created_at": time.time(),
+        "title": "STIR(tuned layer i | source layer i) over epochs", "x_label": "epoch", "x": wanted,
+        "y_label": "STIR", "series": diagonal, "inversion_error": errors,
+        "inversion_seconds": costs, "notes": notes,
+        "settings": {**asdict(settings), "probe_images": len(pixels), "layers": layers},
+        "seconds": time.perf_counter() - started,
+    }
+    target = result_path(run_dir, "invariance-diagonal")
+    write_json_atomic(target, summary)
+    return summary, files + [target]

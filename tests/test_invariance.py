@@ -1,0 +1,119 @@
+"""Shared invariance (ANALYSES.md §5): inversions reproduce a layer, STIR of a model with itself on its
+own inversions is 1, its CKA is cka_distance's complement over every probe image, inversions are cached
+and recomputed when what they depend on changes, and bad input is one line."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from engine.analyses.invariance import (CACHE_DIR, InversionSettings, centred_gram, gram_cka, invert, layer_outputs,
+                                        run_invariance)
+from engine.errors import FtdynError
+from engine.similarity import cka_distance
+from engine.training import model_state, open_run
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3)).eval()
+
+
+def test_gram_cka_is_the_complement_of_cka_distance():
+    rng = np.random.default_rng(0)
+    for n, p, q in ((12, 40, 7), (30, 5, 9), (9, 9, 300)):  # fewer rows than columns and more
+        a, b = rng.normal(size=(n, p)), rng.normal(size=(n, q))
+        b[:, :2] += 3 * a[:, :2]  # related, so the value is not near 0
+        found = gram_cka(centred_gram(torch.tensor(a)), centred_gram(torch.tensor(b)))
+        assert found == pytest.approx(1.0 - float(cka_distance(a, b)), abs=1e-10)
+    same = centred_gram(torch.tensor(rng.normal(size=(10, 4))))
+    assert gram_cka(same, same) == pytest.approx(1.0, abs=1e-12)
+    assert gram_cka(same, torch.zeros_like(same)) is None  # a constant side: undefined, not 0
+
+
+def test_inversion_reproduces_a_layer_and_stir_of_a_model_with_itself_is_one():
+    model = tiny_model()
+    targets = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    settings = InversionSettings(steps=300, step_size=0.05)
+    noise = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    for layer, bound in (("0", 0.02), ("2", 0.2)):  # the first convolution; after a ReLU and a second one
+        images, errors = invert(model, layer, targets, settings, torch.Generator().manual_seed(0))
+        assert images.min() >= 0.0 and images.max() <= 1.0  # pixel space
+        assert float(errors.max()) < bound, layer  # the stated bounds, 300 steps of η = 0.05
+        # the recorded error is the error of the returned image (the best iterate), recomputed here
+        with torch.no_grad():
+            goal, found, start = (layer_outputs(model, x, [layer])[layer] for x in (targets, images, noise))
+        np.testing.assert_allclose(((found - goal).norm(dim=1) / goal.norm(dim=1)).numpy(), errors.numpy(),
+                                   rtol=1e-5)
+        start_error = (start - goal).norm(dim=1) / goal.norm(dim=1)
+        assert float(errors.max()) < 0.3 * float(start_error.min()), layer  # far below where noise is
+        if layer == "0":  # X′ reproduces X: STIR(m | m) on m's own inversions is 1
+            assert gram_cka(centred_gram(goal), centred_gram(found)) > 0.999
+    with pytest.raises(FloatingPointError):
+        broken = nn.Sequential(model, nn.Identity())
+        broken[1].register_forward_hook(lambda _m, _i, out: out * float("nan"))
+        invert(broken, "1", targets, InversionSettings(steps=3), torch.Generator().manual_seed(0))
+
+
+def test_invariance_is_cached_uses_every_probe_image_and_matches_a_plain_reference(trained):
+    full, _ = trained
+    settings = InversionSettings(steps=4)
+    summary, files = run_invariance(full, ["relu", "layer4.1"], [2], settings)
+    assert [f.name for f in files] == ["invariance-e2.json", "invariance-diagonal.json"]
+    result = json.loads(files[0].read_text())
+    assert result["settings"]["probe_images"] == 9 and result["rows"] == ["relu", "layer4.1"]
+    assert summary["x"] == [2] and set(summary["series"]) == {"relu", "layer4.1"}
+    assert all(summary["inversion_seconds"][layer] > 0 for layer in ("relu", "layer4.1"))
+
+    # STIR(epoch 2, layer j | source, layer i) by hand: the cached X′ᵢ and X through the tuned model,
+    # flattened, over all 9 images, 1 − cka_distance
+    trainer = open_run(full)
+    trainer.model.load_state_dict(model_state(full, 2, trainer.device))
+    trainer.model.eval()
+    cached = torch.load(full / CACHE_DIR / "inversions-relu.pt", weights_only=True)
+    assert cached["images"].shape[0] == 9
+    from engine.data import IMAGENET_MEAN, IMAGENET_STD
+
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    clean = torch.stack([trainer.probe[i][0] for i in range(9)])  # normalised, as the run feeds them
+    moved = (cached["images"] - mean) / std
+    caught = {}
+    hook = trainer.model.layer4[1].register_forward_hook(lambda _m, _i, out: caught.setdefault("out", []).append(out))
+    with torch.no_grad():
+        trainer.model(clean)
+        trainer.model(moved)
+    hook.remove()
+    reference = 1.0 - float(cka_distance(caught["out"][0].flatten(1).double(), caught["out"][1].flatten(1).double()))
+    assert result["values"][0][1] == pytest.approx(reference, abs=1e-6)
+    assert all(0.0 <= v <= 1.0 + 1e-12 for row in result["values"] for v in row)
+
+    # cached: the same settings reuse the inversions; other settings or a changed file recompute them
+    again, _ = run_invariance(full, ["relu"], [2], settings)
+    assert again["inversion_seconds"]["relu"] is None and any("reused" in n for n in again["notes"])
+    other, _ = run_invariance(full, ["relu"], [2], InversionSettings(steps=5))
+    assert other["inversion_seconds"]["relu"] > 0
+    stored = torch.load(full / CACHE_DIR / "inversions-relu.pt", weights_only=True)
+    torch.save(dict(stored, key="another source"), full / CACHE_DIR / "inversions-relu.pt")
+    recomputed, _ = run_invariance(full, ["relu"], [2], InversionSettings(steps=5))
+    assert recomputed["inversion_seconds"]["relu"] > 0
+
+
+def test_invariance_command_prints_and_refuses_bad_input_in_one_line(trained, cli):
+    full, _ = trained
+    result = cli("invariance", full, "--layers", "relu", "--epochs", "1", "--steps", "2", "--both-directions")
+    assert result.exit_code == 0, result.output
+    assert "STIR(tuned layer j | source layer i)" in result.output and "each layer with itself" in result.output
+    written = json.loads((full / "analyses" / "invariance-e1.json").read_text())
+    assert written["reverse"] is not None and written["settings"]["both_directions"]
+    report = cli("report", full, "--format", "csv")
+    assert "stir_tuned_given_source" in report.output
+    for args, says in ((("--layers", "nope"), "was not hooked in this run"),
+                       (("--epochs", "7"), "no checkpoint for epoch 7"),
+                       (("--step-size", "0"), "--step-size > 0")):
+        bad = cli("invariance", full, *args)
+        assert bad.exit_code != 0 and says in bad.output and "Traceback" not in bad.output, bad.output
+    with pytest.raises(FtdynError, match="--steps must be"):
+        InversionSettings(steps=0).check()
