@@ -135,6 +135,8 @@ class RunConfig:
     intervals: str = "auto"  # jackknife intervals (engine.intervals): auto (streaming views), all, off
     interval_groups: int = DEFAULT_GROUPS
     interval_level: float = DEFAULT_LEVEL
+    invariance_steps: int = 500  # shared invariance (--analyses …,invariance): inversion steps per image
+    invariance_images: int = 0  # probe images inverted (0: all)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -305,7 +307,10 @@ class Trainer:
         self.intervals = self.interval_settings()
         context = PartContext(source=self.source, groups=self.groups, head=head_name(self.model),
                               layer_names=layer_names, measures=self.measures, class_token_layers=class_token_layers,
-                              intervals=self.intervals)
+                              intervals=self.intervals, probe=self.probe, run_dir=self.dir, device=self.device,
+                              inversion={"steps": config.invariance_steps, "images": config.invariance_images,
+                                         "seed": config.seed},
+                              on_event=self.on_event)
         self.analyses = EpochAnalyses(self.source, {layer.name: layer.layout for layer in self.layers},
                                       build_epoch_parts(parts, context))
         self.criterion = nn.CrossEntropyLoss()

@@ -149,8 +149,16 @@ def run(
                                                                              "from 0 over this many epochs."),
     analyses: Optional[list[str]] = typer.Option(None, "--analyses", help="Analyses measured every epoch, "
                                                  "comma-separated: distance (feature distance per layer), drift "
-                                                 "(parameter drift per module) (default: every cheap one, both). "
-                                                 "Barrier and criticality run afterwards: `ftdyn transfer --help`."),
+                                                 "(parameter drift per module), invariance (STIR per layer: the "
+                                                 "source's invariances the tuned model keeps; inverts the probe "
+                                                 "images through the source when the run starts) (default: the "
+                                                 "cheap ones, distance and drift). Barrier, criticality, UMAP and "
+                                                 "the full STIR matrices run afterwards: `ftdyn transfer --help`, "
+                                                 "`ftdyn umap --help`, `ftdyn invariance --help`."),
+    invariance_steps: int = typer.Option(500, "--invariance-steps", min=1, help="invariance: inversion steps per "
+                                         "image (Merlin et al.: 500)."),
+    invariance_images: int = typer.Option(0, "--invariance-images", min=0, help="invariance: probe images to "
+                                          "invert, evenly spaced (0: all)."),
     shuffle_blocks: Optional[str] = typer.Option(None, "--shuffle-blocks", help="Block shuffling (Neyshabur et al. "
                                                  "2020): cut every normalised image into B×B-pixel blocks and permute "
                                                  "them with one fixed permutation, the same for training, held-out and "
@@ -195,7 +203,8 @@ def run(
                 strategy=strategy.value, train_blocks=split_list(train_blocks) or [], layer_decay=layer_decay,
                 warmup_epochs=warmup_epochs, analyses=parse_analyses(split_list(analyses)),
                 shuffle_blocks=shuffle_blocks, shuffle_seed=shuffle_seed, intervals=intervals.value,
-                interval_groups=interval_groups, interval_level=interval_level)
+                interval_groups=interval_groups, interval_level=interval_level,
+                invariance_steps=invariance_steps, invariance_images=invariance_images)
             config = apply_preset(config, explicit)
             parse_shuffle(config.shuffle_blocks, config.image_size)  # refused before anything is written
         with TrainingProgress() as progress:

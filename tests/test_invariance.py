@@ -117,3 +117,29 @@ def test_invariance_command_prints_and_refuses_bad_input_in_one_line(trained, cl
         assert bad.exit_code != 0 and says in bad.output and "Traceback" not in bad.output, bad.output
     with pytest.raises(FtdynError, match="--steps must be"):
         InversionSettings(steps=0).check()
+
+
+def test_live_invariance_part_matches_the_command_and_resume_reuses_its_inversions(tmp_path, shapes_data, cli):
+    from conftest import TINY_RUN
+    from engine.record import read_run
+
+    run_dir = tmp_path / "live"
+    args = ["run", "--data", shapes_data, "--out", run_dir, *TINY_RUN, "--analyses", "distance,invariance",
+            "--invariance-steps", "3", "--layers", "relu,layer4.1"]
+    first = cli(*args, "--epochs", "1")
+    assert first.exit_code == 0, first.output
+    cache = {path.name: path.stat().st_mtime_ns for path in (run_dir / CACHE_DIR).iterdir()}
+    assert sorted(cache) == ["inversions-layer4.1.pt", "inversions-relu.pt"]
+    resumed = cli("run", "--out", run_dir, "--resume", "--epochs", "2")
+    assert resumed.exit_code == 0, resumed.output
+    assert {path.name: path.stat().st_mtime_ns for path in (run_dir / CACHE_DIR).iterdir()} == cache  # reused
+    run = read_run(run_dir)
+    live = {r["epoch"]: r["invariance"]["layers"]["stir"] for r in run.epochs}
+    assert sorted(live) == [0, 1, 2] and all(0.0 <= v <= 1.0 for values in live.values() for v in values.values())
+    part = next(p for p in run.config["analyses"] if p["name"] == "invariance")
+    assert part["measures"] == ["stir@layers"] and "3 inversion steps" in part["note"]
+    # the command, on the same inversions (same settings: reused), gives the same diagonal
+    summary, _ = run_invariance(run_dir, ["relu", "layer4.1"], [2], InversionSettings(steps=3))
+    assert summary["inversion_seconds"] == {"relu": None, "layer4.1": None}
+    for layer in ("relu", "layer4.1"):
+        assert summary["series"][layer][0] == pytest.approx(live[2][layer], abs=1e-9)

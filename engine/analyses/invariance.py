@@ -140,35 +140,35 @@ def gram_cka(a: torch.Tensor, b: torch.Tensor) -> float | None:
     return float((a * b).sum()) / denominator if denominator > 0 else None
 
 
-def probe_pixels(trainer, images: int) -> torch.Tensor:
-    """The probe images in pixel space [0, 1] (the run's normalisation undone), all of them or an evenly
-    spaced ``images`` of them."""
-    chosen = list(range(len(trainer.probe)))
+def probe_pixels(probe, images: int) -> torch.Tensor:
+    """The probe images (a run's probe dataset) in pixel space [0, 1] (the run's normalisation undone),
+    all of them or an evenly spaced ``images`` of them."""
+    chosen = list(range(len(probe)))
     if 0 < images < len(chosen):
         chosen = sorted({round(k) for k in np.linspace(0, len(chosen) - 1, images)})
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    pixels = torch.stack([trainer.probe[i][0] * std + mean for i in chosen]).clamp(0.0, 1.0)
+    pixels = torch.stack([probe[i][0] * std + mean for i in chosen]).clamp(0.0, 1.0)
     return pixels
 
 
-def inversion_key(trainer, layer: str, pixels: torch.Tensor, settings: InversionSettings) -> str:
+def inversion_key(source: nn.Module, layer: str, pixels: torch.Tensor, settings: InversionSettings) -> str:
     """What an inversion depends on: the source weights, the probe images' pixels (so a moved data
     folder still matches and a changed image does not), the layer and the settings."""
-    content = {"source": source_fingerprint(trainer.source), "layer": layer, **asdict(settings),
+    content = {"source": source_fingerprint(source), "layer": layer, **asdict(settings),
                "probe": hashlib.sha256(pixels.detach().cpu().float().numpy().tobytes()).hexdigest()}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def cached_inversions(run_dir: Path, trainer, layer: str, pixels: torch.Tensor, settings: InversionSettings,
-                      on_event: Event) -> tuple[torch.Tensor, torch.Tensor, bool]:
+def cached_inversions(run_dir: Path, source: nn.Module, layer: str, pixels: torch.Tensor,
+                      settings: InversionSettings, on_event: Event) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """(X′, errors, reused) through the source at ``layer``: from RUN/invariance/ when its key matches,
     else computed (and cached)."""
     folder = run_dir / CACHE_DIR
     if folder.is_symlink():
         raise FtdynError(f"'{folder}' is a link; ftdyn writes only inside the run directory")
     path = folder / f"inversions-{safe_file_name(layer)}.pt"
-    key = inversion_key(trainer, layer, pixels, settings)
+    key = inversion_key(source, layer, pixels, settings)
     if path.is_file() and not path.is_symlink():
         try:
             stored = torch.load(path, map_location="cpu", weights_only=True)
@@ -178,7 +178,7 @@ def cached_inversions(run_dir: Path, trainer, layer: str, pixels: torch.Tensor, 
         except Exception:  # a damaged or foreign cache file is recomputed, never trusted
             pass
     started = time.perf_counter()
-    images, errors = invert_in_batches(trainer.source, layer, pixels, settings, on_event, f"inverting {layer}")
+    images, errors = invert_in_batches(source, layer, pixels, settings, on_event, f"inverting {layer}")
     folder.mkdir(exist_ok=True)
     torch.save({"key": key, "images": images.cpu(), "errors": errors.cpu(),
                 "seconds": time.perf_counter() - started}, path)
@@ -246,7 +246,7 @@ def run_invariance(run_dir: str | Path, layers: list[str] | None = None, epochs:
                          f"--save-every-epoch")
     started = time.perf_counter()
     trainer = open_run(run_dir, on_event, data=data)
-    pixels = probe_pixels(trainer, settings.images)
+    pixels = probe_pixels(trainer.probe, settings.images)
     pixels = pixels.to(trainer.device)
     if len(pixels) < 3:
         raise FtdynError(f"STIR needs at least 3 probe images (the run has {len(pixels)})")
@@ -255,7 +255,7 @@ def run_invariance(run_dir: str | Path, layers: list[str] | None = None, epochs:
     for layer in layers:
         began = time.perf_counter()
         try:
-            images, error, reused = cached_inversions(run_dir, trainer, layer, pixels, settings, on_event)
+            images, error, reused = cached_inversions(run_dir, trainer.source, layer, pixels, settings, on_event)
         except FloatingPointError as exc:
             notes.append(f"{layer}: inversion stopped ({exc}); its STIR is left out")
             source_side[layer] = None
@@ -314,3 +314,68 @@ def run_invariance(run_dir: str | Path, layers: list[str] | None = None, epochs:
     target = result_path(run_dir, "invariance-diagonal")
     write_json_atomic(target, summary)
     return summary, files + [target]
+
+
+class SharedInvariance:
+    """The epoch part: STIR(θᵗᵢ | θ⁰ᵢ) of every hooked layer, every epoch (``--analyses …,invariance``).
+    The inversions through the source are made (or read from the cache) when the run starts; then an
+    epoch costs one forward pass over the probe images and one over each layer's inversions."""
+
+    name = "invariance"
+    when = "epoch"
+    section = "invariance"
+    uses_probe = False  # its own passes: over X′ᵢ, which the shared probe pass does not see
+    default = False  # the inversions cost L × steps forward and backward passes over the probe set
+    summary = "shared invariance with the source (STIR per layer, from inversions through the source made at the start)"
+
+    @classmethod
+    def build(cls, context) -> "SharedInvariance":
+        if context.probe is None or context.run_dir is None:
+            raise FtdynError("the invariance analysis needs the run's probe images and directory")
+        return cls(context.source, context.layer_names, context.probe, context.run_dir, context.device,
+                   InversionSettings(**(context.inversion or {})), context.on_event or quiet)
+
+    def __init__(self, source: nn.Module, layers: list[str], probe, run_dir: Path, device, settings: InversionSettings,
+                 on_event: Event = quiet):
+        settings.check()
+        self.source, self.layers, self.settings = source, layers, settings
+        self.pixels = probe_pixels(probe, settings.images).to(device)
+        self.inverted: dict[str, torch.Tensor | None] = {}
+        self.errors: dict[str, float] = {}
+        self.notes: list[str] = []
+        for layer in layers:
+            try:
+                images, errors, _ = cached_inversions(run_dir, source, layer, self.pixels, settings, on_event)
+            except FloatingPointError as exc:
+                self.inverted[layer] = None
+                self.notes.append(f"{layer}: inversion stopped ({exc}); no STIR for it")
+                on_event("warning", text=self.notes[-1])
+                continue
+            self.inverted[layer], self.errors[layer] = images, float(errors.median())
+        self.model: nn.Module | None = None
+
+    def declaration(self) -> dict:
+        return {"title": "shared invariance with the source: STIR(tuned layer | source layer)",
+                "unit": "STIR (1: the tuned layer cannot tell the source's inversions from the images)",
+                "measures": ["stir@layers"], "rows": {"layers": self.layers},
+                "note": f"{self.settings.steps} inversion steps of η = {self.settings.step_size} on "
+                        f"{len(self.pixels)} probe images; median relative error per layer "
+                        + ", ".join(f"{layer} {error:.3f}" for layer, error in self.errors.items())
+                        + "".join(f"; {note}" for note in self.notes)}
+
+    def begin(self, model: nn.Module) -> None:
+        self.model = model
+
+    def finish(self) -> dict:
+        training = self.model.training
+        try:
+            clean = layer_grams(self.model, self.pixels, self.layers)
+            values = {}
+            for layer in self.layers:
+                moved = self.inverted.get(layer)
+                values[layer] = None if moved is None else \
+                    gram_cka(clean[layer], layer_grams(self.model, moved, [layer])[layer])
+        finally:
+            self.model.train(training)
+        return {"layers": {"stir": values}}
+

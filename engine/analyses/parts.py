@@ -21,7 +21,6 @@ POSTHOC_PARTS = {  # name → the command that computes it
     "barrier": "ftdyn transfer barrier",  # loss and error along the line between two models, and the barrier
     "criticality": "ftdyn transfer criticality",  # rewinding one block group at a time
     "umap": "ftdyn umap",  # a layer's probe features on one UMAP fitted on the source
-    "invariance": "ftdyn invariance",  # STIR between the source and each epoch, from inversions
 }
 
 
@@ -37,6 +36,12 @@ class PartContext:
     precision: str | None = None
     class_token_layers: tuple[str, ...] = ()
     intervals: Any = None  # engine.intervals.IntervalSettings, or None when intervals are off
+    # for parts that make their own passes over the probe images (shared invariance)
+    probe: Any = None  # the probe dataset: (normalised image, label) pairs
+    run_dir: Any = None  # where such a part caches what it computed once (RUN/invariance/)
+    device: Any = None
+    inversion: Any = None  # InversionSettings fields (engine.analyses.invariance): steps, images, seed
+    on_event: Any = None
 
 
 @cache
