@@ -136,6 +136,7 @@ class RunConfig:
     interval_groups: int = DEFAULT_GROUPS
     interval_level: float = DEFAULT_LEVEL
     invariance_steps: int = 500  # shared invariance (--analyses …,invariance): inversion steps per image
+    invariance_step_size: float = 0.5  # η of the inversions' L2-normalised steps
     invariance_images: int = 0  # probe images inverted (0: all)
 
     def to_json(self) -> dict[str, Any]:
@@ -308,8 +309,8 @@ class Trainer:
         context = PartContext(source=self.source, groups=self.groups, head=head_name(self.model),
                               layer_names=layer_names, measures=self.measures, class_token_layers=class_token_layers,
                               intervals=self.intervals, probe=self.probe, run_dir=self.dir, device=self.device,
-                              inversion={"steps": config.invariance_steps, "images": config.invariance_images,
-                                         "seed": config.seed},
+                              inversion={"steps": config.invariance_steps, "step_size": config.invariance_step_size,
+                                         "images": config.invariance_images, "seed": config.seed},
                               on_event=self.on_event)
         self.analyses = EpochAnalyses(self.source, {layer.name: layer.layout for layer in self.layers},
                                       build_epoch_parts(parts, context))

@@ -157,6 +157,8 @@ def run(
                                                  "`ftdyn umap --help`, `ftdyn invariance --help`."),
     invariance_steps: int = typer.Option(500, "--invariance-steps", min=1, help="invariance: inversion steps per "
                                          "image (Merlin et al.: 500)."),
+    invariance_step_size: float = typer.Option(0.5, "--invariance-step-size", help="invariance: η of the "
+                                               "inversions' L2-normalised steps in pixel space [0, 1] (STIR: 0.5)."),
     invariance_images: int = typer.Option(0, "--invariance-images", min=0, help="invariance: probe images to "
                                           "invert, evenly spaced (0: all)."),
     shuffle_blocks: Optional[str] = typer.Option(None, "--shuffle-blocks", help="Block shuffling (Neyshabur et al. "
@@ -204,7 +206,8 @@ def run(
                 warmup_epochs=warmup_epochs, analyses=parse_analyses(split_list(analyses)),
                 shuffle_blocks=shuffle_blocks, shuffle_seed=shuffle_seed, intervals=intervals.value,
                 interval_groups=interval_groups, interval_level=interval_level,
-                invariance_steps=invariance_steps, invariance_images=invariance_images)
+                invariance_steps=invariance_steps, invariance_step_size=invariance_step_size,
+                invariance_images=invariance_images)
             config = apply_preset(config, explicit)
             parse_shuffle(config.shuffle_blocks, config.image_size)  # refused before anything is written
         with TrainingProgress() as progress:

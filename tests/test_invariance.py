@@ -112,10 +112,10 @@ def test_invariance_command_prints_and_refuses_bad_input_in_one_line(trained, cl
     assert "stir_tuned_given_source" in report.output
     for args, says in ((("--layers", "nope"), "was not hooked in this run"),
                        (("--epochs", "7"), "no checkpoint for epoch 7"),
-                       (("--step-size", "0"), "--step-size > 0")):
+                       (("--step-size", "0"), "a step size > 0")):
         bad = cli("invariance", full, *args)
         assert bad.exit_code != 0 and says in bad.output and "Traceback" not in bad.output, bad.output
-    with pytest.raises(FtdynError, match="--steps must be"):
+    with pytest.raises(FtdynError, match="inversions need steps ≥ 1"):
         InversionSettings(steps=0).check()
 
 
@@ -125,7 +125,7 @@ def test_live_invariance_part_matches_the_command_and_resume_reuses_its_inversio
 
     run_dir = tmp_path / "live"
     args = ["run", "--data", shapes_data, "--out", run_dir, *TINY_RUN, "--analyses", "distance,invariance",
-            "--invariance-steps", "3", "--layers", "relu,layer4.1"]
+            "--invariance-steps", "3", "--invariance-step-size", "0.25", "--layers", "relu,layer4.1"]
     first = cli(*args, "--epochs", "1")
     assert first.exit_code == 0, first.output
     cache = {path.name: path.stat().st_mtime_ns for path in (run_dir / CACHE_DIR).iterdir()}
@@ -137,9 +137,9 @@ def test_live_invariance_part_matches_the_command_and_resume_reuses_its_inversio
     live = {r["epoch"]: r["invariance"]["layers"]["stir"] for r in run.epochs}
     assert sorted(live) == [0, 1, 2] and all(0.0 <= v <= 1.0 for values in live.values() for v in values.values())
     part = next(p for p in run.config["analyses"] if p["name"] == "invariance")
-    assert part["measures"] == ["stir@layers"] and "3 inversion steps" in part["note"]
+    assert part["measures"] == ["stir@layers"] and "3 inversion steps of η = 0.25" in part["note"]
     # the command, on the same inversions (same settings: reused), gives the same diagonal
-    summary, _ = run_invariance(run_dir, ["relu", "layer4.1"], [2], InversionSettings(steps=3))
+    summary, _ = run_invariance(run_dir, ["relu", "layer4.1"], [2], InversionSettings(steps=3, step_size=0.25))
     assert summary["inversion_seconds"] == {"relu": None, "layer4.1": None}
     for layer in ("relu", "layer4.1"):
         assert summary["series"][layer][0] == pytest.approx(live[2][layer], abs=1e-9)

@@ -67,7 +67,8 @@ class InversionSettings:
 
     def check(self) -> None:
         if self.steps < 1 or not (self.step_size > 0 and math.isfinite(self.step_size)) or self.images < 0:
-            raise FtdynError("--steps must be ≥ 1, --step-size > 0 and --images ≥ 0 (0: every probe image)")
+            raise FtdynError(f"inversions need steps ≥ 1, a step size > 0 and images ≥ 0 (0: every probe image); "
+                             f"got {self.steps} steps, step size {self.step_size}, {self.images} images")
 
 
 class LayerReached(Exception):
