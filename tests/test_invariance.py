@@ -143,3 +143,27 @@ def test_live_invariance_part_matches_the_command_and_resume_reuses_its_inversio
     assert summary["inversion_seconds"] == {"relu": None, "layer4.1": None}
     for layer in ("relu", "layer4.1"):
         assert summary["series"][layer][0] == pytest.approx(live[2][layer], abs=1e-9)
+
+
+def test_vit_blocks_are_inverted_over_all_tokens_and_a_cut_gradient_is_refused():
+    from engine.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("vit_b_32", "none", 3, 0, 64)[0].eval()
+    layer = "encoder.layers.encoder_layer_0"
+    targets = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    images, errors = invert(model, layer, targets, InversionSettings(steps=4), torch.Generator().manual_seed(0))
+    start = torch.randn(targets.shape, generator=torch.Generator().manual_seed(0)).clamp(0.0, 1.0)
+    with torch.no_grad():
+        goal = layer_outputs(model, targets, [layer])[layer]
+        start_error = (layer_outputs(model, start, [layer])[layer] - goal).norm(dim=1) / goal.norm(dim=1)
+    assert goal.shape == (3, (1 + 4) * 768)  # the class token and the 2 × 2 patches, flattened
+    assert (errors <= start_error + 1e-6).all()  # the start is a candidate: the best is never worse
+
+    class Cut(nn.Module):
+        def forward(self, x):
+            return x.detach()
+
+    cut = nn.Sequential(tiny_model()[:2], Cut())
+    with pytest.raises(FtdynError, match="cannot be inverted"):
+        invert(cut, "1", targets[:, :, :8, :8], InversionSettings(steps=2), torch.Generator().manual_seed(0))
