@@ -167,3 +167,27 @@ def test_vit_blocks_are_inverted_over_all_tokens_and_a_cut_gradient_is_refused()
     cut = nn.Sequential(tiny_model()[:2], Cut())
     with pytest.raises(FtdynError, match="cannot be inverted"):
         invert(cut, "1", targets[:, :, :8, :8], InversionSettings(steps=2), torch.Generator().manual_seed(0))
+
+
+async def test_the_app_draws_the_live_invariance_curves(tmp_path):
+    from ftdyn_tui.app import create_app
+    from run_factory import write_fake_run
+
+    write_fake_run(tmp_path / "alpha", epochs=3, layers=2)
+    config = json.loads((tmp_path / "alpha" / "config.json").read_text())
+    config["analyses"] = [{"name": "invariance", "when": "epoch", "section": "invariance", "display": "series",
+                           "title": "shared invariance with the source", "unit": "STIR", "measures": ["stir@layers"],
+                           "rows": {"layers": ["block0", "block1"]}}]
+    (tmp_path / "alpha" / "config.json").write_text(json.dumps(config))
+    lines = (tmp_path / "alpha" / "records.jsonl").read_text().splitlines()
+    records = [dict(json.loads(line), invariance={"layers": {"stir": {"block0": 1 - 0.1 * i, "block1": 1 - 0.2 * i}}})
+               for i, line in enumerate(lines)]
+    (tmp_path / "alpha" / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    app = create_app([tmp_path / "alpha"], poll_seconds=60)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        await pilot.press("enter")
+        screen = app.screen
+        assert screen.part == "invariance" and screen.measure == "stir@layers"  # the only part recorded
+        await pilot.press("h")
+        assert screen.query_one("#heatmap").display and app.is_running
