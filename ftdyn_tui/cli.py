@@ -87,6 +87,19 @@ class ReportFormat(str, Enum):
     json = "json"
 
 
+INTERVALS_HELP = ("Jackknife intervals over probe-image groups on every layer distance (docs/METRICS.md): auto = "
+                  "the streaming views (positions, pooled, cls, filter-map; a few % of the analysis time), all = also "
+                  "filter and flat (G+1 times their cost), off.")
+INTERVAL_GROUPS_HELP = ("G: image groups of the jackknife (fewer when the widest layer's per-group moments would pass "
+                        "256 MiB, or the probe set has fewer images).")
+INTERVAL_LEVEL_HELP = "Coverage of the intervals (0.9: 90 %)."
+ANALYSES_HELP = ("Analyses measured every epoch, comma-separated: distance (feature distance per layer), drift "
+                 "(parameter drift per module), invariance (STIR per layer: the source's invariances the tuned model "
+                 "keeps; inverts the probe images through the source when the run starts) (default: the cheap ones, "
+                 "distance and drift). Barrier, criticality, UMAP and the full STIR matrices run afterwards: "
+                 "`ftdyn transfer --help`, `ftdyn umap --help`, `ftdyn invariance --help`.")
+
+
 @app.command()
 def run(
     data: Optional[Path] = typer.Option(None, "--data", help="ImageFolder root: train/ and val/ (or test/) of class "
@@ -114,13 +127,9 @@ def run(
                                                                        "@view (default: pwsm,procrustes,cka)."),
     view: str = typer.Option("positions", "--view", help="positions, pooled, flat, filter, filter-map or cls (docs/METRICS.md)."),
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="PWSM α for a plain 'pwsm' metric."),
-    intervals: IntervalMode = typer.Option(IntervalMode.auto, "--intervals", help="Jackknife intervals over probe-"
-                                           "image groups on every layer distance (docs/METRICS.md): auto = the "
-                                           "streaming views (positions, pooled, cls, filter-map; a few % of the "
-                                           "analysis time), all = also filter and flat (G+1 times their cost), off."),
-    interval_groups: int = typer.Option(10, "--interval-groups", min=2, help="G: image groups of the jackknife "
-                                        "(fewer when the widest layer's per-group moments would pass 512 MiB)."),
-    interval_level: float = typer.Option(0.9, "--interval-level", help="Coverage of the intervals (0.9: 90 %)."),
+    intervals: IntervalMode = typer.Option(IntervalMode.auto, "--intervals", help=INTERVALS_HELP),
+    interval_groups: int = typer.Option(10, "--interval-groups", min=2, help=INTERVAL_GROUPS_HELP),
+    interval_level: float = typer.Option(0.9, "--interval-level", help=INTERVAL_LEVEL_HELP),
     every_steps: int = typer.Option(0, "--every-steps", min=0, help="Also measure every N training steps (0: per epoch only)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision on CUDA."),
@@ -147,14 +156,7 @@ def run(
     layer_decay: float = typer.Option(0.9, "--layer-decay", help="discriminative: rate factor per group below the head."),
     warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", min=0.0, help="discriminative: linear warm-up "
                                                                              "from 0 over this many epochs."),
-    analyses: Optional[list[str]] = typer.Option(None, "--analyses", help="Analyses measured every epoch, "
-                                                 "comma-separated: distance (feature distance per layer), drift "
-                                                 "(parameter drift per module), invariance (STIR per layer: the "
-                                                 "source's invariances the tuned model keeps; inverts the probe "
-                                                 "images through the source when the run starts) (default: the "
-                                                 "cheap ones, distance and drift). Barrier, criticality, UMAP and "
-                                                 "the full STIR matrices run afterwards: `ftdyn transfer --help`, "
-                                                 "`ftdyn umap --help`, `ftdyn invariance --help`."),
+    analyses: Optional[list[str]] = typer.Option(None, "--analyses", help=ANALYSES_HELP),
     invariance_steps: int = typer.Option(500, "--invariance-steps", min=1, help="invariance: inversion steps per "
                                          "image (Merlin et al.: 500)."),
     invariance_step_size: float = typer.Option(0.5, "--invariance-step-size", help="invariance: η of the "
@@ -453,6 +455,10 @@ def sweep(
     seeds: list[str] = typer.Option(["0"], "--seed", "--seeds", help="Training seeds, comma-separated; with two "
                                     "or more, the loss barrier between the first two is computed per cell."),
     shuffle_seed: int = typer.Option(0, "--shuffle-seed", help="Seed of the block permutation, one for the grid."),
+    analyses: Optional[list[str]] = typer.Option(None, "--analyses", help=ANALYSES_HELP),
+    intervals: IntervalMode = typer.Option(IntervalMode.auto, "--intervals", help=INTERVALS_HELP),
+    interval_groups: int = typer.Option(10, "--interval-groups", min=2, help=INTERVAL_GROUPS_HELP),
+    interval_level: float = typer.Option(0.9, "--interval-level", help=INTERVAL_LEVEL_HELP),
 ) -> None:
     """Run models × datasets × strategies (× block shuffles × initialisations × seeds) one after
     another; run it again to resume. Compare them with `ftdyn report DIR`.
@@ -460,6 +466,7 @@ def sweep(
     The transfer experiment of Neyshabur et al. 2020: `--shuffle-blocks 1,2,4,8,16,32,none
     --weights DEFAULT,none --seeds 0,1` gives accuracy and training speed against block size for
     pretrained (P-T) and random (RI-T) initialisation, and whether two seeds end in one basin."""
+    from engine.analyses.parts import parse_analyses
     from engine.errors import FtdynError
     from engine.shuffle import parse_shuffle
     from engine.strategies import STRATEGIES
@@ -487,7 +494,14 @@ def sweep(
                          metrics=split_list(metrics) or ["pwsm", "procrustes", "cka"], view=view,
                          train_blocks=split_list(train_blocks) or [], layer_decay=layer_decay,
                          warmup_epochs=warmup_epochs, vis=vis, device=device, workers=workers,
-                         shuffle_seed=shuffle_seed)
+                         shuffle_seed=shuffle_seed, intervals=intervals.value, interval_groups=interval_groups,
+                         interval_level=interval_level)
+    if not 0 < interval_level < 1:  # refused before the first cell starts, as `ftdyn run` does
+        fail(f"--interval-level must lie strictly between 0 and 1 (got {interval_level}), e.g. 0.9")
+    try:
+        template.analyses = parse_analyses(split_list(analyses))
+    except FtdynError as exc:
+        fail(str(exc))
     cells = plan_sweep(template, split_list(models), split_list(datasets), chosen, out_dir, shuffles,
                        split_list(weights) or ["DEFAULT"], seed_list)
     try:

@@ -166,9 +166,16 @@ def test_sweep_skips_finished_runs_and_resumes_interrupted_ones(tmp_path, shapes
 def test_sweep_command_and_report(cli, tmp_path, shapes_data):
     args = ["sweep", "--out", tmp_path / "grid", "--models", "resnet18", "--data", shapes_data,
             "--strategies", "full,linear-probe", "--weights", "none", "--epochs", "1", "--batch-size", "8",
-            "--image-size", "32", "--probe-size", "9", "--workers", "0", "--no-vis"]
+            "--image-size", "32", "--probe-size", "9", "--workers", "0", "--no-vis", "--analyses", "distance",
+            "--intervals", "off"]
     first = cli(*args)
     assert first.exit_code == 0, first.output
+    from engine.record import read_run
+
+    cell = read_run(tmp_path / "grid" / "resnet18-shapes-full")
+    assert cell.config["run"]["analyses"] == ["distance"] and cell.config["run"]["intervals"] == "off"
+    bad = cli(*args, "--interval-level", "2")
+    assert bad.exit_code == 2 and "--interval-level must lie strictly between 0 and 1" in bad.output
     again = cli(*args)
     assert again.output.count("already finished") == 2
     report = cli("report", tmp_path / "grid", "--format", "json")
@@ -179,4 +186,4 @@ def test_sweep_command_and_report(cli, tmp_path, shapes_data):
     rates = {r["strategy"]: r["learning_rates"] for r in tables["strategies"]}
     assert rates == {"full": {"all": 1e-4}, "linear-probe": {"head": 1e-4}}
     assert "per-group learning rates" in cli("report", tmp_path / "grid").output
-    assert cli(*args[:-1], "--strategies", "surgical").exit_code == 2  # surgical needs --train-blocks
+    assert cli(*args, "--strategies", "surgical").exit_code == 2  # surgical needs --train-blocks
