@@ -324,10 +324,13 @@ def invariance_rows(run: str, result: dict[str, Any]) -> list[dict[str, Any]]:
         return number_or_none(row[j]) if j < len(row) else None
 
     epoch = number_or_none(result.get("epoch"))
+    values = result.get("values") if isinstance(result.get("values"), list) else []
+    rows = rows[:len(values)]  # only cells the file holds values for: a list of names alone makes no rows
     return [{"run": run, "epoch": None if epoch is None else int(epoch), "source_layer": str(a), "tuned_layer": str(b),
              "stir_tuned_given_source": cell("values", i, j), "stir_source_given_tuned": cell("reverse", i, j),
              "cka": cell("cka", i, j)}
-            for i, a in enumerate(rows) for j, b in enumerate(columns)]
+            for i, a in enumerate(rows)
+            for j, b in enumerate(columns[:len(values[i]) if isinstance(values[i], list) else 0])]
 
 
 def umap_rows(run: str, result: dict[str, Any]) -> list[dict[str, Any]]:

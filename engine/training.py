@@ -311,7 +311,7 @@ class Trainer:
                               intervals=self.intervals, probe=self.probe, run_dir=self.dir, device=self.device,
                               inversion={"steps": config.invariance_steps, "step_size": config.invariance_step_size,
                                          "images": config.invariance_images, "seed": config.seed},
-                              on_event=self.on_event)
+                              on_event=self.on_event, shuffle_blocks=config.shuffle_blocks)
         self.analyses = EpochAnalyses(self.source, {layer.name: layer.layout for layer in self.layers},
                                       build_epoch_parts(parts, context))
         self.criterion = nn.CrossEntropyLoss()
@@ -923,7 +923,9 @@ def open_run(run_dir: str | Path, on_event: Event = quiet, data: str | None = No
     source model, layers — for work from its checkpoints. ``data`` replaces a moved data folder."""
     run_dir = Path(run_dir)
     saved = saved_config(run_dir)
-    changes = dict(vis=False, workers=0) | ({"data": str(data)} if data is not None else {})
+    # work from checkpoints runs no epoch part: building them would cost (the invariance part inverts
+    # the probe images through the source when it is built)
+    changes = dict(vis=False, workers=0, analyses=[]) | ({"data": str(data)} if data is not None else {})
     trainer = Trainer(config_from_saved(run_dir, saved, **changes), on_event)
     trainer.prepare()
     return trainer

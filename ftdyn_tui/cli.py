@@ -871,7 +871,8 @@ def invariance(
                                     "space [0, 1] (STIR: 0.5)."),
     images: int = typer.Option(0, "--images", min=0, help="Probe images to invert, evenly spaced over the probe "
                                "set (0: all of them)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the inversions' noise starts."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the inversions' noise starts (default: the "
+                                       "run's seed, as its live invariance part uses)."),
     both_directions: bool = typer.Option(False, "--both-directions", help="Also STIR(source | tuned): inverts the "
                                          "tuned model at every layer of every chosen epoch (L inversions an epoch)."),
     data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP),
@@ -891,7 +892,8 @@ def invariance(
     from engine.analyses import read_results
     from engine.report import posthoc_tables
 
-    written = [r for r in read_results(run_dir) if r.get("name") == "invariance"]
+    chosen = {f"invariance-e{epoch}.json" for epoch in result["x"]} | {path.name}
+    written = [r for r in read_results(run_dir) if r.get("file") in chosen]  # this call's, not older ones
     emit(fmt, posthoc_tables([(run_dir.name, r) for r in written]), print_posthoc, as_json=result)
 
 

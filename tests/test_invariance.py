@@ -73,7 +73,8 @@ def test_invariance_is_cached_uses_every_probe_image_and_matches_a_plain_referen
     trainer = open_run(full)
     trainer.model.load_state_dict(model_state(full, 2, trainer.device))
     trainer.model.eval()
-    cached = torch.load(full / CACHE_DIR / "inversions-relu.pt", weights_only=True)
+    [cache_file] = (full / CACHE_DIR).glob("inversions-relu-*.pt")  # the key in its name
+    cached = torch.load(cache_file, weights_only=True)
     assert cached["images"].shape[0] == 9
     from engine.data import IMAGENET_MEAN, IMAGENET_STD
 
@@ -95,10 +96,18 @@ def test_invariance_is_cached_uses_every_probe_image_and_matches_a_plain_referen
     assert again["inversion_seconds"]["relu"] is None and any("reused" in n for n in again["notes"])
     other, _ = run_invariance(full, ["relu"], [2], InversionSettings(steps=5))
     assert other["inversion_seconds"]["relu"] > 0
-    stored = torch.load(full / CACHE_DIR / "inversions-relu.pt", weights_only=True)
-    torch.save(dict(stored, key="another source"), full / CACHE_DIR / "inversions-relu.pt")
+    newest = max((full / CACHE_DIR).glob("inversions-relu-*.pt"), key=lambda path: path.stat().st_mtime_ns)
+    stored = torch.load(newest, weights_only=True)
+    torch.save(dict(stored, key="another source"), newest)
     recomputed, _ = run_invariance(full, ["relu"], [2], InversionSettings(steps=5))
     assert recomputed["inversion_seconds"]["relu"] > 0
+    # a link planted at the cache's name is replaced, never written through
+    outside = full.parent / "precious.txt"
+    outside.write_text("keep me")
+    newest.unlink()
+    newest.symlink_to(outside)
+    run_invariance(full, ["relu"], [2], InversionSettings(steps=5))
+    assert outside.read_text() == "keep me" and newest.is_file() and not newest.is_symlink()
 
 
 def test_invariance_command_prints_and_refuses_bad_input_in_one_line(trained, cli):
@@ -117,6 +126,11 @@ def test_invariance_command_prints_and_refuses_bad_input_in_one_line(trained, cl
         assert bad.exit_code != 0 and says in bad.output and "Traceback" not in bad.output, bad.output
     with pytest.raises(FtdynError, match="inversions need steps ≥ 1"):
         InversionSettings(steps=0).check()
+    from engine.analyses.invariance import refuse_channel_mixing
+
+    refuse_channel_mixing("8")  # block shuffles keep each value in its channel
+    with pytest.raises(FtdynError, match="--shuffle-blocks pixel"):
+        refuse_channel_mixing("pixel")
 
 
 def test_live_invariance_part_matches_the_command_and_resume_reuses_its_inversions(tmp_path, shapes_data, cli):
@@ -129,7 +143,7 @@ def test_live_invariance_part_matches_the_command_and_resume_reuses_its_inversio
     first = cli(*args, "--epochs", "1")
     assert first.exit_code == 0, first.output
     cache = {path.name: path.stat().st_mtime_ns for path in (run_dir / CACHE_DIR).iterdir()}
-    assert sorted(cache) == ["inversions-layer4.1.pt", "inversions-relu.pt"]
+    assert [name.rsplit("-", 1)[0] for name in sorted(cache)] == ["inversions-layer4.1", "inversions-relu"]
     resumed = cli("run", "--out", run_dir, "--resume", "--epochs", "2")
     assert resumed.exit_code == 0, resumed.output
     assert {path.name: path.stat().st_mtime_ns for path in (run_dir / CACHE_DIR).iterdir()} == cache  # reused

@@ -35,9 +35,11 @@ but no such measure). So this module reports plain STIR in both directions, as d
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,7 @@ from torch import nn
 from engine.analyses.barrier import result_path
 from engine.data import IMAGENET_MEAN, IMAGENET_STD
 from engine.errors import FtdynError
-from engine.record import write_json_atomic
+from engine.record import write_atomic, write_json_atomic
 from engine.training import (Event, available_checkpoints, model_state, open_run, quiet, saved_config,
                              source_fingerprint)
 from engine.untrusted import safe_file_name
@@ -63,12 +65,20 @@ class InversionSettings:
     steps: int = 500
     step_size: float = 0.5
     images: int = 0  # 0: the whole probe set
-    seed: int = 0
+    seed: int | None = 0  # None (the command's default): the run's seed, as its live part uses
 
     def check(self) -> None:
         if self.steps < 1 or not (self.step_size > 0 and math.isfinite(self.step_size)) or self.images < 0:
             raise FtdynError(f"inversions need steps ≥ 1, a step size > 0 and images ≥ 0 (0: every probe image); "
                              f"got {self.steps} steps, step size {self.step_size}, {self.images} images")
+
+
+def refuse_channel_mixing(shuffle_blocks: str | None) -> None:
+    """Inversions work in pixel space, undoing the run's normalisation per colour channel; a pixel
+    shuffle moves values between channels, so its probe images have no pixel space to undo into."""
+    if shuffle_blocks == "pixel":
+        raise FtdynError("shared invariance cannot invert a run with --shuffle-blocks pixel (it mixes colour "
+                         "channels, so the images have no pixel space); block shuffles work")
 
 
 class LayerReached(Exception):
@@ -163,26 +173,32 @@ def inversion_key(source: nn.Module, layer: str, pixels: torch.Tensor, settings:
 
 def cached_inversions(run_dir: Path, source: nn.Module, layer: str, pixels: torch.Tensor,
                       settings: InversionSettings, on_event: Event) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """(X′, errors, reused) through the source at ``layer``: from RUN/invariance/ when its key matches,
-    else computed (and cached)."""
+    """(X′, errors, reused) through the source at ``layer``: from RUN/invariance/ when a file with its
+    key holds what an inversion must (float32 pixels in [0, 1] of the probe's shape, one finite error
+    per image), else computed and cached. The key is in the file name, so inversions with other
+    settings (the live part's, a command's) sit side by side instead of replacing each other."""
     folder = run_dir / CACHE_DIR
     if folder.is_symlink():
         raise FtdynError(f"'{folder}' is a link; ftdyn writes only inside the run directory")
-    path = folder / f"inversions-{safe_file_name(layer)}.pt"
     key = inversion_key(source, layer, pixels, settings)
+    path = folder / f"inversions-{safe_file_name(layer)}-{key[:16]}.pt"
     if path.is_file() and not path.is_symlink():
         try:
             stored = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(stored, dict) and stored.get("key") == key and \
-                    tuple(stored["images"].shape) == tuple(pixels.shape):
-                return stored["images"].to(pixels.device), stored["errors"].to(pixels.device), True
+            images, errors = stored["images"], stored["errors"]
+            if stored.get("key") == key and images.dtype == torch.float32 and images.shape == pixels.shape and \
+                    errors.shape == (len(pixels),) and torch.isfinite(errors).all() and \
+                    bool(((images >= 0) & (images <= 1)).all()):
+                return images.to(pixels.device), errors.to(pixels.device), True
         except Exception:  # a damaged or foreign cache file is recomputed, never trusted
             pass
     started = time.perf_counter()
     images, errors = invert_in_batches(source, layer, pixels, settings, on_event, f"inverting {layer}")
     folder.mkdir(exist_ok=True)
-    torch.save({"key": key, "images": images.cpu(), "errors": errors.cpu(),
-                "seconds": time.perf_counter() - started}, path)
+    buffer = io.BytesIO()
+    torch.save({"key": key, "images": images.float().cpu(), "errors": errors.float().cpu(),
+                "seconds": time.perf_counter() - started}, buffer)
+    write_atomic(path, buffer.getvalue())  # replaces a link planted at the name, never writes through it
     return images, errors, False
 
 
@@ -247,6 +263,12 @@ def run_invariance(run_dir: str | Path, layers: list[str] | None = None, epochs:
                          f"--save-every-epoch")
     started = time.perf_counter()
     trainer = open_run(run_dir, on_event, data=data)
+    refuse_channel_mixing(trainer.config.shuffle_blocks)
+    if settings.seed is None:
+        settings = dataclasses.replace(settings, seed=trainer.config.seed)
+    missing = [layer for layer in layers if layer not in [entry.name for entry in trainer.layers]]
+    if missing:
+        raise FtdynError(f"'{run_dir}' has a damaged config.json: its layer '{missing[0]}' is not one the run hooks")
     pixels = probe_pixels(trainer.probe, settings.images)
     pixels = pixels.to(trainer.device)
     if len(pixels) < 3:
@@ -268,14 +290,15 @@ def run_invariance(run_dir: str | Path, layers: list[str] | None = None, epochs:
             notes.append(f"{layer}: inversions reused from {CACHE_DIR}/ (same source, probe set and settings)")
 
     files, diagonal = [], {layer: [] for layer in layers}
+    source_clean = layer_grams(trainer.source, pixels, layers)  # the same every epoch
     for epoch in wanted:
         tuned = trainer.model
         tuned.load_state_dict(trainer.source.state_dict() if epoch == 0 else model_state(run_dir, epoch, trainer.device))
         tuned.eval()
         began = time.perf_counter()
         kept = stir_matrix(tuned, source_side, pixels, layers)
-        similar = [[gram_cka(a, b) for b in layer_grams(tuned, pixels, layers).values()]
-                   for a in layer_grams(trainer.source, pixels, layers).values()]
+        tuned_clean = layer_grams(tuned, pixels, layers)
+        similar = [[gram_cka(a, b) for b in tuned_clean.values()] for a in source_clean.values()]
         reverse = None
         if both_directions:
             tuned_side = {}
@@ -333,6 +356,7 @@ class SharedInvariance:
     def build(cls, context) -> "SharedInvariance":
         if context.probe is None or context.run_dir is None:
             raise FtdynError("the invariance analysis needs the run's probe images and directory")
+        refuse_channel_mixing(context.shuffle_blocks)
         return cls(context.source, context.layer_names, context.probe, context.run_dir, context.device,
                    InversionSettings(**(context.inversion or {})), context.on_event or quiet)
 

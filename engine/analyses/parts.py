@@ -42,6 +42,7 @@ class PartContext:
     device: Any = None
     inversion: Any = None  # InversionSettings fields (engine.analyses.invariance): steps, images, seed
     on_event: Any = None
+    shuffle_blocks: str | None = None  # the run's block shuffle (--shuffle-blocks)
 
 
 @cache
