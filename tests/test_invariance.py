@@ -29,6 +29,18 @@ def test_gram_cka_is_the_complement_of_cka_distance():
         b[:, :2] += 3 * a[:, :2]  # related, so the value is not near 0
         found = gram_cka(centred_gram(torch.tensor(a)), centred_gram(torch.tensor(b)))
         assert found == pytest.approx(1.0 - float(cka_distance(a, b)), abs=1e-10)
+    # summed over column chunks and centred as a Gram: the same as centring the features first, also for
+    # features far from 0 (post-ReLU maps are) and with chunks that do not divide the width
+    import engine.analyses.invariance as invariance
+
+    wide = torch.tensor(rng.normal(size=(12, 101)) + 50.0)
+    direct = (wide - wide.mean(0)) @ (wide - wide.mean(0)).T
+    original = invariance.GRAM_CHUNK_BYTES
+    try:
+        invariance.GRAM_CHUNK_BYTES = 8 * 12 * 7  # 7 columns at a time
+        np.testing.assert_allclose(centred_gram(wide).numpy(), direct.numpy(), rtol=1e-9, atol=1e-8)
+    finally:
+        invariance.GRAM_CHUNK_BYTES = original
     same = centred_gram(torch.tensor(rng.normal(size=(10, 4))))
     assert gram_cka(same, same) == pytest.approx(1.0, abs=1e-12)
     assert gram_cka(same, torch.zeros_like(same)) is None  # a constant side: undefined, not 0

@@ -138,11 +138,21 @@ def invert(model: nn.Module, layer: str, targets: torch.Tensor, settings: Invers
     return best, best_error
 
 
+GRAM_CHUNK_BYTES = 64 * 2**20  # float64 columns of F converted at a time
+
+
 def centred_gram(features: torch.Tensor) -> torch.Tensor:
-    """H K H with K = F Fᵀ (float64): what linear CKA needs of one side, n × n whatever the width."""
-    f = features.double()
-    f = f - f.mean(0, keepdim=True)
-    return f @ f.T
+    """H K H with K = F Fᵀ: what linear CKA needs of one side, n × n whatever the width. K is summed in
+    float64 over chunks of F's columns and centred as a Gram (K − 1kᵀ/n − k1ᵀ/n + 1ᵀK1/n²), so F — a
+    wide layer's n × c·h·w outputs — is never copied whole, to float64 or centred."""
+    n, width = features.shape
+    step = max(1, GRAM_CHUNK_BYTES // (8 * n))
+    gram = torch.zeros(n, n, dtype=torch.float64, device=features.device)
+    for start in range(0, width, step):
+        chunk = features[:, start:start + step].double()
+        gram += chunk @ chunk.T
+    means = gram.mean(0, keepdim=True)
+    return gram - means - means.T + gram.mean()
 
 
 def gram_cka(a: torch.Tensor, b: torch.Tensor) -> float | None:
@@ -222,8 +232,11 @@ def layer_grams(model: nn.Module, pixels: torch.Tensor, layers: list[str]) -> di
     for start in range(0, len(pixels), BATCH):
         found = layer_outputs(model, pixels[start:start + BATCH], layers)
         for layer in layers:
-            outputs[layer].append(found[layer].cpu())
-    return {layer: centred_gram(torch.cat(parts)) for layer, parts in outputs.items()}
+            outputs[layer].append(found[layer])  # on the model's device, where the Gram is made
+    grams = {}
+    for layer in layers:  # each layer's outputs are let go as soon as its Gram is made
+        grams[layer] = centred_gram(torch.cat(outputs.pop(layer))).cpu()
+    return grams
 
 
 def stir_matrix(measured: nn.Module, inverted: dict[str, torch.Tensor | None], pixels: torch.Tensor,
