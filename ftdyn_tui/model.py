@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -674,9 +675,15 @@ def heatmap_text(row_labels: list[str], column_labels: list[str], matrix: np.nda
     for k in range(len(HEAT_RAMP)):
         r, g, b = HEAT_RAMP[k]
         text.append("  ", style=f"on rgb({r},{g},{b})")
-    text.append(f" {high:.3g}" + (f"  {visible(unit, 60)}" if unit else ""))
+    text.append(f" {high:.3g}")
+    indent = " " * (label_width + 1)
+    used = label_width + 1 + len(f"{low:.3g} ") + 2 * len(HEAT_RAMP) + len(f" {high:.3g}")
+    if unit:  # beside the scale where it fits, else on a line of its own: never cut off
+        shown = visible(unit, 60)
+        text.append(f"  {shown}" if used + 2 + len(shown) <= width else f"\n{indent}{shown}")
     if marks is not None and mark_note:
-        text.append("\n" + " " * (label_width + 1) + f"≈ {mark_note}", style="dim")
+        for line in textwrap.wrap(f"≈ {mark_note}", max(20, width - len(indent))):
+            text.append(f"\n{indent}{line}", style="dim")
     return text
 
 
