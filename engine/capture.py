@@ -130,6 +130,11 @@ def feature_map_shape(output_shape: tuple[int, ...], layout: Layout | None = Non
     return tuple(as_feature_map(torch.empty(1, *output_shape), layout).shape[1:])
 
 
+class LayerReached(Exception):
+    """Raised by a forward hook to end the forward pass once the layers wanted have given their
+    outputs: nothing after them is computed."""
+
+
 @contextmanager
 def capture(model: nn.Module, layers: list[str] | dict[str, Layout | None]):
     """Forward hooks that store a detached copy of each layer's output as an (n, c, h, w) map, and

@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.analyses import declared_parts, epoch_points, measure_rows, part_interval, read_results, series_matrix
+from engine.analyses import (declared_parts, epoch_points, measure_rows, part_interval, read_results,
+                             scatter_point, series_matrix)
 from engine.colours import RUN_PALETTE, layer_colour
 from engine.record import VIS_INDEX, RunSnapshot, write_atomic
 from engine.report import (
@@ -44,7 +45,7 @@ from engine.report import (
     reusability_table,
     run_name,
 )
-from engine.untrusted import inside, number_or_none, read_plain, safe_file_name, visible
+from engine.untrusted import inside, read_plain, safe_file_name, visible
 
 FORMATS = ("pdf", "png", "svg")
 COLUMN_INCHES = 3.3  # one column of a two-column paper
@@ -234,9 +235,7 @@ def map_figure(result: dict[str, Any], title: str):
     shown = list(dict.fromkeys(shown))
     arrays = {}
     for epoch in shown:
-        rows = [p[:2] if isinstance(p, list) and len(p) >= 2 else [None, None] for p in points[epoch]]
-        xy = np.array([[number_or_none(v) if number_or_none(v) is not None else np.nan for v in row] for row in rows],
-                      dtype=float)
+        xy = np.array([scatter_point(p) or (np.nan, np.nan) for p in points[epoch]], dtype=float)
         if xy.shape != (len(labels), 2):
             return None
         arrays[epoch] = xy

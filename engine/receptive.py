@@ -22,6 +22,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from engine.capture import LayerReached
 from engine.errors import FtdynError
 
 
@@ -195,10 +196,6 @@ def linearised(model: nn.Module) -> nn.Module:
             parent_name, _, attr = name.rpartition(".")
             setattr(probe.get_submodule(parent_name) if parent_name else probe, attr, replacement)
     return probe
-
-
-class LayerReached(Exception):
-    """Ends a forward pass at the hooked layer."""
 
 
 def receptive_field_by_gradient(model: nn.Module, layer: str, channel: int = 0, input_size: int = 40) -> ReceptiveField:

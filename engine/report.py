@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.analyses import declared_parts, dig, epoch_points, measure_rows, part_value, read_results
+from engine.analyses import (declared_parts, dig, epoch_points, measure_rows, part_value, read_results,
+                             scatter_class, scatter_point)
 from engine.intervals import Estimate, IntervalSettings, derived, estimate, paired_difference
 from engine.record import RunSnapshot, recorded_warnings
 from engine.untrusted import number_or_none
@@ -350,18 +351,15 @@ def umap_rows(run: str, result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def umap_point_rows(run: str, result: dict[str, Any]) -> list[dict[str, Any]]:
     """Every point of a UMAP result that is two numbers: run, layer, epoch, image, class, x, y."""
-    classes = result.get("classes") if isinstance(result.get("classes"), list) else []
     labels = result.get("labels") if isinstance(result.get("labels"), list) else []
     rows = []
     for epoch, points in sorted(epoch_points(result).items()):
         for image, (point, label) in enumerate(zip(points, labels)):
-            x, y = (number_or_none(v) for v in point[:2]) if isinstance(point, list) and len(point) >= 2 \
-                else (None, None)
-            if x is None or y is None:
-                continue
-            name = classes[label] if isinstance(label, int) and 0 <= label < len(classes) else label
-            rows.append({"run": run, "layer": str(result.get("layer")), "features": str(result.get("features")),
-                         "epoch": epoch, "image": image, "class": str(name), "x": x, "y": y})
+            xy = scatter_point(point)
+            if xy is not None:
+                rows.append({"run": run, "layer": str(result.get("layer")), "features": str(result.get("features")),
+                             "epoch": epoch, "image": image, "class": scatter_class(result, label),
+                             "x": xy[0], "y": xy[1]})
     return rows
 
 

@@ -838,18 +838,13 @@ def visualise_from_checkpoints(run_dir: str | Path, layer: str, filter_index: in
     draws them, into RUN/vis (with its montages). Epoch 0 is the source model. Returns the epochs drawn."""
     run_dir = Path(run_dir)
     saved = saved_config(run_dir)
-    if layer not in [entry["name"] for entry in saved["layers"]]:
-        raise FtdynError(f"layer '{layer}' was not hooked in this run; choose from "
-                         f"{', '.join(entry['name'] for entry in saved['layers'])}")
+    hooked_layers(saved, [layer])
     if classes and set(classes) - set(saved["dataset"]["classes"]):
         raise FtdynError(f"unknown class {sorted(set(classes) - set(saved['dataset']['classes']))[0]!r}; the run's "
                          f"classes are {', '.join(saved['dataset']['classes'])}")
     checkpoints = available_checkpoints(run_dir)
     wanted = sorted(set(epochs) if epochs else {0, *checkpoints})
-    missing = [e for e in wanted if e != 0 and e not in checkpoints]
-    if missing:
-        raise FtdynError(f"no checkpoint for epoch {missing[0]} (available: source 0 and "
-                         f"{', '.join(map(str, sorted(checkpoints))) or 'none'}); run with --save-every-epoch to keep them all")
+    require_checkpoints(wanted, checkpoints)
     trainer = open_run(run_dir, on_event)
     filters = trainer.layers[[entry.name for entry in trainer.layers].index(layer)]
     if not 0 <= filter_index < feature_map_shape(filters.shape, filters.layout)[0]:
@@ -878,6 +873,26 @@ def draw_filter(trainer: Trainer, filters: LayerInfo, filter_index: int, classes
         visualiser.render(epoch, evidence, {}, redraw=True)
         on_event("phase", name=f"drew epoch {epoch}")
     visualiser.write_montages(layer, filter_index)
+
+
+def hooked_layers(saved: dict[str, Any], wanted: list[str]) -> list[str]:
+    """The layers a run hooked (from its checked config.json); a one-line error naming the first of
+    ``wanted`` it did not hook."""
+    hooked = [entry["name"] for entry in saved["layers"]]
+    unknown = [name for name in wanted if name not in hooked]
+    if unknown:
+        raise FtdynError(f"layer '{unknown[0]}' was not hooked in this run; choose from {', '.join(hooked)}")
+    return hooked
+
+
+def require_checkpoints(wanted: list[int], checkpoints: dict[int, Path]) -> None:
+    """A one-line error for the first of the ``wanted`` epochs that has no checkpoint (0, the source,
+    needs none)."""
+    missing = [e for e in wanted if e != 0 and e not in checkpoints]
+    if missing:
+        raise FtdynError(f"no checkpoint for epoch {missing[0]} (available: source 0 and "
+                         f"{', '.join(map(str, sorted(checkpoints))) or 'none'}); run with --save-every-epoch "
+                         f"to keep them all")
 
 
 def saved_config(run_dir: Path) -> dict[str, Any]:

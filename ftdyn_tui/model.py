@@ -20,7 +20,7 @@ import numpy as np
 
 from engine.untrusted import RunFormatError, inside, number_or_none, read_plain, safe_file_name, visible
 from engine.analyses import (declared_parts, dig, epoch_points, measure_rows, part_interval, part_value,
-                             read_results, series_matrix)
+                             read_results, scatter_class, scatter_point, series_matrix)
 from engine.colours import RUN_PALETTE, Colour, layer_colour
 from engine.intervals import IntervalSettings
 from engine.record import EVENTS
@@ -804,16 +804,14 @@ MAP_LIMIT = 1e12
 def map_points(result: dict[str, Any], epoch: int) -> dict[str, tuple[list[float], list[float]]]:
     """class name → (xs, ys) of the images placed at ``epoch``; points that are not two finite
     numbers of a sane size (a damaged file) are left out."""
-    classes = result.get("classes") if isinstance(result.get("classes"), list) else []
     labels = result.get("labels") if isinstance(result.get("labels"), list) else []
     by_class: dict[str, tuple[list[float], list[float]]] = {}
     for point, label in zip(epoch_points(result).get(epoch, []), labels):
-        x, y = (number_or_none(v) for v in point[:2]) if isinstance(point, list) and len(point) >= 2 else (None, None)
-        if x is None or y is None or abs(x) > MAP_LIMIT or abs(y) > MAP_LIMIT:
+        xy = scatter_point(point)
+        if xy is None or abs(xy[0]) > MAP_LIMIT or abs(xy[1]) > MAP_LIMIT:
             continue
-        name = visible(classes[label], 30) if isinstance(label, int) and 0 <= label < len(classes) else \
-            visible(label, 30)
-        xs, ys = by_class.setdefault(name, ([], []))
+        x, y = xy
+        xs, ys = by_class.setdefault(visible(scatter_class(result, label), 30), ([], []))
         xs.append(x)
         ys.append(y)
     return by_class
@@ -830,8 +828,9 @@ def map_class_order(result: dict[str, Any]) -> list[str]:
 
 def map_limits(result: dict[str, Any]) -> tuple[tuple[float, float], tuple[float, float]]:
     """x and y limits that hold every epoch's points, so all epochs are drawn on the same axes."""
-    xs = [x for epoch in map_epochs(result) for xs, _ in map_points(result, epoch).values() for x in xs]
-    ys = [y for epoch in map_epochs(result) for _, ys in map_points(result, epoch).values() for y in ys]
+    placed = [points for epoch in map_epochs(result) for points in map_points(result, epoch).values()]
+    xs = [x for epoch_xs, _ in placed for x in epoch_xs]
+    ys = [y for _, epoch_ys in placed for y in epoch_ys]
     if not xs:
         return (0.0, 1.0), (0.0, 1.0)
     pad_x, pad_y = 0.05 * (max(xs) - min(xs) or 1.0), 0.05 * (max(ys) - min(ys) or 1.0)

@@ -123,6 +123,20 @@ def epoch_points(result: dict[str, Any]) -> dict[int, list]:
             and isinstance(v, list)}
 
 
+def scatter_point(point: Any) -> tuple[float, float] | None:
+    """A scatter result's point as (x, y), or None where it is not two finite numbers."""
+    if not isinstance(point, list) or len(point) < 2:
+        return None
+    x, y = number_or_none(point[0]), number_or_none(point[1])
+    return None if x is None or y is None else (x, y)
+
+
+def scatter_class(result: dict[str, Any], label: Any) -> str:
+    """The class a scatter result's label stands for: its name in ``result["classes"]``, else the label."""
+    classes = result.get("classes") if isinstance(result.get("classes"), list) else []
+    return str(classes[label]) if isinstance(label, int) and 0 <= label < len(classes) else str(label)
+
+
 def series_matrix(records: list[dict[str, Any]], part: dict[str, Any], measure: str) -> "np.ndarray":
     """(records × rows) values of one measure of a series part; NaN where nothing was measured."""
     import numpy as np

@@ -48,7 +48,8 @@ from engine.analyses.barrier import result_path
 from engine.capture import capture
 from engine.errors import FtdynError
 from engine.record import write_json_atomic
-from engine.training import Event, available_checkpoints, model_state, open_run, quiet, saved_config
+from engine.training import (Event, available_checkpoints, hooked_layers, model_state, open_run, quiet,
+                             require_checkpoints, saved_config)
 from engine.untrusted import safe_file_name
 
 FEATURES = ("pooled", "cls")
@@ -122,10 +123,7 @@ def run_feature_umap(run_dir: str | Path, layer: str, epochs: list[int] | None =
     """Fit the map on the source, place each chosen epoch (default: every saved checkpoint), write
     the result; returns (result, file)."""
     run_dir = Path(run_dir)
-    saved = saved_config(run_dir)
-    names = [entry["name"] for entry in saved["layers"]]
-    if layer not in names:
-        raise FtdynError(f"layer '{layer}' was not hooked in this run; choose from {', '.join(names)}")
+    hooked_layers(saved_config(run_dir), [layer])
     if features not in FEATURES:
         raise FtdynError(f"--features takes {' or '.join(FEATURES)}, not '{features}'")
     if metric not in METRICS:
@@ -134,11 +132,7 @@ def run_feature_umap(run_dir: str | Path, layer: str, epochs: list[int] | None =
         raise FtdynError("--neighbours must be at least 2 and --min-dist within [0, 1]")
     checkpoints = available_checkpoints(run_dir)
     wanted = sorted({0, *(epochs if epochs else checkpoints)})
-    missing = [e for e in wanted if e != 0 and e not in checkpoints]
-    if missing:
-        raise FtdynError(f"no checkpoint for epoch {missing[0]} (available: source 0 and "
-                         f"{', '.join(map(str, sorted(checkpoints))) or 'none'}); run with --save-every-epoch "
-                         f"to keep them all")
+    require_checkpoints(wanted, checkpoints)
     target = result_path(run_dir, f"umap-{safe_file_name(layer)}" + ("-cls" if features == "cls" else ""))
     started = time.perf_counter()
     on_event("phase", name=f"opening {run_dir}")

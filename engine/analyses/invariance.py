@@ -49,11 +49,12 @@ import torch
 from torch import nn
 
 from engine.analyses.barrier import result_path
+from engine.capture import LayerReached
 from engine.data import IMAGENET_MEAN, IMAGENET_STD
 from engine.errors import FtdynError
 from engine.record import write_atomic, write_json_atomic
-from engine.training import (Event, available_checkpoints, model_state, open_run, quiet, saved_config,
-                             source_fingerprint)
+from engine.training import (Event, available_checkpoints, hooked_layers, model_state, open_run, quiet,
+                             require_checkpoints, saved_config, source_fingerprint)
 from engine.untrusted import safe_file_name
 
 CACHE_DIR = "invariance"  # RUN/invariance/inversions-<layer>.pt
@@ -79,10 +80,6 @@ def refuse_channel_mixing(shuffle_blocks: str | None) -> None:
     if shuffle_blocks == "pixel":
         raise FtdynError("shared invariance cannot invert a run with --shuffle-blocks pixel (it mixes colour "
                          "channels, so the images have no pixel space); block shuffles work")
-
-
-class LayerReached(Exception):
-    """Ends a forward pass once the wanted layers have given their outputs."""
 
 
 def layer_outputs(model: nn.Module, images: torch.Tensor, layers: list[str], keep_graph: bool = False) -> dict:
@@ -261,19 +258,14 @@ def run_invariance(run_dir: str | Path, layers: list[str] | None = None, epochs:
     plus the diagonal over epochs. Returns (the diagonal result, files written)."""
     settings.check()
     run_dir = Path(run_dir)
-    saved = saved_config(run_dir)
-    hooked = [entry["name"] for entry in saved["layers"]]
+    hooked = hooked_layers(saved_config(run_dir), layers or [])
     layers = list(dict.fromkeys(layers or hooked))
-    unknown = [name for name in layers if name not in hooked]
-    if unknown:
-        raise FtdynError(f"layer '{unknown[0]}' was not hooked in this run; choose from {', '.join(hooked)}")
     checkpoints = available_checkpoints(run_dir)
     wanted = sorted(set(epochs) if epochs else set(checkpoints))
-    missing = [e for e in wanted if e != 0 and e not in checkpoints]
-    if missing or not wanted:
-        raise FtdynError(f"no checkpoint for epoch {missing[0] if missing else 'any'} (available: "
-                         f"{', '.join(map(str, sorted(checkpoints))) or 'none'}); runs keep every epoch with "
-                         f"--save-every-epoch")
+    if not wanted:
+        raise FtdynError("the run saved no checkpoint to compare with the source (--epochs 0 compares the source "
+                         "with itself); run with --save-every-epoch to keep them all")
+    require_checkpoints(wanted, checkpoints)
     started = time.perf_counter()
     trainer = open_run(run_dir, on_event, data=data)
     refuse_channel_mixing(trainer.config.shuffle_blocks)
