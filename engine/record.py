@@ -137,10 +137,11 @@ class RunWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.dir / CONFIG, {"schema": SCHEMA_VERSION, **config})
 
-    def start(self, total_epochs: int, epoch: int = 0) -> None:
+    def start(self, total_epochs: int, epoch: int = 0, processes: dict[str, Any] | None = None) -> None:
+        """``processes``: a distributed run's world size, backend, hosts and pids (engine.distributed)."""
         started = now()
         self.update_status(state="running", pid=os.getpid(), host=socket.gethostname(), started_at=started,
-                           epoch=epoch, total_epochs=total_epochs, message="")
+                           epoch=epoch, total_epochs=total_epochs, message="", **(processes or {}))
         self._stop.clear()
         self.sampler = SystemSampler(self.dir)
         self.record_system()
@@ -209,6 +210,48 @@ class RunWriter:
         """Rewrite the record file to exactly ``keep`` (on resume: drop a partial epoch's records)."""
         data = "".join(json.dumps(clean_json(r), allow_nan=False, separators=(",", ":")) + "\n" for r in keep)
         write_atomic(self.dir / RECORDS, data.encode())
+
+
+def mark_failed(run_dir: str | Path, message: str) -> None:
+    """Record a run whose processes have all ended as failed with ``message``: what the launcher of a
+    distributed run does when a process died without saying why (killed by a signal)."""
+    path = Path(run_dir) / STATUS
+    try:
+        status = read_json(path)
+    except RunFormatError:
+        status = None
+    status = status if isinstance(status, dict) and status_problem(status) is None else {}
+    status.update(state="failed", message=message, finished_at=now(), updated_at=now())
+    write_json_atomic(path, status)
+
+
+class NoWriter:
+    """The writer of a process that does not write the run directory: every process of a distributed
+    run but rank 0 (engine.distributed), which runs the same loop and records nothing."""
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        pass
+
+    def start(self, total_epochs: int, epoch: int = 0, processes: dict[str, Any] | None = None) -> None:
+        pass
+
+    def log_event(self, kind: str, text: str) -> None:
+        pass
+
+    def update_status(self, **fields: Any) -> None:
+        pass
+
+    def finish(self, state: str, message: str = "") -> None:
+        pass
+
+    def finish_if_possible(self, state: str, message: str) -> None:
+        pass
+
+    def append_record(self, record: dict[str, Any]) -> None:
+        pass
+
+    def truncate_records(self, keep: list[dict[str, Any]]) -> None:
+        pass
 
 
 @dataclass
@@ -367,9 +410,11 @@ def status_problem(status: Any) -> str | None:
     for key in ("state", "host", "message"):
         if status.get(key) is not None and not isinstance(status[key], str):
             return f"{STATUS}: '{key}' is not text"
-    for key in ("epoch", "total_epochs", "pid"):
+    for key in ("epoch", "total_epochs", "pid", "world_size"):
         if status.get(key) is not None and not is_count(status[key]):
             return f"{STATUS}: '{key}' is not a whole number"
+    if status.get("hosts") is not None and not is_text_list(status["hosts"]):
+        return f"{STATUS}: 'hosts' is not a list of names"
     for key in ("started_at", "updated_at", "finished_at", "best_accuracy"):
         if status.get(key) is not None and not is_number(status[key]):
             return f"{STATUS}: '{key}' is not a number"

@@ -19,6 +19,7 @@ import dataclasses
 import errno
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -30,9 +31,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from engine.analyses.parts import PartContext, build_epoch_parts, default_epoch_parts, parse_analyses
+from engine.accelerate import autocast, check_accelerator_options, compiled, memory_format, to_memory_format
+from engine.analyses.parts import PartContext, build_epoch_parts, default_epoch_parts, epoch_parts, parse_analyses
 from engine.analyses.runner import EpochAnalyses
 from engine.capture import feature_map_shape, parse_measures
 from engine.data import (
@@ -58,7 +61,8 @@ from engine.intervals import (
 )
 from engine.models import LayerInfo, build_model, head_name, select_layers
 from engine.receptive import patch_fields, receptive_fields
-from engine.record import CONFIG, RunFormatError, RunReader, RunWriter, config_problem, setting_fits, write_atomic
+from engine.distributed import Processes
+from engine.record import CONFIG, NoWriter, RunFormatError, RunReader, RunWriter, config_problem, setting_fits, write_atomic
 from engine.run_lock import RunLock
 from engine.similarity.metrics import DegenerateWhiteningError, DegenerateWhiteningWarning
 from engine.untrusted import NOFOLLOW, visible
@@ -79,7 +83,7 @@ from engine.strategies import (
     warmup_factor,
 )
 from engine.similarity.views import check_metrics_for_view, replicate_metrics
-from engine.visualise import FilterEvidence, Visualiser, VisSettings, parse_named_filters
+from engine.visualise import FilterEvidence, Visualiser, VisSettings, parse_named_filters, sample_indices
 
 LP_SETTINGS = {"method": "multinomial logistic regression, L2, L-BFGS (scipy), max 200 iterations",
                "standardisation": "one scalar mean and std over all features",
@@ -115,7 +119,9 @@ class RunConfig:
     alpha: float = 0.5
     every_steps: int = 0
     device: str = "auto"
-    amp: bool = False
+    autocast: str = "off"  # off, bf16 or fp16 (engine.accelerate; CUDA only)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the training forward
     workers: int = 2
     seed: int = 0
     val_fraction: float = 0.2
@@ -155,6 +161,21 @@ def apply_preset(config: RunConfig, explicit: set[str]) -> RunConfig:
 
 class NonFiniteLoss(FtdynError):
     pass
+
+
+# How a run of N processes (engine.distributed) sets its batches and learning rate, recorded with it.
+LR_RULE = ("--batch-size is the effective batch: each of the N processes trains on batch-size / N images "
+           "a step and DDP averages their gradients; --lr applies to the effective batch unchanged (no "
+           "scaling with N), so a run's settings mean the same optimisation on any number of processes")
+
+
+def process_batch(batch_size: int, world: int) -> int:
+    """Each process's share of the effective batch (LR_RULE); refused when it does not divide."""
+    if batch_size % world:
+        low = max(world, batch_size // world * world)
+        raise FtdynError(f"--batch-size {batch_size} does not split evenly over {world} processes; use a "
+                         f"multiple of {world} (e.g. {low} or {low + world})")
+    return batch_size // world
 
 
 def pick_device(name: str) -> torch.device:
@@ -232,11 +253,14 @@ def quiet(kind: str, **info: Any) -> None:
 class Trainer:
     """Holds everything one run needs; :meth:`run` is the loop."""
 
-    def __init__(self, config: RunConfig, on_event: Event = quiet, resume: bool = False):
+    def __init__(self, config: RunConfig, on_event: Event = quiet, resume: bool = False,
+                 processes: Processes | None = None):
         self.config = config
         self.resume_requested = resume
         self.dir = Path(config.out)
-        self.writer = RunWriter(self.dir)
+        # a run of several processes (engine.distributed): rank 0 alone writes the run directory
+        self.processes = processes or Processes()
+        self.writer = RunWriter(self.dir) if self.processes.leader else NoWriter()
         self.on_event = self.recording(on_event)
         self.global_step = 0
         self.best_accuracy = -math.inf
@@ -259,7 +283,12 @@ class Trainer:
 
     def prepare(self) -> None:
         config = self.config
+        processes = self.processes
         self.device = pick_device(config.device)
+        if self.device.type == "cuda" and processes.distributed:  # one GPU per process (torchrun's LOCAL_RANK)
+            self.device = torch.device("cuda", processes.local_rank)
+        check_accelerator_options(config.autocast, self.device)
+        self.batch_per_process = process_batch(config.batch_size, processes.world)
         try:
             self.shuffle = parse_shuffle(config.shuffle_blocks, config.image_size, config.shuffle_seed)
         except ValueError as exc:
@@ -276,10 +305,15 @@ class Trainer:
         held_out = ImageList(data.held_out.samples, eval_transform)
         probe = Subset(held_out, probe_indices(data.held_out.targets, config.probe_size, config.seed))
         self.train_set, self.held_out, self.probe = train_set, held_out, probe
+        if len(probe) < processes.world:
+            raise FtdynError(f"the probe set has {len(probe)} images for {processes.world} processes; use "
+                             f"--probe-size {processes.world} or more")
         loader = dict(num_workers=config.workers, pin_memory=self.device.type == "cuda",
                       persistent_workers=False)
-        self.eval_loader = DataLoader(held_out, batch_size=config.batch_size, shuffle=False, **loader)
-        self.probe_loader = DataLoader(probe, batch_size=min(config.batch_size, 64), shuffle=False, **loader)
+        # held-out and probe images: each process passes its own share, in whole batches (engine.distributed)
+        self.eval_loader = self.share_loader(held_out, config.batch_size, loader)
+        self.probe_loader = self.share_loader(probe, min(config.batch_size, 64), loader)
+        self.probe_share = processes.batch_shard(len(probe), min(config.batch_size, 64))[0]
         self.loader_options = loader
 
         self.on_event("phase", name="building model")
@@ -291,10 +325,10 @@ class Trainer:
         self.measure_warnings: list[str] = []
         if "distance" in parts:
             self.check_measures()
-        self.source = copy.deepcopy(model).to(self.device).eval()
+        self.source = copy.deepcopy(model).to(self.device, memory_format=memory_format(config.channels_last)).eval()
         for p in self.source.parameters():
             p.requires_grad_(False)
-        self.model = model.to(self.device)
+        self.model = model.to(self.device, memory_format=memory_format(config.channels_last))
         self.strategy = StrategyConfig(config.strategy, list(config.train_blocks), config.layer_decay,
                                        config.warmup_epochs)
         check_strategy(self.strategy)
@@ -302,7 +336,7 @@ class Trainer:
         self.plan = plan_parameters(config.model, self.model, self.strategy, config.lr, self.groups)
         self.optimizer = make_optimizer(config.optimizer, self.model, self.plan, config.weight_decay)
         self.total_epochs = config.epochs + (1 if config.strategy == "lp-ft" else 0)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp and self.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.autocast == "fp16")
         layer_names = [layer.name for layer in self.layers]
         class_token_layers = tuple(layer.name for layer in self.layers if layer.layout and layer.layout.class_token)
         self.intervals = self.interval_settings()
@@ -311,11 +345,41 @@ class Trainer:
                               intervals=self.intervals, probe=self.probe, run_dir=self.dir, device=self.device,
                               inversion={"steps": config.invariance_steps, "step_size": config.invariance_step_size,
                                          "images": config.invariance_images, "seed": config.seed},
-                              on_event=self.on_event, shuffle_blocks=config.shuffle_blocks)
+                              on_event=self.on_event, shuffle_blocks=config.shuffle_blocks,
+                              processes=processes, first_image=self.probe_share.start)
         self.analyses = EpochAnalyses(self.source, {layer.name: layer.layout for layer in self.layers},
-                                      build_epoch_parts(parts, context))
+                                      build_epoch_parts(self.process_parts(parts), context), processes)
         self.criterion = nn.CrossEntropyLoss()
-        self.visualiser = self.make_visualiser(model) if config.vis else None
+        self.visualiser = self.make_visualiser(model) if config.vis and processes.leader else None
+        # the probe images whose whole maps the visualisation keeps (every process collects its share)
+        self.vis_samples = self.visualiser.samples if self.visualiser is not None else None
+        if config.vis and processes.distributed:
+            self.vis_samples = processes.broadcast_object(self.vis_samples)
+        # training runs through DDP (gradients averaged over the processes) and, with --compile, a
+        # compiled forward; everything else uses the plain module, whose parameters they share
+        self.train_model = DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None) \
+            if processes.distributed else self.model
+        self.train_model = compiled(self.train_model, config.compile)
+
+    def share_loader(self, images, batch_size: int, options: dict) -> DataLoader:
+        """A loader over this process's share of ``images`` (all of them on one process)."""
+        share, batch_size = self.processes.batch_shard(len(images), batch_size)
+        if self.processes.distributed:
+            images = Subset(images, list(share))
+        return DataLoader(images, batch_size=batch_size, shuffle=False, **options)
+
+    def process_parts(self, names: list[str]) -> list[str]:
+        """The epoch parts this process runs: all of them on rank 0; on the others those that observe
+        the probe pass, which every process shares (engine.analyses.runner)."""
+        if not self.processes.distributed:
+            return names
+        parts = epoch_parts()
+        for name in names:
+            if parts[name].uses_probe and not hasattr(parts[name], "reduce"):
+                raise FtdynError(f"the '{name}' analysis cannot yet be split over processes; run it with one "
+                                 f"process or leave it out of --analyses")
+        return names if self.processes.leader else [name for name in names if parts[name].uses_probe]
 
     def interval_settings(self) -> IntervalSettings | None:
         """The jackknife's settings; fewer groups than asked for when per-group c×c moments of the
@@ -456,6 +520,8 @@ class Trainer:
                                     for g in self.plan.groups],
                          "probe": LP_SETTINGS if self.strategy.name == "lp-ft" else None},
             "device": str(self.device),
+            "processes": dict(self.processes.describe(), effective_batch=self.config.batch_size,
+                              batch_per_process=self.batch_per_process, lr_rule=LR_RULE),
             "torch": torch.__version__,
         }
 
@@ -464,6 +530,8 @@ class Trainer:
     def run(self) -> Path:
         """The whole run, as the one writer of its directory (a second writer is refused)."""
         check_config(self.config)
+        if not self.processes.leader:  # rank 0 holds the directory and its lock for every process
+            return self.run_locked()
         created = not self.dir.exists()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -480,20 +548,17 @@ class Trainer:
             lock.release(remove_empty_folder=created)
 
     def run_locked(self) -> Path:
-        exists = (self.dir / CONFIG).exists()
-        if exists and not self.resume_requested:
-            raise FtdynError(f"run directory '{self.dir}' already holds a run; pass --resume to continue it "
-                             f"or choose another --out")
-        if self.resume_requested and not exists:
-            raise FtdynError(f"nothing to resume in '{self.dir}' (no {CONFIG}); start it without --resume")
+        if self.processes.leader:  # the others may already see what rank 0 wrote
+            check_run_directory(self.dir, self.resume_requested)
         self.prepare()
         start_epoch = self.restore() if self.resume_requested else None
         try:
-            if self.data.skipped:
+            if self.data.skipped and self.processes.leader:
                 write_atomic(self.dir / "skipped_files.txt", ("\n".join(self.data.skipped) + "\n").encode())
             if start_epoch is None:
                 self.writer.write_config(self.config_record())
-            self.writer.start(self.total_epochs, epoch=start_epoch or 0)
+            self.writer.start(self.total_epochs, epoch=start_epoch or 0,
+                              processes=self.processes.describe() if self.processes.distributed else None)
         except OSError as exc:  # nothing trained yet: the run's recorded state is left as it was
             raise FtdynError(failure_message(exc, self.config) or f"cannot write into '{self.dir}' ({exc})") from None
         try:
@@ -504,11 +569,17 @@ class Trainer:
                     self.visualiser.write_all_montages()
                 self.writer.finish("finished")
         except KeyboardInterrupt:
-            self.writer.finish_if_possible("interrupted", f"stopped by {self.interrupt.how}; continue with --resume")
+            elsewhere = self.processes.reported_failure()  # torchrun stops every process when one fails
+            if elsewhere:
+                self.writer.finish_if_possible("failed", f"{elsewhere}; recorded epochs are kept, continue with --resume")
+            else:
+                self.writer.finish_if_possible("interrupted", f"stopped by {self.interrupt.how}; continue with --resume")
             raise
         except BaseException as exc:
-            failure = failure_message(exc, self.config)
-            self.writer.finish_if_possible("failed", failure or f"{type(exc).__name__}: {exc}")
+            failure = failure_message(exc, self.config, self.processes)
+            self.processes.report_failure(failure or f"{type(exc).__name__}: {exc}")
+            self.writer.finish_if_possible("failed", self.processes.reported_failure() or failure
+                                           or f"{type(exc).__name__}: {exc}")
             if failure is None:  # not an input or environment problem: a defect, with its traceback
                 raise
             raise FtdynError(failure) from None
@@ -521,8 +592,9 @@ class Trainer:
             self.finish_epoch(0, train=None, train_seconds=0.0)
             start_epoch = 0
         for epoch in range(start_epoch + 1, self.total_epochs + 1):
-            self.interrupt.check()
-            torch.manual_seed(seed_epoch(config.seed, epoch))
+            self.check_interrupt()
+            # dropout and augmentation differ between processes, as between the images they train on
+            torch.manual_seed(seed_epoch(config.seed, epoch) + self.processes.rank)
             if config.strategy == "lp-ft" and epoch == 1:
                 train, train_seconds = self.fit_probe()
                 self.finish_epoch(epoch, train, train_seconds, phase="linear-probe")
@@ -530,10 +602,27 @@ class Trainer:
                 train, train_seconds = self.train_epoch(epoch)
                 self.finish_epoch(epoch, train, train_seconds)
 
+    def check_interrupt(self) -> None:
+        """Stop at this step boundary when Ctrl-C or SIGTERM reached this process or any other: every
+        process of a distributed run stops at the same step (one flag added over them)."""
+        if self.processes.any(self.interrupt.requested is not None):
+            raise KeyboardInterrupt
+
+    def train_loader(self, epoch: int) -> DataLoader:
+        """The epoch's training batches, shuffled by (seed, epoch): on one process all of them; on N, this
+        process's part (DistributedSampler, whose padding repeats up to N − 1 images so that every
+        process takes the same number of steps) in batches of batch-size / N."""
+        config, processes = self.config, self.processes
+        if not processes.distributed:
+            return DataLoader(self.train_set, batch_size=config.batch_size, shuffle=True, drop_last=False,
+                              generator=seeded_generator(seed_epoch(config.seed, epoch)), **self.loader_options)
+        sampler = DistributedSampler(self.train_set, num_replicas=processes.world, rank=processes.rank, shuffle=True,
+                                     seed=seed_epoch(config.seed, epoch), drop_last=False)
+        return DataLoader(self.train_set, batch_size=self.batch_per_process, sampler=sampler, **self.loader_options)
+
     def train_epoch(self, epoch: int) -> tuple[dict[str, float], float]:
         config = self.config
-        loader = DataLoader(self.train_set, batch_size=config.batch_size, shuffle=True, drop_last=False,
-                            generator=seeded_generator(seed_epoch(config.seed, epoch)), **self.loader_options)
+        loader = self.train_loader(epoch)
         if config.strategy == "autorgn":
             self.start_autorgn_epoch(epoch)
         set_train_mode(self.model, self.plan.frozen_batchnorm)
@@ -543,13 +632,13 @@ class Trainer:
         analysis_seconds = 0.0
         self.on_event("epoch", epoch=epoch, total=self.total_epochs, steps=len(loader))
         for step, (images, labels) in enumerate(loader, 1):
-            images = images.to(self.device, non_blocking=True)
+            images = to_memory_format(images.to(self.device, non_blocking=True), config.channels_last)
             labels = labels.to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
             for group in self.optimizer.param_groups:  # linear warm-up (discriminative); factor 1 otherwise
                 group["lr"] = group["initial_lr"] * warmup_factor(self.global_step + 1, warmup_steps)
-            with torch.autocast(self.device.type, enabled=self.scaler.is_enabled()):
-                logits = self.model(images)
+            with autocast(self.device, config.autocast):
+                logits = self.train_model(images)
                 loss = self.criterion(logits, labels)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"loss became {loss.item()} at epoch {epoch}, step {step}; lower --lr or set "
@@ -565,11 +654,13 @@ class Trainer:
             correct += int((logits.argmax(1) == labels).sum())
             seen += len(labels)
             elapsed = time.perf_counter() - start - analysis_seconds
-            self.on_event("step", epoch=epoch, step=step, steps=len(loader), images_per_s=seen / max(elapsed, 1e-9),
+            self.on_event("step", epoch=epoch, step=step, steps=len(loader),
+                          images_per_s=seen * self.processes.world / max(elapsed, 1e-9),
                           loss=loss_sum / seen, lrs=[group["lr"] for group in self.optimizer.param_groups])
-            self.interrupt.check()
+            self.check_interrupt()
             if config.every_steps and self.global_step % config.every_steps == 0 and step < len(loader):
-                sections, spent = self.analyses.run(self.model, self.probe_loader, self.device, config.amp)
+                sections, spent = self.analyses.run(self.model, self.probe_loader, self.device, config.autocast,
+                                                    channels_last=config.channels_last)
                 seconds = sum(spent.values())
                 analysis_seconds += seconds
                 self.writer.append_record({"kind": "step", "epoch": epoch, "step": self.global_step,
@@ -577,12 +668,17 @@ class Trainer:
                                            **sections, "timing": {"analysis_s": seconds, "analyses_s": spent}})
                 set_train_mode(self.model, self.plan.frozen_batchnorm)
         train_seconds = time.perf_counter() - start - analysis_seconds
+        if self.processes.distributed:  # every process's images (with the sampler's few repeats)
+            totals = self.processes.sum(torch.tensor([loss_sum, correct, seen], dtype=torch.float64,
+                                                     device=self.processes.device()))
+            loss_sum, correct, seen = totals.tolist()
         return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
                 "step_analysis_s": analysis_seconds}, train_seconds
 
     def evaluate(self) -> tuple[dict[str, float], float]:
         start = time.perf_counter()
-        result = evaluate(self.model, self.eval_loader, self.device, amp=self.scaler.is_enabled())
+        result = evaluate(self.model, self.eval_loader, self.device, self.config.autocast, self.processes,
+                          self.config.channels_last)
         return result, time.perf_counter() - start
 
     def start_autorgn_epoch(self, epoch: int) -> None:
@@ -596,6 +692,7 @@ class Trainer:
         set_train_mode(self.model, self.plan.frozen_batchnorm)
         names = [g["name"] for g in self.plan.groups]
         self.rgn = rgn_multipliers(relative_gradient_norms(self.model, batches, self.criterion, self.device, names))
+        self.rgn = self.processes.broadcast_object(self.rgn)  # one set of rates for every process
         for group in self.plan.groups:
             group["lr"] = config.lr * self.rgn[group["name"]]
         self.optimizer = make_optimizer(config.optimizer, self.model, self.plan, config.weight_decay)
@@ -610,6 +707,7 @@ class Trainer:
         self.on_event("phase", name=f"linear probe: logistic regression on {features.shape[1]} features")
         fit = fit_linear_probe(features, labels, len(self.data.classes), self.config.seed)
         load_head(self.model, fit)
+        self.processes.broadcast_module(self.model)  # one head for every process, whatever its arithmetic
         return {"accuracy": fit.train_accuracy, "loss": None, "probe_C": fit.C,
                 "probe_validation_accuracy": fit.validation_accuracy, "probe_iterations": fit.iterations}, \
             time.perf_counter() - start
@@ -618,12 +716,13 @@ class Trainer:
                      phase: str = "finetune") -> None:
         self.on_event("phase", name=f"epoch {epoch}: evaluating and measuring")
         held_out, eval_seconds = self.evaluate()
-        visualise = self.visualiser is not None and (self.config.vis_epochs is None or epoch in self.config.vis_epochs)
-        evidence = FilterEvidence(self.analyses.layer_names, self.visualiser.samples) if visualise else None
-        sections, spent = self.analyses.run(self.model, self.probe_loader, self.device, self.config.amp,
-                                            observer=evidence)
+        visualise = self.config.vis and (self.config.vis_epochs is None or epoch in self.config.vis_epochs)
+        evidence = FilterEvidence(self.analyses.layer_names, self.vis_samples, self.probe_share.start) \
+            if visualise else None
+        sections, spent = self.analyses.run(self.model, self.probe_loader, self.device, self.config.autocast,
+                                            observer=evidence, channels_last=self.config.channels_last)
         vis_seconds = self.visualiser.render(epoch, evidence, per_filter_changes(sections.get("layers", {}))) \
-            if visualise else 0.0
+            if visualise and self.visualiser is not None else 0.0
         step_analysis = train.pop("step_analysis_s", 0.0) if train else 0.0
         record = {
             "kind": "epoch", "epoch": epoch, "step": self.global_step, "phase": "source" if epoch == 0 else phase,
@@ -644,6 +743,8 @@ class Trainer:
     # -- checkpoints and resume -----------------------------------------------------------------
 
     def save_checkpoint(self, epoch: int, record: dict[str, Any], is_best: bool) -> None:
+        if not self.processes.leader:
+            return
         folder = self.dir / "checkpoints"
         folder.mkdir(parents=True, exist_ok=True)
         state = {"epoch": epoch, "global_step": self.global_step, "best_accuracy": self.best_accuracy,
@@ -700,18 +801,25 @@ class Trainer:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = False) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of ``model`` (eval mode) over every batch of ``loader``."""
+def evaluate(model: nn.Module, loader, device: torch.device, autocast_mode: str = "off", processes=None,
+             channels_last: bool = False) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of ``model`` (eval mode) over every batch of ``loader``. In a
+    distributed run each process's ``loader`` holds its own shard of the images (engine.distributed)
+    and the sums are added over the processes in float64: every image counted once, as on one."""
     model.eval()
-    criterion = nn.CrossEntropyLoss()
-    loss_sum, correct, seen = 0.0, 0, 0
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, images
     for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
-        with torch.autocast(device.type, enabled=amp):
+        images = to_memory_format(images.to(device), channels_last)
+        labels = labels.to(device)
+        with autocast(device, autocast_mode):
             logits = model(images)
-        loss_sum += float(criterion(logits.float(), labels)) * len(labels)
-        correct += int((logits.argmax(1) == labels).sum())
-        seen += len(labels)
+        totals[0] += criterion(logits.to(torch.float64), labels)
+        totals[1] += (logits.argmax(1) == labels).sum()
+        totals[2] += len(labels)
+    if processes is not None and processes.distributed:
+        totals = processes.sum(totals.to(processes.device()))
+    loss_sum, correct, seen = totals.tolist()
     return {"loss": loss_sum / seen, "accuracy": correct / seen}
 
 
@@ -807,10 +915,25 @@ def check_config(config: RunConfig) -> None:
         raise FtdynError(f"--out '{config.out}' is a file, not a folder; choose another --out")
 
 
-def failure_message(exc: BaseException, config: RunConfig) -> str | None:
-    """A failure of the environment (memory, disk, a file) worded as what happened and what to do; None
-    for anything else (a defect, whose traceback is needed). Recorded epochs are always kept."""
+def check_run_directory(run_dir: Path, resume: bool) -> None:
+    """A new run needs a directory without a run; --resume one with a run."""
+    exists = (run_dir / CONFIG).exists()
+    if exists and not resume:
+        raise FtdynError(f"run directory '{run_dir}' already holds a run; pass --resume to continue it "
+                         f"or choose another --out")
+    if resume and not exists:
+        raise FtdynError(f"nothing to resume in '{run_dir}' (no {CONFIG}); start it without --resume")
+
+
+def failure_message(exc: BaseException, config: RunConfig, processes: Processes | None = None) -> str | None:
+    """A failure of the environment (memory, disk, a file, another process) worded as what happened and
+    what to do; None for anything else (a defect, whose traceback is needed). Recorded epochs are
+    always kept."""
     kept = "recorded epochs are kept, continue with --resume"
+    if processes is not None and processes.distributed and collective_failure(exc):
+        # gloo and NCCL prefix their messages with their source file: '[…/pair.cc:545] Read error …'
+        said = re.sub(r"^\[[^\]]*\]\s*", "", exception_line(exc)).split(". ")[0]
+        return f"another process of the distributed run stopped ({type(exc).__name__}: {said[:160]}); {kept}"
     if isinstance(exc, UnreadableImage):
         return exc.one_line()
     if isinstance(exc, FtdynError):
@@ -830,6 +953,15 @@ def failure_message(exc: BaseException, config: RunConfig) -> str | None:
     if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
         return f"permission denied{f' on {exc.filename!r}' if exc.filename else ''}; fix its permissions, then {kept}"
     return None
+
+
+def collective_failure(exc: BaseException) -> bool:
+    """A collective operation that failed because a peer went away (its connection closed)."""
+    if isinstance(exc, torch.distributed.DistError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        sign in text for sign in ("gloo", "nccl", "connection closed", "connection reset", "broken pipe"))
 
 
 def visualise_from_checkpoints(run_dir: str | Path, layer: str, filter_index: int, classes: list[str] | None = None,
@@ -919,6 +1051,8 @@ def config_from_saved(run_dir: Path, saved: dict[str, Any], **changes: Any) -> R
     are refused by name rather than guessed."""
     settings = dict(saved["run"], out=str(run_dir), **changes)
     settings.setdefault("analyses", ["distance"])  # a schema-1 run measured feature distances only
+    if "amp" in settings:  # before --autocast: --amp was fp16 autocast on CUDA
+        settings.setdefault("autocast", "fp16" if settings.pop("amp") is True else "off")
     known = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(settings) - known)
     if unknown:
@@ -1000,5 +1134,6 @@ def available_checkpoints(run_dir: Path) -> dict[int, Path]:
     return found
 
 
-def run_training(config: RunConfig, resume: bool = False, on_event: Event = quiet) -> Path:
-    return Trainer(config, on_event, resume).run()
+def run_training(config: RunConfig, resume: bool = False, on_event: Event = quiet,
+                 processes: Processes | None = None) -> Path:
+    return Trainer(config, on_event, resume, processes).run()

@@ -158,10 +158,10 @@ class FilterEvidence:
     per (image, filter) the strongest location and its activation in both models, the full maps of
     a few sample images, and per-filter moments for a correlation-based ranking."""
 
-    def __init__(self, layers: list[str], sample_indices: list[int]):
+    def __init__(self, layers: list[str], sample_indices: list[int], first_image: int = 0):
         self.layers = layers
         self.sample_indices = sample_indices
-        self.seen = 0
+        self.seen = first_image  # a process of a distributed run sees the probe images from first_image on
         self.peak: dict[tuple[str, str], list] = {}  # (layer, side) → [(values (b, c), locations (b, c, 2))]
         self.samples: dict[tuple[str, str], dict[int, np.ndarray]] = {}
         self.moments: dict[str, torch.Tensor] = {}
@@ -183,6 +183,21 @@ class FilterEvidence:
 
     def batch_done(self, batch_size: int) -> None:
         self.seen += batch_size
+
+    def gather(self, processes) -> None:
+        """Every process's share of the probe images on rank 0, in image order (engine.distributed)."""
+        shares = processes.gather_objects((self.peak, self.samples, self.moments, self.seen))
+        if shares is None:
+            return
+        self.peak, self.samples, self.moments = {}, {}, {}
+        for peak, samples, moments, seen in shares:
+            for key, parts in peak.items():
+                self.peak.setdefault(key, []).extend(parts)
+            for key, maps in samples.items():
+                self.samples.setdefault(key, {}).update(maps)
+            for layer, sums in moments.items():
+                self.moments[layer] = self.moments.get(layer, 0) + sums
+        self.seen = shares[-1][3]
 
     def peaks(self, layer: str, side: str) -> tuple[np.ndarray, np.ndarray]:
         parts = self.peak[(layer, side)]

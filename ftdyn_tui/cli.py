@@ -81,6 +81,12 @@ class ImageMode(str, Enum):
     auto = "auto"
 
 
+class Autocast(str, Enum):
+    off = "off"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 class ReportFormat(str, Enum):
     table = "table"
     csv = "csv"
@@ -132,7 +138,17 @@ def run(
     interval_level: float = typer.Option(0.9, "--interval-level", help=INTERVAL_LEVEL_HELP),
     every_steps: int = typer.Option(0, "--every-steps", min=0, help="Also measure every N training steps (0: per epoch only)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    amp: bool = typer.Option(False, "--amp", help="Mixed precision on CUDA."),
+    autocast: Autocast = typer.Option(Autocast.off, "--autocast", help="Forward passes in bfloat16 or float16 on "
+                                      "CUDA (fp16 adds a gradient scaler); the distances are still computed in "
+                                      "float64 from the captured activations."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Model and batches in channels-last memory "
+                                                                     "order (faster convolutions on tensor cores)."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the training forward (the first "
+                                                               "steps take longer while it compiles)."),
+    nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1, help="Processes on this machine, one per GPU "
+                                       "(torch.distributed, DDP): --batch-size is the effective batch, split over "
+                                       "them, and --lr applies to it unchanged. Several machines: start `torchrun "
+                                       "… -m ftdyn_tui.cli run …` on each (README, \"Many GPUs\")."),
     workers: int = typer.Option(2, "--workers", min=0, help="Data-loading worker processes."),
     seed: int = typer.Option(0, "--seed"),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Held-out share when --data has no val/ folder."),
@@ -183,6 +199,7 @@ def run(
             return
         fail(f"training stopped before it started: {last_line(out_dir / 'train.log')}")
     from engine.analyses.parts import parse_analyses
+    from engine.distributed import launched_by_torchrun
     from engine.errors import FtdynError
     from engine.shuffle import parse_shuffle
     from engine.training import RunConfig, apply_preset, run_training
@@ -201,7 +218,8 @@ def run(
                 optimizer=(optimizer or Optimizer.adam).value, weight_decay=weight_decay, grad_clip=grad_clip,
                 image_size=image_size, augment=augment, layers=split_list(layers), probe_size=probe_size,
                 metrics=split_list(metrics) or ["pwsm", "procrustes", "cka"], view=view, alpha=alpha,
-                every_steps=every_steps, device=device, amp=amp, workers=workers, seed=seed,
+                every_steps=every_steps, device=device, autocast=autocast.value, channels_last=channels_last,
+                compile=compile_model, workers=workers, seed=seed,
                 val_fraction=val_fraction, save_every_epoch=save_every_epoch, preset=preset.value if preset else None,
                 vis=vis, vis_epochs=parse_epochs(vis_epochs), vis_filters=vis_filters, vis_k=vis_k,
                 strategy=strategy.value, train_blocks=split_list(train_blocks) or [], layer_decay=layer_decay,
@@ -212,6 +230,10 @@ def run(
                 invariance_images=invariance_images)
             config = apply_preset(config, explicit)
             parse_shuffle(config.shuffle_blocks, config.image_size)  # refused before anything is written
+        if launched_by_torchrun():
+            return run_process(config, resume, nproc_per_node)
+        if nproc_per_node > 1:
+            return launch_processes(config, resume, nproc_per_node)
         with TrainingProgress() as progress:
             path = run_training(config, resume=resume, on_event=progress.event)
         console.print(Text.assemble(("finished", "green"), f" {path}  (`ftdyn report {path}`)"))
@@ -222,6 +244,72 @@ def run(
     except KeyboardInterrupt:
         say("interrupted:", "yellow", f"the run is resumable with `ftdyn run --out {out_dir} --resume`")
         raise typer.Exit(130)
+
+
+def launch_processes(config, resume: bool, nproc_per_node: int) -> None:
+    """`ftdyn run --nproc-per-node N`: the settings are checked here, then N processes run it (torchrun)."""
+    from engine.distributed import LaunchFailed, launch
+    from engine.training import check_config, check_run_directory, process_batch
+
+    check_config(config)
+    check_run_directory(Path(config.out), resume)
+    process_batch(config.batch_size, nproc_per_node)
+    args = without_option(sys.argv[1:], "--nproc-per-node")
+    try:
+        launch(nproc_per_node, args[args.index("run") + 1:], config.out)
+    except LaunchFailed as exc:
+        said = "" if exc.exitcode < 0 else " (its message is above)"
+        fail(f"{exc}{said}; recorded epochs are kept — continue with "
+             f"`ftdyn run --out {config.out} --resume --nproc-per-node {nproc_per_node}`")
+    except KeyboardInterrupt:
+        say("interrupted:", "yellow", f"the run is resumable with `ftdyn run --out {config.out} --resume "
+                                      f"--nproc-per-node {nproc_per_node}`")
+        raise typer.Exit(130)
+
+
+def run_process(config, resume: bool, nproc_per_node: int) -> None:
+    """One process of a distributed run (started by torchrun): rank 0 shows progress and writes the run."""
+    import os
+
+    from engine.distributed import LAUNCHED, join_processes
+    from engine.errors import FtdynError
+    from engine.training import run_training
+
+    world = int(os.environ["WORLD_SIZE"])
+    if nproc_per_node > 1 and nproc_per_node != int(os.environ.get("LOCAL_WORLD_SIZE", world)):
+        raise FtdynError(f"torchrun started this run with {os.environ.get('LOCAL_WORLD_SIZE', world)} processes per "
+                         f"machine; leave --nproc-per-node out (torchrun's own option says how many)")
+    processes = join_processes(config.device)
+    try:
+        if processes.leader:
+            with TrainingProgress() as progress:
+                run_training(config, resume=resume, on_event=progress.event, processes=processes)
+            console.print(Text.assemble(("finished", "green"), f" {config.out} on {processes.world} processes "
+                                                               f"(`ftdyn report {config.out}`)"))
+        else:
+            run_training(config, resume=resume, processes=processes)
+    except FtdynError as exc:
+        raise FtdynError(f"process {processes.rank}: {exc}") from None
+    except KeyboardInterrupt:
+        if processes.leader and LAUNCHED not in os.environ:  # under `ftdyn run --nproc-per-node` the launcher says it
+            say("interrupted:", "yellow", f"the run is resumable: start it as before with --resume "
+                                          f"(`torchrun … -m ftdyn_tui.cli run --out {config.out} --resume`)")
+        raise typer.Exit(130)
+    finally:
+        processes.leave()
+
+
+def without_option(args: list[str], name: str) -> list[str]:
+    """``args`` less ``name VALUE`` and ``name=VALUE``."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(f"{name}="):
+            kept.append(arg)
+    return kept
 
 
 def start_detached(args: list[str], out_dir: Path):

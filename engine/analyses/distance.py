@@ -30,11 +30,15 @@ class FeatureDistance:
     @classmethod
     def build(cls, context) -> "FeatureDistance":
         return cls(context.layer_names, context.measures, precision=context.precision,
-                   class_token_layers=context.class_token_layers, intervals=context.intervals)
+                   class_token_layers=context.class_token_layers, intervals=context.intervals,
+                   processes=context.processes, first_image=context.first_image)
 
     def __init__(self, layer_names: list[str], measures: list[Measure], whitening_scale: str = "mean_eig",
                  precision: str | None = None, class_token_layers: tuple[str, ...] = (),
-                 intervals: IntervalSettings | None = None):
+                 intervals: IntervalSettings | None = None, processes=None, first_image: int = 0):
+        # sharded over processes: this process sees the probe images from first_image on (engine.distributed)
+        self.processes = processes if processes is not None and processes.distributed else None
+        self.first_image = first_image
         self.layer_names = layer_names
         self.class_token_layers = set(class_token_layers)  # the `cls` view exists for these alone
         self.measures = measures
@@ -69,7 +73,8 @@ class FeatureDistance:
     def begin(self, model) -> None:
         self.accumulators = {(layer, view): LayerAccumulator(view, metrics, whitening_scale=self.whitening_scale,
                                                              precision=self.precision, cache=self.cache,
-                                                             cache_key=layer, groups=self.groups(view))
+                                                             cache_key=layer, groups=self.groups(view),
+                                                             processes=self.processes, first_image=self.first_image)
                              for layer in self.layer_names for view, metrics in self.views().items()
                              if view in self.layer_views(layer)}
 
@@ -81,6 +86,11 @@ class FeatureDistance:
     def observe_class_token(self, layer: str, source, tuned) -> None:
         if (layer, "cls") in self.accumulators:
             self.accumulators[(layer, "cls")].update(source, tuned)
+
+    def reduce(self) -> None:
+        """Every process's share of the probe set on rank 0 (sums in float64; see LayerAccumulator.reduce)."""
+        for accumulator in self.accumulators.values():
+            accumulator.reduce()
 
     def finish(self) -> dict:
         result: dict[str, dict] = {}

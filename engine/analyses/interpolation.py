@@ -79,11 +79,11 @@ def reestimate_batchnorm(model: nn.Module, splits: Splits) -> None:
 
 def evaluate_splits(model: nn.Module, splits: Splits, held_out: bool = True) -> dict[str, float]:
     """Loss and error on the training subset, and on the held-out split unless told not to."""
-    device, amp = splits.trainer.device, splits.trainer.scaler.is_enabled()
+    device, autocast_mode = splits.trainer.device, splits.trainer.config.autocast
     out = {}
     splits_to_run = [("train", splits.train_loader)] + ([("held_out", splits.trainer.eval_loader)] if held_out else [])
     for name, loader in splits_to_run:
-        result = evaluate(model, loader, device, amp)
+        result = evaluate(model, loader, device, autocast_mode, channels_last=splits.trainer.config.channels_last)
         out[f"{name}_loss"] = result["loss"]
         out[f"{name}_error"] = 1.0 - result["accuracy"]
     return out

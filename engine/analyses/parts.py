@@ -43,6 +43,9 @@ class PartContext:
     inversion: Any = None  # InversionSettings fields (engine.analyses.invariance): steps, images, seed
     on_event: Any = None
     shuffle_blocks: str | None = None  # the run's block shuffle (--shuffle-blocks)
+    # a run of several processes (engine.distributed): this one sees the probe images from first_image on
+    processes: Any = None
+    first_image: int = 0
 
 
 @cache

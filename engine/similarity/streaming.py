@@ -28,10 +28,15 @@ class MomentAccumulator:
     sums' float32 rounding (measured by benchmarks/bench_intervals.py). ``row_terms`` adds the per-row
     norm sums debiased CKA needs (:func:`engine.similarity.debiased.centred_row_products`), which add
     over rows the same way.
+
+    Sharded over processes (:mod:`engine.distributed`), every process adds its own rows about one
+    shared shift (rank 0's first batch's means, given to the others by ``processes.broadcast``), so
+    that the sums add: :meth:`reduce` adds them over the processes in float64.
     """
 
     def __init__(self, precision: str | None = None, groups: int = 1, row_terms: bool = False,
-                 group_dtype: torch.dtype = torch.float64):
+                 group_dtype: torch.dtype = torch.float64, processes=None):
+        self.processes = processes  # engine.distributed.Processes, when rows are sharded over processes
         self.precision = precision
         self.groups = groups
         self.row_terms = row_terms
@@ -55,6 +60,9 @@ class MomentAccumulator:
             self._dtype = compute_dtype_for(x.device, self.precision)
             self._shift_x = x.to(torch.float64).mean(0)
             self._shift_y = y.to(torch.float64).mean(0)
+            if self.processes is not None:  # one shift for every process's rows: their sums then add
+                self.processes.broadcast(self._shift_x)
+                self.processes.broadcast(self._shift_y)
         self.identical = self.identical and x.shape == y.shape and torch.equal(x, y)
         # slices of rows keep the shifted copies small whatever the batch (a wide layer's positions)
         step = max(1, ROW_SLICE_BYTES // (8 * max(x.shape[1], y.shape[1], 1)))
@@ -86,6 +94,20 @@ class MomentAccumulator:
             if self.groups > 1:
                 self._groups[name][g] += value.to(self.group_dtype)
         self.group_rows[g] += xs.shape[0]
+
+    def reduce(self) -> None:
+        """Every process's sums and row counts added over the processes in float64 (all hold them after)."""
+        processes = self.processes
+        for name in sorted(self._total):
+            processes.sum(self._total[name])
+        for name in sorted(self._groups):  # a group at a time: wide layers keep float32 group sums
+            for g in range(self.groups):
+                processes.sum_float64(self._groups[name][g])
+        counts = torch.tensor([*self.group_rows, int(not self.identical)], dtype=torch.float64,
+                              device=processes.device())
+        processes.sum(counts)
+        self.group_rows = [int(v) for v in counts[:-1].tolist()]
+        self.identical = counts[-1].item() == 0
 
     def replicates(self) -> list[int | None]:
         """None (every row) and, with groups, each group left out in turn — the order of the

@@ -155,12 +155,19 @@ class LayerAccumulator:
     `positions` and `pooled` fold each batch into c×c moments and `filter-map` into per-filter sums
     (both O(c²) or O(c) memory); `filter` and `flat` compare images with each other, so they keep
     the batches (on the device they came from) until :meth:`result`.
+
+    Sharded over processes (``processes``, :mod:`engine.distributed`), each process is fed its own
+    contiguous share of the probe images, the first of them image ``first_image`` of the whole set
+    (which fixes each image's jackknife group), and :meth:`reduce` brings every share's statistics
+    to rank 0: moments and per-filter sums added in float64, kept batches gathered in image order.
     """
 
     def __init__(self, view: str, metrics: Sequence[str | Metric], alpha: float = DEFAULT_ALPHA,
                  whitening_scale: str = "mean_eig", precision: str | None = None,
                  cache: SourceSpectrumCache | None = None, cache_key: object = None,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, groups: int = 1):
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, groups: int = 1, processes=None, first_image: int = 0):
+        self.processes = processes
+        self.first_image = first_image
         self.view = check_view(view)
         self.metrics = parse_metrics(metrics, alpha)
         self.whitening_scale = whitening_scale
@@ -170,7 +177,7 @@ class LayerAccumulator:
         self.groups = groups
         self.shape: tuple[int, ...] | None = None
         debiased = any(m.name == DEBIASED for m in self.metrics)
-        self.moments = MomentAccumulator(precision, groups, row_terms=debiased) \
+        self.moments = MomentAccumulator(precision, groups, row_terms=debiased, processes=processes) \
             if view in ("positions", "pooled", "cls") else None
         self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.map_sums: dict[str, torch.Tensor] = {}  # label → (G, c) per-group sums of per-map values
@@ -188,7 +195,8 @@ class LayerAccumulator:
         seen = self.shape[0] if self.shape else 0
         self.shape = (seen + a.shape[0], *a.shape[1:])
         # probe image i belongs to jackknife group i mod G (engine.intervals): the probe order is fixed
-        image_groups = (torch.arange(seen, seen + a.shape[0], device=a.device) % self.groups) \
+        first = self.first_image + seen
+        image_groups = (torch.arange(first, first + a.shape[0], device=a.device) % self.groups) \
             if self.groups > 1 else None
         if self.view == "positions":
             rows = None if image_groups is None else image_groups.repeat_interleave(a.shape[2] * a.shape[3])
@@ -199,6 +207,21 @@ class LayerAccumulator:
             self.add_filter_maps(a, b, image_groups)
         else:
             self.kept.append((a, b))
+
+    def reduce(self) -> None:
+        """Every process's share of the probe images, on rank 0: the statistics of all of them (see
+        the class docstring). Every process calls it; only rank 0 may then call :meth:`result`."""
+        processes = self.processes
+        images = processes.sum(torch.tensor([self.shape[0]], dtype=torch.float64, device=processes.device()))
+        self.shape = (int(images.item()), *self.shape[1:])
+        if self.moments is not None:
+            self.moments.reduce()
+        elif self.view == "filter-map":
+            for sums in (*self.map_sums.values(), *self.map_counts.values(), self.map_live):
+                processes.sum_float64(sums)
+        else:  # flat and filter compare images with each other: the images themselves go to rank 0
+            shares = processes.gather_objects([(a.cpu(), b.cpu()) for a, b in self.kept])
+            self.kept = [(a.to(self.device), b.to(self.device)) for share in shares or [] for a, b in share]
 
     def result(self) -> LayerDistance:
         """The layer's distances, with the jackknife's replicates when ``groups`` > 1."""

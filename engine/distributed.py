@@ -1,0 +1,266 @@
+"""The processes of a run: one, or N under torch.distributed (``torchrun``; README, "Many GPUs").
+
+ftdyn runs on torch.distributed as it is: ``ftdyn run --nproc-per-node N`` starts N copies of the
+run through torchrun's own launcher, and ``torchrun … -m ftdyn_tui.cli run …`` (any rendezvous,
+any number of nodes) does the same by hand. Inside, every process reads the environment torchrun
+sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR…) through :func:`join_processes`.
+
+What each process does:
+
+* **Training** — DDP: every process trains on its own part of each epoch (a DistributedSampler
+  seeded by (seed, epoch)) and gradients are averaged. ``--batch-size`` is the *effective* batch,
+  split evenly over the processes, and ``--lr`` applies to it unchanged: the same settings mean
+  the same optimisation on 1 or N processes (BatchNorm, which is per process, sees batch ÷ N).
+* **Held-out evaluation and the probe pass** — exact: each image set is split into N contiguous
+  shards of whole batches (:func:`batch_shard`; no padding and no image twice, unlike
+  DistributedSampler; each image in the batch it has on one process, so its activations are the same);
+  counts and sums are added over processes in float64, and the moments, per-filter sums and
+  jackknife groups of the analyses likewise (:meth:`engine.similarity.LayerAccumulator.reduce`).
+  Rank 0 then decomposes and writes: the numbers equal a single process's up to float64
+  rounding of a different summation order.
+* **The run directory** — rank 0 alone writes it; the others record nothing.
+
+This module holds the collective operations the engine needs, so that the rest reads as if there
+were one process (``processes.sum(t)`` is ``t`` itself when there is).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+# Rank 0 alone writes checkpoints and pictures, and a part that runs on rank 0 alone (shared
+# invariance inverts images when it is built) may take many minutes while the others wait at the
+# next collective. A dead process is noticed by torchrun (it stops the others), not by this timeout.
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
+
+LAUNCHED = "FTDYN_LAUNCHED"  # set for the processes `ftdyn run --nproc-per-node` starts: it speaks for them
+FAILURE_KEY = "ftdyn/failure"  # the first failing process's one-line message, in torchrun's store
+
+
+@dataclass
+class Processes:
+    """This process's place in the run. ``Processes()`` is a run of one."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+    hosts: list[str] = field(default_factory=lambda: [socket.gethostname()])
+    pids: list[int] = field(default_factory=lambda: [os.getpid()])
+
+    @property
+    def leader(self) -> bool:
+        """Rank 0: the one process that writes the run directory."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def batch_shard(self, n: int, batch: int) -> tuple[range, int]:
+        return batch_shard(n, batch, self.world, self.rank)
+
+    def describe(self) -> dict[str, Any]:
+        """What status.json and config.json say of the processes."""
+        return {"world_size": self.world, "backend": self.backend, "hosts": list(self.hosts), "pids": list(self.pids)}
+
+    # -- collectives (each a no-op for a run of one) ----------------------------------------------
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` replaced, in place, by its sum over the processes (in its own dtype)."""
+        if self.distributed:
+            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+        return tensor
+
+    def sum_float64(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` replaced, in place, by its sum over the processes, added in float64."""
+        if self.distributed:
+            total = tensor.to(torch.float64)
+            self.sum(total)
+            tensor.copy_(total)
+        return tensor
+
+    def any(self, flag: bool) -> bool:
+        """True on every process when ``flag`` is true on one (a stop asked for on any of them)."""
+        if not self.distributed:
+            return flag
+        return bool(self.sum(torch.tensor([int(flag)], device=self.device())).item())
+
+    def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's ``tensor`` on every process (in place)."""
+        if self.distributed:
+            torch.distributed.broadcast(tensor, src=0)
+        return tensor
+
+    def broadcast_object(self, value: Any) -> Any:
+        """Rank 0's ``value`` (picklable; between this run's own processes only)."""
+        if not self.distributed:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0, device=self.device())
+        return box[0]
+
+    def gather_objects(self, value: Any) -> list[Any] | None:
+        """Every process's ``value`` in rank order on rank 0; None on the others."""
+        if not self.distributed:
+            return [value]
+        found = [None] * self.world if self.leader else None
+        torch.distributed.gather_object(value, found, dst=0)
+        return found
+
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        """Rank 0's parameters and buffers on every process (after work rank 0 did alone)."""
+        if self.distributed:
+            for tensor in module.state_dict().values():
+                self.broadcast(tensor)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+    def device(self) -> torch.device:
+        """Where this backend's collectives take their tensors."""
+        return torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
+
+    # -- failures -----------------------------------------------------------------------------
+
+    def report_failure(self, message: str) -> None:
+        """Leave this process's one-line failure where rank 0 finds it (torchrun's key-value store):
+        the first one stays, since the others' failures follow from it."""
+        store = self.store()
+        if store is not None:
+            try:
+                store.compare_set(FAILURE_KEY, "", f"process {self.rank} of {self.world} "
+                                                    f"({self.hosts[self.rank]}): {message}")
+            except Exception:  # the store went with torchrun's agent: rank 0 reports what it saw
+                pass
+
+    def reported_failure(self) -> str | None:
+        """The failure another process left (see :meth:`report_failure`), if any."""
+        store = self.store()
+        if store is None:
+            return None
+        try:
+            if store.check([FAILURE_KEY]):
+                return store.get(FAILURE_KEY).decode("utf-8", "replace")
+        except Exception:
+            pass
+        return None
+
+    def store(self):
+        if not self.distributed:
+            return None
+        try:
+            from torch.distributed.distributed_c10d import _get_default_store
+            return _get_default_store()
+        except Exception:
+            return None
+
+    def leave(self) -> None:
+        if self.distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def shard(n: int, world: int, rank: int) -> range:
+    """The contiguous share of n items for process ``rank`` of ``world``: sizes differ by at most
+    one, every item in exactly one share, in order (rank 0 the first ones)."""
+    return range(n * rank // world, n * (rank + 1) // world)
+
+
+def batch_shard(n: int, batch: int, world: int, rank: int) -> tuple[range, int]:
+    """Process ``rank``'s contiguous share of n images cut into batches of ``batch`` — whole batches,
+    so that every image is passed in the same batch as on one process (a network's float32 output
+    for an image depends on the batch it is computed in: split differently, activations differ by
+    ~1e-7 and distances by ~1e-9) — and the batch size. With fewer batches than processes the
+    batches shrink to n ÷ world images, so that every process has one. Returns (images, batch)."""
+    if world > 1 and -(-n // batch) < world:
+        batch = max(1, n // world)
+    batches = shard(-(-n // batch), world, rank)
+    return range(min(batches.start * batch, n), min(batches.stop * batch, n)), batch
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def join_processes(device: str) -> Processes:
+    """This process's :class:`Processes`: joins torchrun's process group when it started more than one
+    (``nccl`` between CUDA devices, ``gloo`` on CPUs), else a run of one."""
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) <= 1:
+        return Processes()
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    backend = "nccl" if cuda else "gloo"
+    torch.distributed.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
+    processes = Processes(rank=rank, world=world, local_rank=local_rank, backend=backend)
+    everyone = [None] * world
+    torch.distributed.all_gather_object(everyone, (socket.gethostname(), os.getpid()))
+    processes.hosts = [host for host, _ in everyone]
+    processes.pids = [pid for _, pid in everyone]
+    return processes
+
+
+def launch(nproc_per_node: int, cli_args: list[str], run_dir: str) -> None:
+    """``ftdyn run --nproc-per-node N``: N processes of ``ftdyn run CLI_ARGS`` on this machine, started
+    by torchrun's own launcher (a standalone rendezvous on a free local port). When a process fails,
+    torchrun stops the others; a process that died without saying why (a signal: the OOM killer, a
+    kill) is then recorded by this launcher as the run's failure. Raises :class:`LaunchFailed`."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    # torchrun's own lines (progress, each failure with its exit code): the launcher says what failed
+    for name in [*logging.root.manager.loggerDict, "torch.distributed.elastic"]:
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    os.environ[LAUNCHED] = "1"
+    # the machine's cores shared among the processes (torchrun would give each one thread, and say so)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
+    args = parse_args(["--standalone", f"--nproc-per-node={nproc_per_node}", "--module", "ftdyn_tui.cli",
+                       "run", *cli_args])
+    try:
+        run(args)
+    except SignalException:  # Ctrl-C or a kill reached the launcher: torchrun has stopped the processes
+        raise KeyboardInterrupt from None
+    except ChildFailedError as exc:
+        # the cause is the process killed from outside, if one was; torchrun's own stop is SIGTERM
+        killed = {rank: f for rank, f in exc.failures.items() if f.exitcode < 0 and f.signal_name() != "SIGTERM"}
+        rank, failure = min(killed.items()) if killed else exc.get_first_failure()
+        raise LaunchFailed(rank, nproc_per_node, failure.exitcode, failure.signal_name(), run_dir) from None
+
+
+class LaunchFailed(Exception):
+    """A process of ``ftdyn run --nproc-per-node`` ended with an error: the first one to fail."""
+
+    def __init__(self, rank: int, world: int, exitcode: int, signal_name: str, run_dir: str):
+        self.rank, self.world, self.exitcode = rank, world, exitcode
+        how = f"was killed by {signal_name}" if exitcode < 0 else f"exited with code {exitcode}"
+        super().__init__(f"process {rank} of {world} {how}")
+        self.record(run_dir)
+
+    def record(self, run_dir: str) -> None:
+        """The run's status names the first failure unless rank 0 recorded it already, or the failing
+        process left its message (engine.distributed.Processes.report_failure) for rank 0 to record."""
+        from engine.record import RunFormatError, read_json, mark_failed, STATUS
+        from pathlib import Path
+
+        if self.exitcode >= 0:  # it said why, in its own error line and the run's status
+            return
+        try:
+            status = read_json(Path(run_dir) / STATUS)
+        except (RunFormatError, OSError):
+            return
+        if isinstance(status, dict) and status.get("state") in ("running", "interrupted", "failed"):
+            mark_failed(run_dir, f"{self}; recorded epochs are kept, continue with --resume")
