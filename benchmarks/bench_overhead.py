@@ -16,6 +16,7 @@ reuse it, so the steady-state figure is the mean over epochs ≥ 1.
 
     python benchmarks/bench_overhead.py                    # resnet18, 64 px, 4000 train images
     python benchmarks/bench_overhead.py --model resnet50 --image-size 224 --train-images 20000 --device cuda
+    python benchmarks/bench_overhead.py … --autocast bf16 --channels-last --compile    # the GPU options
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def main() -> None:
     parser.add_argument("--view", default="positions")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--autocast", default="off", choices=["off", "bf16", "fp16"], help="CUDA only")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the training forward")
     args = parser.parse_args()
 
     classes = 8
@@ -57,13 +61,15 @@ def main() -> None:
         config = RunConfig(model=args.model, data=str(data), out=str(Path(tmp) / "run"), weights="none",
                            epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
                            probe_size=args.probe_size, metrics=args.metrics.split(","), view=args.view,
-                           device=args.device, workers=args.workers)
+                           device=args.device, workers=args.workers, autocast=args.autocast,
+                           channels_last=args.channels_last, compile=args.compile)
         run_training(config)
         run = read_run(config.out)
     trained = run.config["dataset"]["train_images"]
     print(f"model={args.model} image={args.image_size}px train images={trained} probe={run.config['dataset']['probe_images']} "
           f"layers={len(run.config['layers'])} measures={','.join(m['label'] for m in run.config['measures'])} "
-          f"device={run.config['device']}")
+          f"device={run.config['device']} autocast={args.autocast} channels_last={args.channels_last} "
+          f"compile={args.compile}")
     print(f"{'epoch':>5s} {'train s':>8s} {'analysis s':>11s} {'vis s':>6s} {'img/s off':>10s} {'img/s on':>9s} "
           f"{'ratio':>6s} {'ratio with vis':>15s}")
     ratios, with_vis = [], []

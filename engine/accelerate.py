@@ -38,7 +38,7 @@ def check_accelerator_options(mode: str, device: torch.device) -> None:
     if mode != "off" and device.type != "cuda":
         raise FtdynError(f"--autocast {mode} needs a CUDA device (on {device.type} it slows training down); "
                          f"leave it off there")
-    if mode == "bf16" and not torch.cuda.is_bf16_supported():
+    if mode == "bf16" and torch.cuda.get_device_capability(device)[0] < 8:  # emulated before Ampere: slow
         raise FtdynError("--autocast bf16 needs a GPU with bfloat16 (Ampere or newer); use --autocast fp16")
 
 

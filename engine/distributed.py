@@ -30,9 +30,12 @@ import os
 import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from engine.errors import FtdynError
 
 # Rank 0 alone writes checkpoints and pictures, and a part that runs on rank 0 alone (shared
 # invariance inverts images when it is built) may take many minutes while the others wait at the
@@ -40,7 +43,9 @@ import torch
 COLLECTIVE_TIMEOUT = timedelta(hours=2)
 
 LAUNCHED = "FTDYN_LAUNCHED"  # set for the processes `ftdyn run --nproc-per-node` starts: it speaks for them
-FAILURE_KEY = "ftdyn/failure"  # the first failing process's one-line message, in torchrun's store
+FAILURE_KEY = "ftdyn/failure"
+# how a process words the loss of another (engine.training.failure_message)
+PEER_STOPPED = "another process of the distributed run stopped"  # the first failing process's one-line message, in torchrun's store
 
 
 @dataclass
@@ -88,9 +93,14 @@ class Processes:
 
     def any(self, flag: bool) -> bool:
         """True on every process when ``flag`` is true on one (a stop asked for on any of them)."""
+        return self.flags(flag)[0]
+
+    def flags(self, *flags: bool) -> tuple[bool, ...]:
+        """Each flag true on every process when it is true on one of them (one collective for all)."""
         if not self.distributed:
-            return flag
-        return bool(self.sum(torch.tensor([int(flag)], device=self.device())).item())
+            return flags
+        counts = self.sum(torch.tensor([int(flag) for flag in flags], device=self.device()))
+        return tuple(bool(count) for count in counts.tolist())
 
     def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
         """Rank 0's ``tensor`` on every process (in place)."""
@@ -113,6 +123,13 @@ class Processes:
         found = [None] * self.world if self.leader else None
         torch.distributed.gather_object(value, found, dst=0)
         return found
+
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm's running statistics) on every process. DDP gives them to the
+        others at each training forward only, so after an epoch each process's differ a little."""
+        if self.distributed:
+            for tensor in module.buffers():
+                self.broadcast(tensor)
 
     def broadcast_module(self, module: torch.nn.Module) -> None:
         """Rank 0's parameters and buffers on every process (after work rank 0 did alone)."""
@@ -197,6 +214,10 @@ def join_processes(device: str) -> Processes:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     cuda = device != "cpu" and torch.cuda.is_available()
+    if cuda and local_rank >= torch.cuda.device_count():
+        raise FtdynError(f"{os.environ.get('LOCAL_WORLD_SIZE', '?')} processes on this machine but "
+                         f"{torch.cuda.device_count()} GPU(s): start one process per GPU (--nproc-per-node "
+                         f"{torch.cuda.device_count()}), or --device cpu")
     if cuda:
         torch.cuda.set_device(local_rank)
     backend = "nccl" if cuda else "gloo"
@@ -228,17 +249,43 @@ def launch(nproc_per_node: int, cli_args: list[str], run_dir: str) -> None:
     os.environ[LAUNCHED] = "1"
     # the machine's cores shared among the processes (torchrun would give each one thread, and say so)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
-    args = parse_args(["--standalone", f"--nproc-per-node={nproc_per_node}", "--module", "ftdyn_tui.cli",
-                       "run", *cli_args])
+    # torchrun stops the processes with SIGTERM and kills them SHUTDOWN_SECONDS later: time for rank 0
+    # to finish a checkpoint it is writing
+    args = parse_args(["--standalone", f"--nproc-per-node={nproc_per_node}", f"--shutdown-timeout={SHUTDOWN_SECONDS}",
+                       "--module", "ftdyn_tui.cli", "run", *cli_args])
     try:
         run(args)
     except SignalException:  # Ctrl-C or a kill reached the launcher: torchrun has stopped the processes
+        mark_interrupted(run_dir)
         raise KeyboardInterrupt from None
     except ChildFailedError as exc:
-        # the cause is the process killed from outside, if one was; torchrun's own stop is SIGTERM
-        killed = {rank: f for rank, f in exc.failures.items() if f.exitcode < 0 and f.signal_name() != "SIGTERM"}
-        rank, failure = min(killed.items()) if killed else exc.get_first_failure()
+        if all(f.exitcode == INTERRUPTED for f in exc.failures.values()):  # a stop that reached them first
+            mark_interrupted(run_dir)
+            raise KeyboardInterrupt from None
+        rank, failure = exc.get_first_failure()
+        # a process killed from outside no later than the first failure is its cause (torchrun's own
+        # stop is SIGTERM, then SIGKILL after its shutdown timeout, both later)
+        killed = {r: f for r, f in exc.failures.items()
+                  if f.exitcode < 0 and f.signal_name() != "SIGTERM" and f.timestamp <= failure.timestamp}
+        rank, failure = min(killed.items()) if killed else (rank, failure)
         raise LaunchFailed(rank, nproc_per_node, failure.exitcode, failure.signal_name(), run_dir) from None
+
+
+INTERRUPTED = 130  # a process's exit code after Ctrl-C or SIGTERM (ftdyn run's)
+SHUTDOWN_SECONDS = 120
+
+
+def mark_interrupted(run_dir: str) -> None:
+    """A run whose processes were all stopped while its status still says running (killed before rank
+    0 could record the stop): recorded as interrupted."""
+    from engine.record import RunFormatError, STATUS, mark_stopped, read_json
+
+    try:
+        status = read_json(Path(run_dir) / STATUS)
+    except (RunFormatError, OSError):
+        return
+    if isinstance(status, dict) and status.get("state") == "running":
+        mark_stopped(run_dir, "interrupted", "stopped by Ctrl-C; continue with --resume")
 
 
 class LaunchFailed(Exception):
@@ -251,16 +298,18 @@ class LaunchFailed(Exception):
         self.record(run_dir)
 
     def record(self, run_dir: str) -> None:
-        """The run's status names the first failure unless rank 0 recorded it already, or the failing
-        process left its message (engine.distributed.Processes.report_failure) for rank 0 to record."""
-        from engine.record import RunFormatError, read_json, mark_failed, STATUS
-        from pathlib import Path
+        """A process killed by a signal said nothing: the run's status names it, unless rank 0 recorded
+        a cause of its own (a failure that is not the loss of another process)."""
+        from engine.record import STATUS, RunFormatError, mark_stopped, read_json
 
-        if self.exitcode >= 0:  # it said why, in its own error line and the run's status
+        if self.exitcode >= 0:  # it said why, in its own error line and (through rank 0) the run's status
             return
         try:
             status = read_json(Path(run_dir) / STATUS)
         except (RunFormatError, OSError):
             return
-        if isinstance(status, dict) and status.get("state") in ("running", "interrupted", "failed"):
-            mark_failed(run_dir, f"{self}; recorded epochs are kept, continue with --resume")
+        if not isinstance(status, dict):
+            return
+        consequence = PEER_STOPPED in str(status.get("message", ""))
+        if status.get("state") in ("running", "interrupted") or (status.get("state") == "failed" and consequence):
+            mark_stopped(run_dir, "failed", f"{self}; recorded epochs are kept, continue with --resume")

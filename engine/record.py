@@ -212,16 +212,16 @@ class RunWriter:
         write_atomic(self.dir / RECORDS, data.encode())
 
 
-def mark_failed(run_dir: str | Path, message: str) -> None:
-    """Record a run whose processes have all ended as failed with ``message``: what the launcher of a
-    distributed run does when a process died without saying why (killed by a signal)."""
+def mark_stopped(run_dir: str | Path, state: str, message: str) -> None:
+    """Record a run whose processes have all ended as ``state`` (failed, interrupted) with ``message``:
+    what the launcher of a distributed run does when a process died without saying why (a signal)."""
     path = Path(run_dir) / STATUS
     try:
         status = read_json(path)
     except RunFormatError:
         status = None
     status = status if isinstance(status, dict) and status_problem(status) is None else {}
-    status.update(state="failed", message=message, finished_at=now(), updated_at=now())
+    status.update(state=state, message=message, finished_at=now(), updated_at=now())
     write_json_atomic(path, status)
 
 

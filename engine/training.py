@@ -61,7 +61,7 @@ from engine.intervals import (
 )
 from engine.models import LayerInfo, build_model, head_name, select_layers
 from engine.receptive import patch_fields, receptive_fields
-from engine.distributed import Processes
+from engine.distributed import PEER_STOPPED, Processes
 from engine.record import CONFIG, NoWriter, RunFormatError, RunReader, RunWriter, config_problem, setting_fits, write_atomic
 from engine.run_lock import RunLock
 from engine.similarity.metrics import DegenerateWhiteningError, DegenerateWhiteningWarning
@@ -520,18 +520,32 @@ class Trainer:
                                     for g in self.plan.groups],
                          "probe": LP_SETTINGS if self.strategy.name == "lp-ft" else None},
             "device": str(self.device),
-            "processes": dict(self.processes.describe(), effective_batch=self.config.batch_size,
-                              batch_per_process=self.batch_per_process, lr_rule=LR_RULE),
+            "processes": self.processes_record(),
             "torch": torch.__version__,
         }
+
+    def processes_record(self) -> dict[str, Any]:
+        """config.json's ``processes``: how many ran the run, and the batch and learning-rate rule."""
+        return dict(self.processes.describe(), effective_batch=self.config.batch_size,
+                    batch_per_process=self.batch_per_process, lr_rule=LR_RULE)
 
     # -- the loop -------------------------------------------------------------------------------
 
     def run(self) -> Path:
         """The whole run, as the one writer of its directory (a second writer is refused)."""
         check_config(self.config)
-        if not self.processes.leader:  # rank 0 holds the directory and its lock for every process
-            return self.run_locked()
+        try:
+            if not self.processes.leader:  # rank 0 holds the directory and its lock for every process
+                return self.run_locked()
+            return self.run_as_writer()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # for rank 0 to record when this is not rank 0 (engine.distributed)
+            self.processes.report_failure(failure_message(exc, self.config, self.processes)
+                                          or f"{type(exc).__name__}: {exc}")
+            raise
+
+    def run_as_writer(self) -> Path:
         created = not self.dir.exists()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -557,6 +571,10 @@ class Trainer:
                 write_atomic(self.dir / "skipped_files.txt", ("\n".join(self.data.skipped) + "\n").encode())
             if start_epoch is None:
                 self.writer.write_config(self.config_record())
+            else:  # resumed on another number of processes: config.json says how many ran it now
+                saved = saved_config(self.dir)
+                if (saved.get("processes") or {"world_size": 1}).get("world_size") != self.processes.world:
+                    self.writer.write_config(dict(saved, processes=self.processes_record()))
             self.writer.start(self.total_epochs, epoch=start_epoch or 0,
                               processes=self.processes.describe() if self.processes.distributed else None)
         except OSError as exc:  # nothing trained yet: the run's recorded state is left as it was
@@ -577,7 +595,7 @@ class Trainer:
             raise
         except BaseException as exc:
             failure = failure_message(exc, self.config, self.processes)
-            self.processes.report_failure(failure or f"{type(exc).__name__}: {exc}")
+            self.processes.report_failure(failure or f"{type(exc).__name__}: {exc}")  # the first one stays
             self.writer.finish_if_possible("failed", self.processes.reported_failure() or failure
                                            or f"{type(exc).__name__}: {exc}")
             if failure is None:  # not an input or environment problem: a defect, with its traceback
@@ -640,7 +658,11 @@ class Trainer:
             with autocast(self.device, config.autocast):
                 logits = self.train_model(images)
                 loss = self.criterion(logits, labels)
-            if not torch.isfinite(loss):
+            stop, non_finite = self.processes.flags(self.interrupt.requested is not None,
+                                                     not bool(torch.isfinite(loss)))
+            if stop:
+                raise KeyboardInterrupt
+            if non_finite:  # on any process: every one stops here, before the gradients are averaged
                 raise NonFiniteLoss(f"loss became {loss.item()} at epoch {epoch}, step {step}; lower --lr or set "
                                     f"--grad-clip (recorded epochs are kept)")
             self.scaler.scale(loss).backward()
@@ -657,8 +679,8 @@ class Trainer:
             self.on_event("step", epoch=epoch, step=step, steps=len(loader),
                           images_per_s=seen * self.processes.world / max(elapsed, 1e-9),
                           loss=loss_sum / seen, lrs=[group["lr"] for group in self.optimizer.param_groups])
-            self.check_interrupt()
             if config.every_steps and self.global_step % config.every_steps == 0 and step < len(loader):
+                self.processes.broadcast_buffers(self.model)
                 sections, spent = self.analyses.run(self.model, self.probe_loader, self.device, config.autocast,
                                                     channels_last=config.channels_last)
                 seconds = sum(spent.values())
@@ -686,13 +708,14 @@ class Trainer:
         this epoch (from the base rate: not compounded), and a fresh optimiser is built, as in the
         official code. The batches come from a loader seeded like the epoch's, so resuming replays them."""
         config = self.config
-        loader = DataLoader(self.train_set, batch_size=config.batch_size, shuffle=True,
-                            generator=seeded_generator(seed_epoch(config.seed, epoch) + 1), **self.loader_options)
-        batches = [batch for batch, _ in zip(loader, range(RGN_BATCHES))]
-        set_train_mode(self.model, self.plan.frozen_batchnorm)
-        names = [g["name"] for g in self.plan.groups]
-        self.rgn = rgn_multipliers(relative_gradient_norms(self.model, batches, self.criterion, self.device, names))
-        self.rgn = self.processes.broadcast_object(self.rgn)  # one set of rates for every process
+        if self.processes.leader:  # as on one process (the full batches); the others take its rates
+            loader = DataLoader(self.train_set, batch_size=config.batch_size, shuffle=True,
+                                generator=seeded_generator(seed_epoch(config.seed, epoch) + 1), **self.loader_options)
+            batches = [batch for batch, _ in zip(loader, range(RGN_BATCHES))]
+            set_train_mode(self.model, self.plan.frozen_batchnorm)
+            names = [g["name"] for g in self.plan.groups]
+            self.rgn = rgn_multipliers(relative_gradient_norms(self.model, batches, self.criterion, self.device, names))
+        self.rgn = self.processes.broadcast_object(self.rgn)
         for group in self.plan.groups:
             group["lr"] = config.lr * self.rgn[group["name"]]
         self.optimizer = make_optimizer(config.optimizer, self.model, self.plan, config.weight_decay)
@@ -700,21 +723,24 @@ class Trainer:
     def fit_probe(self) -> tuple[dict[str, Any], float]:
         """LP-FT's first phase: the head fitted by logistic regression on frozen features."""
         start = time.perf_counter()
-        self.on_event("phase", name="linear probe: extracting frozen features")
-        plain = ImageList(self.train_set.samples, self.transform(augment=False))
-        loader = DataLoader(plain, batch_size=self.config.batch_size, shuffle=False, **self.loader_options)
-        features, labels = penultimate_features(self.model, loader, self.device)
-        self.on_event("phase", name=f"linear probe: logistic regression on {features.shape[1]} features")
-        fit = fit_linear_probe(features, labels, len(self.data.classes), self.config.seed)
-        load_head(self.model, fit)
-        self.processes.broadcast_module(self.model)  # one head for every process, whatever its arithmetic
-        return {"accuracy": fit.train_accuracy, "loss": None, "probe_C": fit.C,
-                "probe_validation_accuracy": fit.validation_accuracy, "probe_iterations": fit.iterations}, \
-            time.perf_counter() - start
+        summary = None
+        if self.processes.leader:  # fitted once, as on one process; the others take its head
+            self.on_event("phase", name="linear probe: extracting frozen features")
+            plain = ImageList(self.train_set.samples, self.transform(augment=False))
+            loader = DataLoader(plain, batch_size=self.config.batch_size, shuffle=False, **self.loader_options)
+            features, labels = penultimate_features(self.model, loader, self.device)
+            self.on_event("phase", name=f"linear probe: logistic regression on {features.shape[1]} features")
+            fit = fit_linear_probe(features, labels, len(self.data.classes), self.config.seed)
+            load_head(self.model, fit)
+            summary = {"accuracy": fit.train_accuracy, "loss": None, "probe_C": fit.C,
+                       "probe_validation_accuracy": fit.validation_accuracy, "probe_iterations": fit.iterations}
+        self.processes.broadcast_module(self.model)
+        return self.processes.broadcast_object(summary), time.perf_counter() - start
 
     def finish_epoch(self, epoch: int, train: dict[str, float] | None, train_seconds: float,
                      phase: str = "finetune") -> None:
         self.on_event("phase", name=f"epoch {epoch}: evaluating and measuring")
+        self.processes.broadcast_buffers(self.model)  # one network measured: the checkpoint's
         held_out, eval_seconds = self.evaluate()
         visualise = self.config.vis and (self.config.vis_epochs is None or epoch in self.config.vis_epochs)
         evidence = FilterEvidence(self.analyses.layer_names, self.vis_samples, self.probe_share.start) \
@@ -933,7 +959,7 @@ def failure_message(exc: BaseException, config: RunConfig, processes: Processes 
     if processes is not None and processes.distributed and collective_failure(exc):
         # gloo and NCCL prefix their messages with their source file: '[…/pair.cc:545] Read error …'
         said = re.sub(r"^\[[^\]]*\]\s*", "", exception_line(exc)).split(". ")[0]
-        return f"another process of the distributed run stopped ({type(exc).__name__}: {said[:160]}); {kept}"
+        return f"{PEER_STOPPED} ({type(exc).__name__}: {said[:160]}); {kept}"
     if isinstance(exc, UnreadableImage):
         return exc.one_line()
     if isinstance(exc, FtdynError):
@@ -961,7 +987,7 @@ def collective_failure(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and any(
-        sign in text for sign in ("gloo", "nccl", "connection closed", "connection reset", "broken pipe"))
+        sign in text for sign in ("connection closed by peer", "connection reset by peer", "broken pipe"))
 
 
 def visualise_from_checkpoints(run_dir: str | Path, layer: str, filter_index: int, classes: list[str] | None = None,
@@ -1074,7 +1100,8 @@ def open_run(run_dir: str | Path, on_event: Event = quiet, data: str | None = No
     saved = saved_config(run_dir)
     # work from checkpoints runs no epoch part: building them would cost (the invariance part inverts
     # the probe images through the source when it is built)
-    changes = dict(vis=False, workers=0, analyses=[]) | ({"data": str(data)} if data is not None else {})
+    # and without autocast: work from checkpoints runs wherever the run can be read (autocast is CUDA-only)
+    changes = dict(vis=False, workers=0, analyses=[], autocast="off") | ({"data": str(data)} if data is not None else {})
     trainer = Trainer(config_from_saved(run_dir, saved, **changes), on_event)
     trainer.prepare()
     return trainer

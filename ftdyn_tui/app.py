@@ -65,6 +65,7 @@ from ftdyn_tui.model import (
     part_series,
     path_lines,
     positive_only,
+    processes_lines,
     result_label,
     result_summary,
     reusability_rows,
@@ -215,7 +216,8 @@ class RunsScreen(Screen):
             return
         width = max(40, (self.size.width or 80) - 4)
         if self.panel == "system":
-            lines = [f"{run.name} · training host (s hides)", *system_lines(run.path, width)]
+            lines = [f"{run.name} · training host (s hides)", *processes_lines(run.status, width),
+                     *system_lines(run.path, width)]
         else:
             source, shown = log_lines(run.path, count=10, width=width)
             lines = [f"{run.name} · {source} (l hides)", *(shown or ["nothing recorded yet"])]

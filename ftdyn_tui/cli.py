@@ -138,9 +138,10 @@ def run(
     interval_level: float = typer.Option(0.9, "--interval-level", help=INTERVAL_LEVEL_HELP),
     every_steps: int = typer.Option(0, "--every-steps", min=0, help="Also measure every N training steps (0: per epoch only)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    autocast: Autocast = typer.Option(Autocast.off, "--autocast", help="Forward passes in bfloat16 or float16 on "
-                                      "CUDA (fp16 adds a gradient scaler); the distances are still computed in "
-                                      "float64 from the captured activations."),
+    autocast: Optional[Autocast] = typer.Option(None, "--autocast", help="Forward passes in bfloat16 or float16 "
+                                                "on CUDA (fp16 adds a gradient scaler); the distances are still "
+                                                "computed in float64 from the captured activations (default: off; "
+                                                "with --resume: the run's, unless given)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="Model and batches in channels-last memory "
                                                                      "order (faster convolutions on tensor cores)."),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile the training forward (the first "
@@ -208,7 +209,7 @@ def run(
                                         ("metrics", metrics)) if value is not None}
     try:
         if resume:
-            config = resumed_config(out_dir, data, epochs, device, workers)
+            config = resumed_config(out_dir, data, epochs, device, workers, autocast)
         elif data is None:
             fail("--data is required: a folder of class sub-folders (or train/ and val/ of them)")
         else:
@@ -218,7 +219,7 @@ def run(
                 optimizer=(optimizer or Optimizer.adam).value, weight_decay=weight_decay, grad_clip=grad_clip,
                 image_size=image_size, augment=augment, layers=split_list(layers), probe_size=probe_size,
                 metrics=split_list(metrics) or ["pwsm", "procrustes", "cka"], view=view, alpha=alpha,
-                every_steps=every_steps, device=device, autocast=autocast.value, channels_last=channels_last,
+                every_steps=every_steps, device=device, autocast=(autocast or Autocast.off).value, channels_last=channels_last,
                 compile=compile_model, workers=workers, seed=seed,
                 val_fraction=val_fraction, save_every_epoch=save_every_epoch, preset=preset.value if preset else None,
                 vis=vis, vis_epochs=parse_epochs(vis_epochs), vis_filters=vis_filters, vis_k=vis_k,
@@ -365,9 +366,10 @@ def parse_epochs(values: Optional[list[str]]) -> Optional[list[int]]:
         fail(f"epochs must be whole numbers, got {', '.join(items)}")
 
 
-def resumed_config(out_dir: Path, data: Optional[Path], epochs: Optional[int], device: str, workers: int):
-    """The run's own configuration; --epochs may extend it; --data (moved data), --device and
-    --workers may change."""
+def resumed_config(out_dir: Path, data: Optional[Path], epochs: Optional[int], device: str, workers: int,
+                   autocast: Optional[Autocast] = None):
+    """The run's own configuration; --epochs may extend it; --data (moved data), --device, --workers and
+    --autocast (resuming on another machine) may change."""
     from engine.errors import FtdynError
     from engine.record import CONFIG
     from engine.training import config_from_saved, saved_config
@@ -376,7 +378,7 @@ def resumed_config(out_dir: Path, data: Optional[Path], epochs: Optional[int], d
         raise FtdynError(f"nothing to resume in '{out_dir}' (no config.json); start it without --resume")
     saved = saved_config(out_dir)
     changes = dict(device=device, workers=workers) | ({"epochs": epochs} if epochs else {}) | \
-        ({"data": str(data)} if data else {})
+        ({"data": str(data)} if data else {}) | ({"autocast": autocast.value} if autocast else {})
     return config_from_saved(out_dir, saved, **changes)
 
 

@@ -876,6 +876,22 @@ def gibibytes(value: Any) -> str:
     return "?" if number is None else f"{number / 2**30:.1f}"
 
 
+def processes_lines(status: dict[str, Any] | None, width: int = 80) -> list[str]:
+    """A distributed run's processes as status.json lists them (none for a run of one process):
+    '4 processes (nccl) on 2 hosts: gpu-a ×2, gpu-b ×2'. Host names are shown through visible()."""
+    status = status if isinstance(status, dict) else {}
+    world, hosts = number_or_none(status.get("world_size")), status.get("hosts")
+    if world is None or world <= 1 or not isinstance(hosts, list):
+        return []
+    counts: dict[str, int] = {}
+    for host in hosts:
+        counts[str(host)] = counts.get(str(host), 0) + 1
+    backend = status.get("backend") if isinstance(status.get("backend"), str) else "?"
+    places = ", ".join(f"{host} ×{count}" for host, count in counts.items())
+    return [visible(f"{world:.0f} processes ({backend}) on {len(counts)} host{'s' if len(counts) > 1 else ''}: "
+                    f"{places} · the samples below are rank 0's host", width)]
+
+
 def system_lines(run_dir: Path, width: int = 80, at: float | None = None) -> list[str]:
     """The training host as its run recorded it (RUN/system.jsonl): the latest sample, and the CPU and
     GPU load over the last samples. Every string from the file is shown through visible()."""

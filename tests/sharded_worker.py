@@ -25,14 +25,14 @@ from engine.visualise import FilterEvidence
 PROBE_IMAGES = 11  # odd: the shards differ in size
 HELD_OUT_IMAGES = 13
 BATCH = 4
-LAYERS = ["1", "3"]
+LAYERS = ["1", "4"]
 MEASURES = ["pwsm", "procrustes", "cka", "cka-debiased", "cka@pooled", "procrustes@filter-map", "pwsm@flat",
             "procrustes@filter"]
 SAMPLES = [2, 7, 10]  # probe images whose whole maps the visualisation keeps
 
 
 def network() -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 8, 3), nn.ReLU(),
+    return nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
 
 
@@ -71,6 +71,9 @@ def measure(processes: Processes) -> dict | None:
     runner = EpochAnalyses(source, LAYERS, [part], processes)
     out = {"epochs": [], "images": processes.gather_objects(list(share))}
     for model in tuned:
+        if not processes.leader:  # after a training epoch each process's BatchNorm statistics differ a little
+            model[3].running_mean.add_(0.1 * processes.rank)
+        processes.broadcast_buffers(model)  # what the trainer does before measuring: rank 0's everywhere
         evidence = FilterEvidence(LAYERS, SAMPLES, first_image=share.start)
         sections, _ = runner.run(model, probe_batches, torch.device("cpu"), observer=evidence)
         evaluation = evaluate(model, batches(held_out, labels, processes)[0], torch.device("cpu"),

@@ -72,6 +72,9 @@ def test_corrupt_and_non_image_files_are_skipped_and_counted(cli, tmp_path, shap
     (("--view", "pixels"), ("unknown view",)),
     (("--metrics", "pwsm:0@filter"), ("alpha=0 is meaningless", "more probe images")),
     (("--device", "tpu"), ("unknown device",)),
+    (("--autocast", "bf16", "--device", "cpu"), ("--autocast bf16 needs a CUDA device",)),
+    (("--nproc-per-node", "2", "--batch-size", "9"), ("--batch-size 9 does not split evenly over 2 processes",
+                                                     "multiple of 2")),
 ])
 def test_unknown_names_and_degenerate_settings(cli, tmp_path, shapes_data, args, fragments):
     assert_clean_error(run(cli, shapes_data, tmp_path / "run", *args), *fragments)

@@ -198,3 +198,13 @@ def test_resume_can_extend_a_finished_run(tmp_path, shapes_data, cli):
     assert result.exit_code == 0, result.output
     assert [r["epoch"] for r in epochs_of(run_dir)] == [0, 1, 2]
     assert read_run(run_dir).status["total_epochs"] == 2
+
+
+@pytest.mark.parametrize("amp,autocast", [(True, "fp16"), (False, "off")])
+def test_a_run_recorded_with_amp_reads_as_autocast(tmp_path, amp, autocast):
+    """Runs from before --autocast recorded `amp` (fp16 autocast on CUDA): they reopen and resume."""
+    from engine.training import config_from_saved
+
+    saved = {"run": {"model": "resnet18", "data": str(tmp_path), "out": str(tmp_path), "amp": amp}}
+    config = config_from_saved(tmp_path, saved)
+    assert config.autocast == autocast and not hasattr(config, "amp")

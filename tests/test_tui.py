@@ -1,6 +1,7 @@
 """The TUI: Pilot tests that press keys on every screen, live follow, snapshots, and no torch."""
 
 import csv
+import json
 import subprocess
 import sys
 import time
@@ -587,6 +588,10 @@ async def test_system_and_log_panels_follow_the_highlighted_run(tmp_path):
     write_fake_run(tmp_path / "alpha")
     append_lines(tmp_path / "alpha" / SYSTEM, [fake_system_sample(1000.0 + 10 * i, 10.0 * i, 12.5 * i) for i in range(9)])
     append_lines(tmp_path / "alpha" / EVENTS, [{"at": 1000.0, "kind": "warning", "text": "skipped 2 files\x07"}])
+    status = json.loads((tmp_path / "alpha" / "status.json").read_text())
+    status.update(world_size=4, backend="nccl", hosts=["gpu-box", "gpu-box", "gpu-2\x1b[31m", "gpu-2\x1b[31m"],
+                  pids=[1, 2, 3, 4])
+    (tmp_path / "alpha" / "status.json").write_text(json.dumps(status))
     write_fake_run(tmp_path / "beta")  # recorded nothing of its host: said, not faked
     (tmp_path / "beta" / "train.log").write_text("epoch 1: held-out acc 0.5\repoch 1/3 ━━━ 50%\nlast words\n")
     app = create_app([tmp_path])
@@ -598,6 +603,7 @@ async def test_system_and_log_panels_follow_the_highlighted_run(tmp_path):
         await pilot.press("s")
         text = str(panel.render())
         assert panel.display and "host gpu-box" in text and "CPU   80.0 % of 16" in text
+        assert "4 processes (nccl) on 2 hosts: gpu-box ×2, gpu-2\\x1b[31m ×2" in text
         assert "GPU0 NVIDIA A100\\x1b[31m: 100 % busy, 30.0 / 80.0 GiB, 64 °C" in text  # escapes shown, not run
         assert "▁▂▃▄▅▆▇██" in text  # utilisation 0 → 100 % over the samples
         assert "RAM  40.0 / 128.0 GiB" in text and "disk 12.0 GiB free of 64.0" in text
