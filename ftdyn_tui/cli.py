@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -29,6 +30,18 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 out = Console()
+
+
+@app.callback()
+def one_process_unless_run(ctx: typer.Context) -> None:
+    # Started by torchrun, every process would run the command: only `ftdyn run` divides its work
+    # between them (and has rank 0 alone write); any other would write the same files N times.
+    if ctx.invoked_subcommand != "run" and "RANK" in os.environ:
+        from engine.distributed import launched_by_torchrun
+
+        if launched_by_torchrun():
+            fail(f"only `ftdyn run` runs on several processes; start `ftdyn {ctx.invoked_subcommand}` without "
+                 f"torchrun")
 
 
 def fail(message: str) -> None:

@@ -157,3 +157,11 @@ def test_cuda_requested_without_a_gpu(cli, tmp_path, shapes_data):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     assert_clean_error(run(cli, shapes_data, tmp_path / "run", "--device", "cuda"), "no CUDA GPU")
+
+
+def test_commands_other_than_run_refuse_to_run_under_torchrun(cli, monkeypatch, tmp_path):
+    """Under torchrun every process would run the command and write the same files."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert_clean_error(cli("report", tmp_path), "only `ftdyn run` runs on several processes",
+                       "`ftdyn report` without torchrun")

@@ -18,7 +18,7 @@ from engine.errors import FtdynError
 # A reduced configuration for the mechanics: every step of the demo runs and its findings are measured
 # and said, not asserted — at this size they need not hold (80 probe images give layer4's 2×2 maps
 # 320 rows for 512 channels, where PWSM's whitening compresses distances; the full demo has 576).
-SMALL = DemoSettings(image_size=48, source_classes=6, source_per_class=60, source_epochs=4, target_classes=4,
+SMALL = DemoSettings(image_size=48, source_classes=6, source_per_class=40, source_epochs=2, target_classes=4,
                      target_per_class=40, target_val_fraction=0.5, epochs=2, probe_size=80, vis_k=1, workers=0)
 
 
