@@ -141,7 +141,9 @@ def wait_for(predicate, timeout=120.0):
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, shapes_data):
-    common = ["--data", shapes_data, "--epochs", "3", "--every-steps", "2", *TINY_RUN, *WITH_INTERVALS]
+    # intervals on (their replicates must resume too), with 3 groups: a third of the decompositions
+    common = ["--data", shapes_data, "--epochs", "3", "--every-steps", "2", *TINY_RUN, *WITH_INTERVALS,
+              "--interval-groups", "3"]
     reference = tmp_path / "reference"
     subprocess.run(run_command("--out", reference, *common), check=True, capture_output=True)
 
