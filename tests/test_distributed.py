@@ -121,10 +121,10 @@ def recorded(run_dir: Path) -> list[str]:
     return (run_dir / "records.jsonl").read_text().splitlines()
 
 
-def test_two_process_run_fails_cleanly_stops_on_ctrl_c_and_resumes(tmp_path, shapes_data):
+def test_two_process_run_fails_cleanly_stops_on_ctrl_c_and_resumes(tmp_path, shapes_data, cli):
     """`ftdyn run --nproc-per-node 2` on gloo: rank 0 alone writes; killing process 1 fails the run with
     its name and keeps every recorded epoch; --resume continues it, each epoch recorded once; Ctrl-C
-    stops every process and the run is recorded as interrupted."""
+    stops every process and the run is recorded as interrupted; one process finishes it."""
     from conftest import TINY_RUN
 
     run_dir = tmp_path / "two"
@@ -150,6 +150,15 @@ def test_two_process_run_fails_cleanly_stops_on_ctrl_c_and_resumes(tmp_path, sha
     output = process.communicate(timeout=240)[0]
     assert process.returncode == 130 and "interrupted" in output, output[-3000:]
     assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted"
+    stopped = recorded(run_dir)
+    assert stopped[:len(kept)] == kept and stopped[:len(before)] == before
+
+    # finished on one process: the effective batch is the same, and config.json says who ran it now
+    result = cli("run", "--out", run_dir, "--resume")
+    assert result.exit_code == 0, result.output
     final = recorded(run_dir)
-    assert final[:len(kept)] == kept and final[:len(before)] == before
-    assert [json.loads(line)["epoch"] for line in final] == list(range(len(final)))  # each epoch once
+    assert final[:len(stopped)] == stopped
+    assert [json.loads(line)["epoch"] for line in final] == list(range(6))  # each epoch once
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["processes"]["world_size"] == 1 and config["processes"]["batch_per_process"] == 8
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
