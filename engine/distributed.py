@@ -27,6 +27,7 @@ were one process (``processes.sum(t)`` is ``t`` itself when there is).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -233,14 +234,14 @@ def join_processes(device: str) -> Processes:
 def launch(nproc_per_node: int, cli_args: list[str], run_dir: str) -> None:
     """``ftdyn run --nproc-per-node N``: N processes of ``ftdyn run CLI_ARGS`` on this machine, started
     by torchrun's own launcher (a standalone rendezvous on a free local port). When a process fails,
-    torchrun stops the others; a process that died without saying why (a signal: the OOM killer, a
-    kill) is then recorded by this launcher as the run's failure. Raises :class:`LaunchFailed`."""
+    torchrun stops the others; what the processes could not record themselves (a process killed by a
+    signal, a stop that killed rank 0 before it wrote) this launcher records once they have all ended.
+    Raises :class:`LaunchFailed`, or KeyboardInterrupt when the processes were stopped."""
     import logging
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
-
-    from torch.distributed.elastic.multiprocessing.api import SignalException
 
     # torchrun's own lines (progress, each failure with its exit code): the launcher says what failed
     for name in [*logging.root.manager.loggerDict, "torch.distributed.elastic"]:
@@ -255,37 +256,25 @@ def launch(nproc_per_node: int, cli_args: list[str], run_dir: str) -> None:
                        "--module", "ftdyn_tui.cli", "run", *cli_args])
     try:
         run(args)
-    except SignalException:  # Ctrl-C or a kill reached the launcher: torchrun has stopped the processes
-        mark_interrupted(run_dir)
+    except SignalException as exc:  # Ctrl-C or a kill reached the launcher: torchrun has stopped the processes
+        record_end(run_dir, "interrupted", f"stopped by {signal.Signals(exc.sigval).name}; continue with --resume")
         raise KeyboardInterrupt from None
     except ChildFailedError as exc:
         if all(f.exitcode == INTERRUPTED for f in exc.failures.values()):  # a stop that reached them first
-            mark_interrupted(run_dir)
+            record_end(run_dir, "interrupted", "stopped by a signal; continue with --resume")
             raise KeyboardInterrupt from None
         rank, failure = exc.get_first_failure()
-        # a process killed from outside no later than the first failure is its cause (torchrun's own
-        # stop is SIGTERM, then SIGKILL after its shutdown timeout, both later)
-        killed = {r: f for r, f in exc.failures.items()
-                  if f.exitcode < 0 and f.signal_name() != "SIGTERM" and f.timestamp <= failure.timestamp}
+        # A process killed from outside (the OOM killer, kill -9, a crash) no later than the first failure
+        # is its cause. Not torchrun's own stop (SIGTERM, then SIGKILL after its shutdown timeout: later),
+        # nor a NCCL watchdog's abort (SIGABRT), which follows the loss of a peer.
+        killed = {r: f for r, f in exc.failures.items() if f.exitcode < 0 and f.timestamp <= failure.timestamp
+                  and f.signal_name() not in ("SIGTERM", "SIGABRT")}
         rank, failure = min(killed.items()) if killed else (rank, failure)
         raise LaunchFailed(rank, nproc_per_node, failure.exitcode, failure.signal_name(), run_dir) from None
 
 
 INTERRUPTED = 130  # a process's exit code after Ctrl-C or SIGTERM (ftdyn run's)
 SHUTDOWN_SECONDS = 120
-
-
-def mark_interrupted(run_dir: str) -> None:
-    """A run whose processes were all stopped while its status still says running (killed before rank
-    0 could record the stop): recorded as interrupted."""
-    from engine.record import RunFormatError, STATUS, mark_stopped, read_json
-
-    try:
-        status = read_json(Path(run_dir) / STATUS)
-    except (RunFormatError, OSError):
-        return
-    if isinstance(status, dict) and status.get("state") == "running":
-        mark_stopped(run_dir, "interrupted", "stopped by Ctrl-C; continue with --resume")
 
 
 class LaunchFailed(Exception):
@@ -295,21 +284,26 @@ class LaunchFailed(Exception):
         self.rank, self.world, self.exitcode = rank, world, exitcode
         how = f"was killed by {signal_name}" if exitcode < 0 else f"exited with code {exitcode}"
         super().__init__(f"process {rank} of {world} {how}")
-        self.record(run_dir)
+        # a process that exited with an error said why, through rank 0, unless rank 0 was killed first;
+        # one killed by a signal said nothing
+        record_end(run_dir, "failed", f"{self}; recorded epochs are kept, continue with --resume",
+                   over_peer_stopped=exitcode < 0)
 
-    def record(self, run_dir: str) -> None:
-        """A process killed by a signal said nothing: the run's status names it, unless rank 0 recorded
-        a cause of its own (a failure that is not the loss of another process)."""
-        from engine.record import STATUS, RunFormatError, mark_stopped, read_json
 
-        if self.exitcode >= 0:  # it said why, in its own error line and (through rank 0) the run's status
-            return
-        try:
-            status = read_json(Path(run_dir) / STATUS)
-        except (RunFormatError, OSError):
-            return
-        if not isinstance(status, dict):
-            return
-        consequence = PEER_STOPPED in str(status.get("message", ""))
-        if status.get("state") in ("running", "interrupted") or (status.get("state") == "failed" and consequence):
-            mark_stopped(run_dir, "failed", f"{self}; recorded epochs are kept, continue with --resume")
+def record_end(run_dir: str, state: str, message: str, over_peer_stopped: bool = False) -> None:
+    """After every process has ended: ``state`` and ``message`` into a status that still says running
+    (rank 0 was killed before it could record the end) or, with ``over_peer_stopped``, that names no cause
+    but the loss of another process. Never into the status of a writer that is alive (another run's)."""
+    from engine.record import STATUS, RunFormatError, mark_stopped, read_json
+    from engine.run_lock import writer_alive
+
+    try:
+        status = read_json(Path(run_dir) / STATUS)
+    except (RunFormatError, OSError):
+        return
+    if not isinstance(status, dict) or writer_alive(run_dir) is True:
+        return
+    recorded, said = status.get("state"), str(status.get("message", ""))
+    no_cause = recorded == "interrupted" or (recorded == "failed" and PEER_STOPPED in said)
+    if recorded == "running" or (over_peer_stopped and no_cause):
+        mark_stopped(run_dir, state, message)

@@ -524,6 +524,16 @@ class Trainer:
             "torch": torch.__version__,
         }
 
+    def record_resumed_settings(self) -> None:
+        """config.json follows what a resume may change about how the run is computed: the number of
+        processes (and the batch each takes) and --autocast."""
+        saved = saved_config(self.dir)
+        run = {k: v for k, v in saved["run"].items() if k != "amp"} | {"autocast": self.config.autocast}
+        processes = self.processes_record()
+        before = saved.get("processes") or {"world_size": 1}
+        if run != saved["run"] or before.get("world_size") != processes["world_size"]:
+            self.writer.write_config(dict(saved, run=run, processes=processes))
+
     def processes_record(self) -> dict[str, Any]:
         """config.json's ``processes``: how many ran the run, and the batch and learning-rate rule."""
         return dict(self.processes.describe(), effective_batch=self.config.batch_size,
@@ -571,10 +581,8 @@ class Trainer:
                 write_atomic(self.dir / "skipped_files.txt", ("\n".join(self.data.skipped) + "\n").encode())
             if start_epoch is None:
                 self.writer.write_config(self.config_record())
-            else:  # resumed on another number of processes: config.json says how many ran it now
-                saved = saved_config(self.dir)
-                if (saved.get("processes") or {"world_size": 1}).get("world_size") != self.processes.world:
-                    self.writer.write_config(dict(saved, processes=self.processes_record()))
+            else:
+                self.record_resumed_settings()
             self.writer.start(self.total_epochs, epoch=start_epoch or 0,
                               processes=self.processes.describe() if self.processes.distributed else None)
         except OSError as exc:  # nothing trained yet: the run's recorded state is left as it was
@@ -662,7 +670,10 @@ class Trainer:
                                                      not bool(torch.isfinite(loss)))
             if stop:
                 raise KeyboardInterrupt
-            if non_finite:  # on any process: every one stops here, before the gradients are averaged
+            if non_finite and torch.isfinite(loss):  # every process stops here, before the gradients are averaged
+                raise NonFiniteLoss(f"the loss became non-finite on another process at epoch {epoch}, step {step}; "
+                                    f"lower --lr or set --grad-clip (recorded epochs are kept)")
+            if non_finite:
                 raise NonFiniteLoss(f"loss became {loss.item()} at epoch {epoch}, step {step}; lower --lr or set "
                                     f"--grad-clip (recorded epochs are kept)")
             self.scaler.scale(loss).backward()
@@ -680,6 +691,7 @@ class Trainer:
                           images_per_s=seen * self.processes.world / max(elapsed, 1e-9),
                           loss=loss_sum / seen, lrs=[group["lr"] for group in self.optimizer.param_groups])
             if config.every_steps and self.global_step % config.every_steps == 0 and step < len(loader):
+                self.check_interrupt()
                 self.processes.broadcast_buffers(self.model)
                 sections, spent = self.analyses.run(self.model, self.probe_loader, self.device, config.autocast,
                                                     channels_last=config.channels_last)
@@ -689,6 +701,7 @@ class Trainer:
                                            "train": {"loss": loss_sum / seen, "accuracy": correct / seen},
                                            **sections, "timing": {"analysis_s": seconds, "analyses_s": spent}})
                 set_train_mode(self.model, self.plan.frozen_batchnorm)
+        self.check_interrupt()  # a stop during the last step: before the epoch's evaluation and measuring
         train_seconds = time.perf_counter() - start - analysis_seconds
         if self.processes.distributed:  # every process's images (with the sampler's few repeats)
             totals = self.processes.sum(torch.tensor([loss_sum, correct, seen], dtype=torch.float64,
@@ -808,7 +821,8 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scaler.load_state_dict(state["scaler"])
+            if state["scaler"]:  # empty when the run had no fp16 scaler (resumed with --autocast fp16)
+                self.scaler.load_state_dict(state["scaler"])
             self.global_step, self.best_accuracy = int(state["global_step"]), float(state["best_accuracy"])
             last = int(state["epoch"])
             if not isinstance(state["record"], dict):

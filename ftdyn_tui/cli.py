@@ -36,12 +36,10 @@ out = Console()
 def one_process_unless_run(ctx: typer.Context) -> None:
     # Started by torchrun, every process would run the command: only `ftdyn run` divides its work
     # between them (and has rank 0 alone write); any other would write the same files N times.
-    if ctx.invoked_subcommand != "run" and "RANK" in os.environ:
-        from engine.distributed import launched_by_torchrun
-
-        if launched_by_torchrun():
-            fail(f"only `ftdyn run` runs on several processes; start `ftdyn {ctx.invoked_subcommand}` without "
-                 f"torchrun")
+    # (The environment is read here, not through engine.distributed, which imports torch.)
+    world = os.environ.get("WORLD_SIZE", "1")
+    if ctx.invoked_subcommand != "run" and "RANK" in os.environ and world.isdigit() and int(world) > 1:
+        fail(f"only `ftdyn run` runs on several processes; start `ftdyn {ctx.invoked_subcommand}` without torchrun")
 
 
 def fail(message: str) -> None:
