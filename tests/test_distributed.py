@@ -162,3 +162,19 @@ def test_two_process_run_fails_cleanly_stops_on_ctrl_c_and_resumes(tmp_path, sha
     config = json.loads((run_dir / "config.json").read_text())
     assert config["processes"]["world_size"] == 1 and config["processes"]["batch_per_process"] == 8
     assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+
+
+def test_a_process_that_fails_names_itself_in_the_run_status(tmp_path, shapes_data):
+    """Under plain torchrun (no ftdyn launcher): process 1's one-line error reaches rank 0, which
+    records the run as failed with it, after the epoch it had recorded."""
+    from conftest import TINY_RUN
+    import failing_worker
+
+    run_dir = tmp_path / "run"
+    done = torchrun("--nproc-per-node", "2", str(WORKER.with_name("failing_worker.py")), "run", "--data",
+                    str(shapes_data), "--out", str(run_dir), "--epochs", "2", "--device", "cpu", *TINY_RUN)
+    assert done.returncode != 0
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "failed" and status["message"].startswith("process 1 of 2 (")
+    assert failing_worker.MESSAGE in status["message"]
+    assert [json.loads(line)["epoch"] for line in recorded(run_dir)] == [0]
