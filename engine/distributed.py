@@ -44,9 +44,8 @@ from engine.errors import FtdynError
 COLLECTIVE_TIMEOUT = timedelta(hours=2)
 
 LAUNCHED = "FTDYN_LAUNCHED"  # set for the processes `ftdyn run --nproc-per-node` starts: it speaks for them
-FAILURE_KEY = "ftdyn/failure"
-# how a process words the loss of another (engine.training.failure_message)
-PEER_STOPPED = "another process of the distributed run stopped"  # the first failing process's one-line message, in torchrun's store
+FAILURE_KEY = "ftdyn/failure"  # the first failing process's one-line message, in torchrun's store
+PEER_STOPPED = "another process of the distributed run stopped"  # how a process words the loss of another
 
 
 @dataclass
@@ -270,7 +269,12 @@ def launch(nproc_per_node: int, cli_args: list[str], run_dir: str) -> None:
         killed = {r: f for r, f in exc.failures.items() if f.exitcode < 0 and f.timestamp <= failure.timestamp
                   and f.signal_name() not in ("SIGTERM", "SIGABRT")}
         rank, failure = min(killed.items()) if killed else (rank, failure)
-        raise LaunchFailed(rank, nproc_per_node, failure.exitcode, failure.signal_name(), run_dir) from None
+        failed = LaunchFailed(rank, nproc_per_node, failure.exitcode, failure.signal_name())
+        # a process that exited with an error said why, through rank 0, unless rank 0 was killed first;
+        # one killed by a signal said nothing
+        record_end(run_dir, "failed", f"{failed}; recorded epochs are kept, continue with --resume",
+                   over_peer_stopped=failed.exitcode < 0)
+        raise failed from None
 
 
 INTERRUPTED = 130  # a process's exit code after Ctrl-C or SIGTERM (ftdyn run's)
@@ -280,21 +284,17 @@ SHUTDOWN_SECONDS = 120
 class LaunchFailed(Exception):
     """A process of ``ftdyn run --nproc-per-node`` ended with an error: the first one to fail."""
 
-    def __init__(self, rank: int, world: int, exitcode: int, signal_name: str, run_dir: str):
+    def __init__(self, rank: int, world: int, exitcode: int, signal_name: str):
         self.rank, self.world, self.exitcode = rank, world, exitcode
         how = f"was killed by {signal_name}" if exitcode < 0 else f"exited with code {exitcode}"
         super().__init__(f"process {rank} of {world} {how}")
-        # a process that exited with an error said why, through rank 0, unless rank 0 was killed first;
-        # one killed by a signal said nothing
-        record_end(run_dir, "failed", f"{self}; recorded epochs are kept, continue with --resume",
-                   over_peer_stopped=exitcode < 0)
 
 
 def record_end(run_dir: str, state: str, message: str, over_peer_stopped: bool = False) -> None:
     """After every process has ended: ``state`` and ``message`` into a status that still says running
     (rank 0 was killed before it could record the end) or, with ``over_peer_stopped``, that names no cause
     but the loss of another process. Never into the status of a writer that is alive (another run's)."""
-    from engine.record import STATUS, RunFormatError, mark_stopped, read_json
+    from engine.record import STATUS, RunFormatError, mark_stopped, read_json, status_problem
     from engine.run_lock import writer_alive
 
     try:
@@ -306,4 +306,4 @@ def record_end(run_dir: str, state: str, message: str, over_peer_stopped: bool =
     recorded, said = status.get("state"), str(status.get("message", ""))
     no_cause = recorded == "interrupted" or (recorded == "failed" and PEER_STOPPED in said)
     if recorded == "running" or (over_peer_stopped and no_cause):
-        mark_stopped(run_dir, state, message)
+        mark_stopped(run_dir, status if status_problem(status) is None else {}, state, message)

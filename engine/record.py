@@ -212,17 +212,12 @@ class RunWriter:
         write_atomic(self.dir / RECORDS, data.encode())
 
 
-def mark_stopped(run_dir: str | Path, state: str, message: str) -> None:
-    """Record a run whose processes have all ended as ``state`` (failed, interrupted) with ``message``:
-    what the launcher of a distributed run does when a process died without saying why (a signal)."""
-    path = Path(run_dir) / STATUS
-    try:
-        status = read_json(path)
-    except RunFormatError:
-        status = None
-    status = status if isinstance(status, dict) and status_problem(status) is None else {}
-    status.update(state=state, message=message, finished_at=now(), updated_at=now())
-    write_json_atomic(path, status)
+def mark_stopped(run_dir: str | Path, status: dict[str, Any], state: str, message: str) -> None:
+    """Record a run whose processes have all ended, as read in ``status`` (a checked status.json), as
+    ``state`` (failed, interrupted) with ``message``: what the launcher of a distributed run does when
+    the processes could not (engine.distributed.record_end)."""
+    write_json_atomic(Path(run_dir) / STATUS, dict(status, state=state, message=message, finished_at=now(),
+                                                   updated_at=now()))
 
 
 class NoWriter:

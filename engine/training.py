@@ -83,7 +83,7 @@ from engine.strategies import (
     warmup_factor,
 )
 from engine.similarity.views import check_metrics_for_view, replicate_metrics
-from engine.visualise import FilterEvidence, Visualiser, VisSettings, parse_named_filters, sample_indices
+from engine.visualise import FilterEvidence, Visualiser, VisSettings, parse_named_filters
 
 LP_SETTINGS = {"method": "multinomial logistic regression, L2, L-BFGS (scipy), max 200 iterations",
                "standardisation": "one scalar mean and std over all features",
@@ -311,9 +311,8 @@ class Trainer:
         loader = dict(num_workers=config.workers, pin_memory=self.device.type == "cuda",
                       persistent_workers=False)
         # held-out and probe images: each process passes its own share, in whole batches (engine.distributed)
-        self.eval_loader = self.share_loader(held_out, config.batch_size, loader)
-        self.probe_loader = self.share_loader(probe, min(config.batch_size, 64), loader)
-        self.probe_share = processes.batch_shard(len(probe), min(config.batch_size, 64))[0]
+        self.eval_loader, _ = self.share_loader(held_out, config.batch_size, loader)
+        self.probe_loader, self.probe_share = self.share_loader(probe, min(config.batch_size, 64), loader)
         self.loader_options = loader
 
         self.on_event("phase", name="building model")
@@ -362,12 +361,12 @@ class Trainer:
             if processes.distributed else self.model
         self.train_model = compiled(self.train_model, config.compile)
 
-    def share_loader(self, images, batch_size: int, options: dict) -> DataLoader:
-        """A loader over this process's share of ``images`` (all of them on one process)."""
+    def share_loader(self, images, batch_size: int, options: dict) -> tuple[DataLoader, range]:
+        """A loader over this process's share of ``images`` (all of them on one process), and the share."""
         share, batch_size = self.processes.batch_shard(len(images), batch_size)
         if self.processes.distributed:
             images = Subset(images, list(share))
-        return DataLoader(images, batch_size=batch_size, shuffle=False, **options)
+        return DataLoader(images, batch_size=batch_size, shuffle=False, **options), share
 
     def process_parts(self, names: list[str]) -> list[str]:
         """The epoch parts this process runs: all of them on rank 0; on the others those that observe
@@ -666,11 +665,11 @@ class Trainer:
             with autocast(self.device, config.autocast):
                 logits = self.train_model(images)
                 loss = self.criterion(logits, labels)
-            stop, non_finite = self.processes.flags(self.interrupt.requested is not None,
-                                                     not bool(torch.isfinite(loss)))
+            finite = bool(torch.isfinite(loss))
+            stop, non_finite = self.processes.flags(self.interrupt.requested is not None, not finite)
             if stop:
                 raise KeyboardInterrupt
-            if non_finite and torch.isfinite(loss):  # every process stops here, before the gradients are averaged
+            if non_finite and finite:  # every process stops here, before the gradients are averaged
                 raise NonFiniteLoss(f"the loss became non-finite on another process at epoch {epoch}, step {step}; "
                                     f"lower --lr or set --grad-clip (recorded epochs are kept)")
             if non_finite:
@@ -1112,9 +1111,9 @@ def open_run(run_dir: str | Path, on_event: Event = quiet, data: str | None = No
     source model, layers — for work from its checkpoints. ``data`` replaces a moved data folder."""
     run_dir = Path(run_dir)
     saved = saved_config(run_dir)
-    # work from checkpoints runs no epoch part: building them would cost (the invariance part inverts
-    # the probe images through the source when it is built)
-    # and without autocast: work from checkpoints runs wherever the run can be read (autocast is CUDA-only)
+    # Work from checkpoints runs no epoch part (building them would cost: the invariance part inverts
+    # the probe images through the source when it is built), and no autocast, which is CUDA-only: it
+    # runs wherever the run can be read.
     changes = dict(vis=False, workers=0, analyses=[], autocast="off") | ({"data": str(data)} if data is not None else {})
     trainer = Trainer(config_from_saved(run_dir, saved, **changes), on_event)
     trainer.prepare()

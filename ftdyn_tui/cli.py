@@ -281,8 +281,6 @@ def launch_processes(config, resume: bool, nproc_per_node: int) -> None:
 
 def run_process(config, resume: bool, nproc_per_node: int) -> None:
     """One process of a distributed run (started by torchrun): rank 0 shows progress and writes the run."""
-    import os
-
     from engine.distributed import LAUNCHED, join_processes
     from engine.errors import FtdynError
     from engine.training import run_training
