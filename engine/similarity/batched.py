@@ -10,8 +10,6 @@ views and the public functions (:mod:`engine.similarity.distances`) all end here
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 
 from engine.similarity.debiased import debiased_from_centred
@@ -24,6 +22,7 @@ from engine.similarity.metrics import (
     pair_spectra,
     unwhitened_values,
 )
+from engine.similarity.parallel import cpu_workers, run_in_parallel
 from engine.similarity.spectral import SideSpectrum
 
 # Memory budget for one chunk of batched work (float64 Grams and their eigenvectors).
@@ -91,28 +90,3 @@ def batched_metric_values(x: torch.Tensor, y: torch.Tensor, metrics, whitening_s
     results = run_in_parallel(one_chunk, ranges, workers)
     values = {mt.label: torch.cat([r[0][mt.label] for r in results]) for mt in metrics}
     return values, torch.cat([r[1] for r in results]), torch.cat([r[2] for r in results])
-
-
-def cpu_workers(device: torch.device) -> int:
-    """Batched eigh/SVD run one matrix at a time on one core in torch's CPU backend, so on CPU the
-    chunks are spread over as many threads as torch may use (they release the GIL)."""
-    return max(1, torch.get_num_threads()) if device.type == "cpu" else 1
-
-
-def run_in_parallel(fn, items: list, workers: int) -> list:
-    if workers == 1 or len(items) == 1:
-        return [fn(item) for item in items]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one core per chunk; matmuls would otherwise oversubscribe
-
-    def single_threaded(item):
-        # the thread-count setting is per thread for OpenMP: without this a pool thread's BLAS and LAPACK
-        # calls use every core, and their sums' order (hence the last bits) depends on the load
-        torch.set_num_threads(1)
-        return fn(item)
-
-    try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(single_threaded, items))
-    finally:
-        torch.set_num_threads(threads)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from engine.similarity.debiased import debiased_from_centred
+from engine.similarity.singular import nuclear_norms
 from engine.similarity.spectral import (
     DIRECT_EIGH_ERROR,
     WHITENING_SCALES,
@@ -334,7 +335,7 @@ def unwhitened_values(x: torch.Tensor, y: torch.Tensor, metrics: Sequence[Metric
     power_y = yc.to(torch.float64).pow(2).sum((1, 2))
     live = (power_x > 0) & (power_y > 0)
     safe = lambda v: torch.where(live, v, torch.ones_like(v))  # noqa: E731
-    cos = (torch.linalg.svdvals(cross).sum(-1) / safe((power_x * power_y).sqrt())).clamp(-1.0, 1.0)
+    cos = (nuclear_norms(cross) / safe((power_x * power_y).sqrt())).clamp(-1.0, 1.0)
 
     def cka() -> torch.Tensor:
         gram_x = (xt @ xc).to(torch.float64).norm(dim=(1, 2))

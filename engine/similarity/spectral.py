@@ -45,6 +45,9 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.similarity.eigen import symmetric_eigh
+from engine.similarity.singular import nuclear_norms, singular_decomposition
+
 # netrep clips eigenvalues of the raw XᵀX at this absolute value (netrep.utils.whiten).
 NETREP_EIGVAL_FLOOR = 1e-7
 WHITENING_SCALES = ("mean_eig", "netrep")
@@ -129,7 +132,7 @@ def decompose_moments(moment: torch.Tensor, n_rows: int, source_dtype: torch.dty
     variance = moment.diagonal(dim1=-2, dim2=-1)
     dead = variance <= (0.0 if column_floor is None else column_floor)
     possible = (~dead).sum(-1).clamp(max=structural_rank(n_rows, p))
-    eigenvalues, vectors = torch.linalg.eigh(moment)  # ascending
+    eigenvalues, vectors = symmetric_eigh(moment)  # ascending
     live = torch.arange(p, device=moment.device) >= (p - possible).unsqueeze(-1)
     resolved = direct_eigh_bound(eigenvalues, live, p) <= tolerance
     eigenvalues = torch.where(live, eigenvalues, torch.zeros_like(eigenvalues))
@@ -150,14 +153,14 @@ def decompose_scaled(moment: torch.Tensor, dead: torch.Tensor, n_rows: int, sour
     live_col = (~dead).to(moment.dtype)
     correlation = moment / (scale.unsqueeze(-1) * scale.unsqueeze(-2))
     correlation = correlation * live_col.unsqueeze(-1) * live_col.unsqueeze(-2)
-    rho, q = torch.linalg.eigh(correlation)
+    rho, q = symmetric_eigh(correlation)
     n_null = p - structural_rank(n_rows, p)
     rank_limit = torch.arange(p, device=moment.device) >= n_null  # the bottom n_null are structural zeros
     floor = rounding_floor(source_dtype, p, n_rows) * rho[..., -1:].clamp_min(0.0)
     live = rank_limit & (rho > floor)
     rho = torch.where(live, rho, torch.zeros_like(rho))
     factor = rho.sqrt().unsqueeze(-1) * q.transpose(-1, -2) * scale.unsqueeze(-2)  # G, GᵀG = XᵀX
-    p_left, sigma, _ = torch.linalg.svd(factor, full_matrices=False)
+    p_left, sigma = singular_decomposition(factor)
     ranked = torch.arange(p, device=moment.device) < live.sum(-1, keepdim=True)  # σ descending
     inverse_root = torch.where(live, rho, torch.ones_like(rho)).rsqrt() * live
     basis = (q * inverse_root.unsqueeze(-2)) @ p_left
@@ -173,7 +176,7 @@ def decompose_gram(gram: torch.Tensor, n_rows: int, n_features: int, source_dtyp
     because in float32 the centring direction otherwise leaks in. Eigenvalues at the rounding level
     of the largest are zeroed too.
     """
-    eigenvalues, basis = torch.linalg.eigh(symmetric(gram))
+    eigenvalues, basis = symmetric_eigh(symmetric(gram))
     m = eigenvalues.shape[-1]
     n_null = m - structural_rank(n_rows, n_features)
     floor = rounding_floor(source_dtype, m, n_features) * eigenvalues[..., -1:].clamp_min(0.0)
@@ -184,7 +187,7 @@ def decompose_gram(gram: torch.Tensor, n_rows: int, n_features: int, source_dtyp
 def decompose_data(centred: torch.Tensor) -> SideSpectrum:
     """Dual spectrum from an SVD of the column-centred data X (b, m, p) itself, for sides whose
     Gram cannot resolve their smallest directions (column scales spread beyond 1/√ε)."""
-    u, sigma, _ = torch.linalg.svd(centred.to(torch.float64), full_matrices=False)
+    u, sigma = singular_decomposition(centred.to(torch.float64))
     b, m, p = centred.shape
     k = sigma.shape[-1]
     floor = torch.finfo(torch.float64).eps * max(m, p) * sigma[..., :1]
@@ -247,7 +250,7 @@ def whitened_cosine(cross: torch.Tensor, x: SideSpectrum, y: SideSpectrum, alpha
     """
     dx = whitening_diagonal(x, alpha, whitening_scale)
     dy = whitening_diagonal(y, alpha, whitening_scale)
-    nuclear = torch.linalg.svdvals(dx.unsqueeze(-1) * cross * dy.unsqueeze(-2)).sum(-1)
+    nuclear = nuclear_norms(dx.unsqueeze(-1) * cross * dy.unsqueeze(-2))
     norm_x = (x.eigenvalues * dx * dx).sum(-1).sqrt()
     norm_y = (y.eigenvalues * dy * dy).sum(-1).sqrt()
     return (nuclear / (norm_x * norm_y)).clamp(-1.0, 1.0)

@@ -35,9 +35,7 @@ from engine.similarity.batched import (
     DEFAULT_CHUNK_BYTES,
     SourceSpectrumCache,
     batched_metric_values,
-    cpu_workers,
     filter_chunk_size,
-    run_in_parallel,
 )
 from engine.similarity.metrics import (
     DEFAULT_ALPHA,
@@ -55,6 +53,7 @@ from engine.similarity.metrics import (
 )
 from engine.similarity.debiased import DEBIASED, debiased_from_grams
 from engine.similarity.spectral import dual_cross
+from engine.similarity.parallel import cpu_workers, run_in_parallel
 from engine.similarity.streaming import MomentAccumulator, pooled_rows, positions_rows
 
 VIEWS = ("positions", "pooled", "flat", "filter", "filter-map", "cls")
