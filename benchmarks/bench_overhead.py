@@ -48,16 +48,21 @@ def main() -> None:
     parser.add_argument("--autocast", default="off", choices=["off", "bf16", "fp16"], help="CUDA only")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training forward")
+    parser.add_argument("--data", help="generated image folder to reuse (written there first if missing)")
+    parser.add_argument("--stored-size", type=int, help="size of the generated files (default: --image-size); "
+                        "the loader resizes them, so many large images cost little to generate")
     args = parser.parse_args()
 
     classes = 8
     per_class = (args.train_images + args.probe_size) // classes + 1
     val_fraction = (args.probe_size + classes) / (per_class * classes)
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        data = write_shapes_folder(Path(tmp) / "data", classes=classes, per_class=per_class, size=args.image_size,
-                                   seed=0, val_fraction=val_fraction)
-        print(f"generated {classes * per_class} images in {time.perf_counter() - start:.0f}s")
+        data = Path(args.data) if args.data else Path(tmp) / "data"
+        if not data.exists():
+            start = time.perf_counter()
+            write_shapes_folder(data, classes=classes, per_class=per_class, size=args.stored_size or args.image_size,
+                                seed=0, val_fraction=val_fraction)
+            print(f"generated {classes * per_class} images in {time.perf_counter() - start:.0f}s")
         config = RunConfig(model=args.model, data=str(data), out=str(Path(tmp) / "run"), weights="none",
                            epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
                            probe_size=args.probe_size, metrics=args.metrics.split(","), view=args.view,

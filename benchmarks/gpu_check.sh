@@ -10,14 +10,20 @@
 #             generated images, probe 256), plain, then with --autocast bf16 --channels-last, then with
 #             --compile too: images/s with and without the per-epoch analysis;
 #   processes the probe pass and evaluation on 1 process against 2 (bench_distributed.py): NCCL with a
-#             GPU each where there are two, else gloo on the CPU cores.
-# `benchmarks/gpu_check.sh` runs them all (about 9 minutes on an H100-class GPU with 16 cores);
+#             GPU each where there are two, else gloo on the CPU cores;
+#   filters   the `filter` view's per-matrix route against the batched one, side by side, with the
+#             peers' CKA on the same features (bench_filter_gpu.py): ResNet-50's paper layers at
+#             n = 512 and ViT-B/16's blocks at n = 256; the peers (cka-pytorch, torch-cka) are used
+#             where installed in the benchmark's environment;
+#   filter-overhead  ResNet-50 at 224 px on 20,000 generated images (bf16, channels-last): training
+#             images/s with and without the default analyses, the filter view off and on.
+# `benchmarks/gpu_check.sh` runs them all (about 13 minutes on an H100-class GPU with 16 cores);
 # `benchmarks/gpu_check.sh overhead metrics` runs the ones named. Everything goes to stdout.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 sections=("$@")
-[ ${#sections[@]} -eq 0 ] && sections=(suite metrics overhead processes)
+[ ${#sections[@]} -eq 0 ] && sections=(suite metrics overhead processes filters filter-overhead)
 wanted() { [[ " ${sections[*]} " == *" $1 "* ]]; }
 step() { echo; echo "== $1"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -59,4 +65,27 @@ if wanted processes; then
     step "one GPU: 1 process against 2 on the CPU cores (gloo), ResNet-18 at 64 px"
     timeout 150 python3 benchmarks/bench_distributed.py || echo "failed or timed out (rc $?)"
   fi
+fi
+
+if wanted filters; then
+  step "cuSOLVER's batched symmetric solver against torch's looped eigh, float64"
+  timeout 60 python3 benchmarks/cusolver_probe.py || echo "failed or timed out (rc $?)"
+  step "filter view: per-matrix route against the batched route, ResNet-50 paper layers, n = 512, 224 px"
+  timeout 240 python3 benchmarks/bench_filter_gpu.py --n 512 || echo "failed or timed out (rc $?)"
+fi
+
+if wanted filter-overhead; then
+  data=$(mktemp -d)/images
+  run20k=(--model resnet50 --image-size 224 --stored-size 64 --data "$data" --train-images 20000 --epochs 1
+          --batch-size 128 --device cuda --workers 12 --autocast bf16 --channels-last)
+  step "ResNet-50, 224 px, 20,000 images, bf16 + channels-last: default analyses (filter view off)"
+  timeout 200 python3 benchmarks/bench_overhead.py "${run20k[@]}" || echo "failed or timed out (rc $?)"
+  step "the same with the filter view on (the default measures on positions and on filter)"
+  timeout 200 python3 benchmarks/bench_overhead.py "${run20k[@]}" \
+    --metrics pwsm,procrustes,cka,pwsm@filter,procrustes@filter,cka@filter || echo "failed or timed out (rc $?)"
+fi
+
+if wanted filters; then
+  step "filter view: the same for ViT-B/16's blocks, n = 256"
+  timeout 150 python3 benchmarks/bench_filter_gpu.py --model vit_b_16 --n 256 --old-filters 32 || echo "failed or timed out (rc $?)"
 fi
