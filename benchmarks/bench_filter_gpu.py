@@ -25,7 +25,6 @@ with every parameter moved by 2 % of its spread (the cost depends on shapes, not
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from pathlib import Path
@@ -37,9 +36,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import engine.similarity.singular as singular  # noqa: E402
 import engine.similarity.spectral as spectral  # noqa: E402
-from bench_gpu_analysis import probe_batches, synchronise  # noqa: E402
+from bench_gpu_analysis import probe_batches, source_and_tuned, synchronise  # noqa: E402
 from engine.capture import as_feature_map  # noqa: E402
-from engine.models import architecture, select_layers  # noqa: E402
 from engine.similarity import SourceSpectrumCache, eigen, layer_distance  # noqa: E402
 
 METRICS = ("pwsm", "procrustes", "cka")
@@ -141,16 +139,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}; torch {torch.__version__}; {args.model}, n = {args.n}, {args.image_size} px; "
           f"batched solver: {eigen.solver_applies(device, torch.float64, 64, 2)}")
-    torch.manual_seed(0)
-    source = architecture(args.model, image_size=args.image_size).eval()
-    selected = select_layers(args.model, source, None, args.image_size)
-    layers = [layer.name for layer in selected]
-    layouts = {layer.name: layer.layout for layer in selected}
-    source = source.to(device)
-    tuned = copy.deepcopy(source)
-    with torch.no_grad():
-        for p in tuned.parameters():
-            p.add_(0.02 * p.std().nan_to_num() * torch.randn_like(p))
+    source, tuned, layers, layouts = source_and_tuned(args.model, args.image_size, device)
     batches = probe_batches(args.n, args.image_size, args.batch, device)
     features_a = capture(source, layers, batches, layouts)
     features_b = capture(tuned, layers, batches, layouts)

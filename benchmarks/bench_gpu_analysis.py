@@ -67,6 +67,22 @@ def probe_batches(n: int, size: int, batch: int, device: torch.device, seed: int
     return batches
 
 
+def source_and_tuned(model: str, image_size: int, device: torch.device):
+    """A randomly initialised model, a copy with every parameter moved by 2 % of its spread, their
+    default layers and those layers' layouts (traced on the CPU)."""
+    torch.manual_seed(0)
+    source = architecture(model, image_size=image_size).eval()
+    selected = select_layers(model, source, None, image_size)
+    layers = [layer.name for layer in selected]
+    layouts = {layer.name: layer.layout for layer in selected}
+    source = source.to(device)
+    tuned = copy.deepcopy(source)
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(0.02 * p.std().nan_to_num() * torch.randn_like(p))
+    return source, tuned, layers, layouts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=512)
@@ -84,16 +100,7 @@ def main() -> None:
     print(f"CUDA float64 vs CPU float64, every view: max |difference| {check_views_against_cpu(device):.1e}"
           if device.type == "cuda" else "(CPU run: no CUDA comparison)")
 
-    torch.manual_seed(0)
-    source = architecture(args.model, image_size=args.image_size).eval()
-    selected = select_layers(args.model, source, None, args.image_size)  # traced on CPU
-    layers = [layer.name for layer in selected]
-    layouts = {layer.name: layer.layout for layer in selected}
-    source = source.to(device)
-    tuned = copy.deepcopy(source)
-    with torch.no_grad():
-        for p in tuned.parameters():
-            p.add_(0.02 * p.std().nan_to_num() * torch.randn_like(p))
+    source, tuned, layers, layouts = source_and_tuned(args.model, args.image_size, device)
     print(f"layers: {', '.join(layers)}")
     batches = probe_batches(args.n, args.image_size, args.batch, device)
     measures = parse_measures(args.metrics.split(","), "positions", 0.5)

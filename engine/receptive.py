@@ -129,7 +129,9 @@ def receptive_fields(model: nn.Module, layers: list[str], image_size: int = 224)
     graph_module = trace(model)
     was_training = model.training
     graph_module.eval()
-    ShapeProp(graph_module).propagate(torch.zeros(1, 3, image_size, image_size))
+    # the input lives where the weights do: on a GPU a CPU tensor stops the trace (seen on an H200)
+    device = next(iter(model.parameters()), torch.zeros(0)).device
+    ShapeProp(graph_module).propagate(torch.zeros(1, 3, image_size, image_size, device=device))
     model.train(was_training)
     wanted = {layer_output_node(graph_module, layer): layer for layer in layers}
     segments: dict[fx.Node, Segments | None] = {}
