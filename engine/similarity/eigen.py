@@ -60,6 +60,14 @@ class _BatchedSolver:
     def __init__(self, library: ctypes.CDLL):
         self.lib = library
         self.handles: dict[int, tuple[ctypes.c_void_p, ctypes.c_void_p]] = {}
+        self.host_work = (ctypes.c_byte * 1)()  # grown as needed, reused under the lock
+
+    def host_workspace(self, size: int):
+        """The host workspace of at least ``size`` bytes: allocated (and zero-filled) only when a
+        call needs more than any before, not on every call."""
+        if ctypes.sizeof(self.host_work) < size:
+            self.host_work = (ctypes.c_byte * size)()
+        return self.host_work
 
     def handle(self, device: torch.device):
         index = device.index if device.index is not None else torch.cuda.current_device()
@@ -93,7 +101,7 @@ class _BatchedSolver:
             if status != 0:
                 raise RuntimeError(f"cusolverDnXsyevBatched_bufferSize returned {status}")
             device_work = torch.empty(max(1, device_bytes.value), dtype=torch.uint8, device=a.device)
-            host_work = (ctypes.c_byte * max(1, host_bytes.value))()
+            host_work = self.host_workspace(host_bytes.value)
             status = self.lib.cusolverDnXsyevBatched(
                 handle, params, c_int(mode), c_int(_FILL_LOWER), c_int64(n), c_int(data_type),
                 c_void_p(work.data_ptr()), c_int64(n), c_int(data_type), c_void_p(values.data_ptr()),

@@ -25,7 +25,7 @@ one matrix at a time (30 ms for 512×512 in float64 on an H200); cuSOLVER's batc
   within the bracket.
 
 On the CPU, LAPACK's SVD is as fast as the Gram route's eigh (and the threads of
-:mod:`engine.similarity.batched` already share the matrices), so ``svd`` stays the CPU route; the
+:mod:`engine.similarity.parallel` already share the matrices), so ``svd`` stays the CPU route; the
 batched routes are chosen where the batched solver is, and can be asked for anywhere (the tests do).
 """
 
@@ -101,12 +101,6 @@ def nuclear_norms(m: torch.Tensor, route: str | None = None) -> torch.Tensor:
     return values
 
 
-def gram_fallbacks(m: torch.Tensor) -> int:
-    """How many matrices of the batch the Gram route hands to Jordan–Wielandt (for the benchmarks)."""
-    a = m if m.shape[-1] <= m.shape[-2] else m.transpose(-1, -2)
-    return int((~nuclear_gram(a)[1]).sum())
-
-
 def singular_decomposition(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(U, σ) of a batch A (b, r, c) as ``torch.linalg.svd(A, full_matrices=False)`` gives them.
 
@@ -124,5 +118,5 @@ def singular_decomposition(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     spans = [(start, min(len(host), start + share)) for start in range(0, len(host), share)]
     parts = run_in_parallel(lambda span: torch.linalg.svd(host[span[0]:span[1]], full_matrices=False)[:2],
                             spans, len(spans))
-    u = torch.cat([part[0] for part in parts]).to(a.device, non_blocking=True)
+    u = torch.cat([part[0] for part in parts]).to(a.device)
     return u, torch.cat([part[1] for part in parts]).to(a.device)
