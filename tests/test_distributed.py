@@ -171,7 +171,10 @@ def test_a_process_that_fails_names_itself_in_the_run_status(tmp_path, shapes_da
     import failing_worker
 
     run_dir = tmp_path / "run"
-    done = torchrun("--nproc-per-node", "2", str(WORKER.with_name("failing_worker.py")), "run", "--data",
+    # as the README advises: torchrun's default 30 s before it kills the stopped processes can cut a
+    # slow rank 0 off before it records the failure (the suspected cause of one CI run that found the
+    # status left 'running'; not reproduced here, under load or not)
+    done = torchrun("--nproc-per-node", "2", "--shutdown-timeout", "120", str(WORKER.with_name("failing_worker.py")), "run", "--data",
                     str(shapes_data), "--out", str(run_dir), "--epochs", "2", "--device", "cpu", *TINY_RUN)
     assert done.returncode != 0
     status = json.loads((run_dir / "status.json").read_text())
