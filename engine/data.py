@@ -100,7 +100,18 @@ def pixel_transform(image_size: int) -> Callable:
 
 
 def class_folders(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The class sub-folders of ``root`` (links to folders included), refused in one line where two of
+    them are one folder: a class linked to another would be a second class with the same images."""
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    seen: dict[tuple[int, int], Path] = {}
+    for folder in folders:
+        info = folder.stat()
+        first = seen.setdefault((info.st_dev, info.st_ino), folder)
+        if first is not folder:
+            link = next((p for p in (folder, first) if p.is_symlink()), folder)
+            raise FtdynError(f"class folders '{first.name}' and '{folder.name}' in '{root}' are the same folder "
+                             f"('{link.name}' is a link): each class needs its own images; remove the link")
+    return folders
 
 
 def is_readable_image(path: Path) -> bool:
@@ -184,6 +195,10 @@ def load_image_data(root: str | Path, val_fraction: float = 0.2, seed: int = 0,
         check_classes(classes, root)
         everything = scan_split(root, classes, skipped, progress)
         train, held_out = split_by_class(everything, val_fraction, seed)
+        if everything.samples and not held_out.samples:
+            raise FtdynError(f"the --val-fraction split of '{root}' left no held-out images: every class has a "
+                             f"single image, and a class gives one to the held-out split only from two; add "
+                             f"images, or a val/ folder beside a train/ folder")
         data = ImageData(classes, train, held_out, "val-fraction", skipped)
     for split, name in ((data.train, "training"), (data.held_out, "held-out")):
         if not split.samples:

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from engine.errors import FtdynError
+from engine.errors import FtdynError, Stopped
 
 # Rank 0 alone writes checkpoints and pictures, and a part that runs on rank 0 alone (shared
 # invariance inverts images when it is built) may take many minutes while the others wait at the
@@ -256,12 +256,13 @@ def launch(nproc_per_node: int, cli_args: list[str], run_dir: str) -> None:
     try:
         run(args)
     except SignalException as exc:  # Ctrl-C or a kill reached the launcher: torchrun has stopped the processes
-        record_end(run_dir, "interrupted", f"stopped by {signal.Signals(exc.sigval).name}; continue with --resume")
-        raise KeyboardInterrupt from None
+        name = signal.Signals(exc.sigval).name
+        record_end(run_dir, "interrupted", f"stopped by {name}; continue with --resume")
+        raise Stopped(name) from None
     except ChildFailedError as exc:
-        if all(f.exitcode == INTERRUPTED for f in exc.failures.values()):  # a stop that reached them first
+        if all(f.exitcode in INTERRUPTED for f in exc.failures.values()):  # a stop that reached them first
             record_end(run_dir, "interrupted", "stopped by a signal; continue with --resume")
-            raise KeyboardInterrupt from None
+            raise Stopped("SIGTERM" if any(f.exitcode == 143 for f in exc.failures.values()) else "SIGINT") from None
         rank, failure = exc.get_first_failure()
         # A process killed from outside (the OOM killer, kill -9, a crash) no later than the first failure
         # is its cause. Not torchrun's own stop (SIGTERM, then SIGKILL after its shutdown timeout: later),
@@ -277,7 +278,7 @@ def launch(nproc_per_node: int, cli_args: list[str], run_dir: str) -> None:
         raise failed from None
 
 
-INTERRUPTED = 130  # a process's exit code after Ctrl-C or SIGTERM (ftdyn run's)
+INTERRUPTED = (130, 143)  # a process's exit code after Ctrl-C or SIGTERM (ftdyn run's: 128 + the signal)
 SHUTDOWN_SECONDS = 120
 
 

@@ -53,6 +53,9 @@ def resolve_weights(model_name: str, weights: str | None):
         return None
     path = Path(weights).expanduser()
     if path.exists() or weights.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        if path.is_dir():
+            raise FtdynError(f"--weights '{weights}' is a folder; pass the state-dict file inside it (a .pt or .pth), "
+                             f"a torchvision weights name ({', '.join(weight_names(model_name)) or 'DEFAULT'}), or none")
         if not path.is_file():
             raise FtdynError(f"weights file '{weights}' does not exist; pass a torchvision weights name "
                              f"({', '.join(weight_names(model_name)) or 'DEFAULT'}), a state-dict file, or none")
@@ -369,6 +372,9 @@ def select_layers(model_name: str, model: nn.Module, requested: list[str] | None
     layers = trace_layers(model, image_size)
     by_name = {layer.name: layer for layer in layers}
     names = requested or default_layer_names(model_name, layers, model)
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise FtdynError(f"--layers names {', '.join(repr(n) for n in repeated)} more than once; name each layer once")
     chosen = []
     for name in names:
         if name not in by_name:

@@ -271,19 +271,37 @@ class RunSnapshot:
 def effective_state(status: dict[str, Any] | None, at: float | None = None, run_dir: Path | None = None) -> str:
     """The recorded state, or 'stalled' for a run whose writer is gone (killed, machine lost): at once
     when the writer ran on this host and its lock is free, else once its heartbeat is older than
-    ``STALL_SECONDS``."""
+    ``STALL_SECONDS``; 'suspended' while a writer on this host that still holds its lock is stopped
+    (SIGSTOP, Ctrl-Z)."""
     if not isinstance(status, dict):
         return "unknown"
     state = status.get("state", "unknown")
     state = state if state in STATES else "unknown"
     if state != "running":
         return state
+    if run_dir is not None and status.get("host") == socket.gethostname():
+        alive = writer_alive(run_dir)
+        if alive is False:
+            return "stalled"
+        if alive and process_suspended(status.get("pid")):  # however long ago it last beat
+            return "suspended"
     updated = status.get("updated_at")
     if not isinstance(updated, (int, float)) or (at or now()) - float(updated) > STALL_SECONDS:
         return "stalled"
-    if run_dir is not None and status.get("host") == socket.gethostname() and writer_alive(run_dir) is False:
-        return "stalled"
     return state
+
+
+def process_suspended(pid: Any) -> bool:
+    """True when process ``pid`` of this host is stopped (SIGSTOP, Ctrl-Z: state T in /proc): a writer
+    that holds its lock and will go on when continued (SIGCONT, ``fg``), but writes nothing until then."""
+    if not is_count(pid) or pid == 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read(4096).rpartition(b")")[2].split()
+    except OSError:
+        return False
+    return bool(fields) and fields[0] in (b"T", b"t")
 
 
 def parse_json(data: bytes, name: str) -> Any:

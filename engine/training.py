@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, Sampler, Subset
 
 from engine.accelerate import autocast, check_accelerator_options, compiled, memory_format, to_memory_format
 from engine.analyses.parts import PartContext, build_epoch_parts, default_epoch_parts, epoch_parts, parse_analyses
@@ -49,7 +49,7 @@ from engine.data import (
     seeded_generator,
 )
 from engine.shuffle import BlockShuffle, parse_shuffle
-from engine.errors import FtdynError, exception_line
+from engine.errors import FtdynError, Stopped, exception_line
 from engine.intervals import (
     DEFAULT_GROUPS,
     DEFAULT_LEVEL,
@@ -199,6 +199,32 @@ def source_fingerprint(model: nn.Module) -> float:
         return float(sum(p.double().abs().sum() for p in model.state_dict().values() if p.is_floating_point()))
 
 
+class WithoutLoneLastBatch(Sampler[list[int]]):
+    """``sampler``'s indices in batches of ``batch``, the last one shorter, except that a last batch of
+    a single image is left out: BatchNorm cannot train on one image (one value per channel has no
+    variance, and torch refuses it), and a run whose training set is one more than a multiple of the
+    batch would stop at its first epoch, resume or not. The order is reshuffled every epoch, so a
+    different image sits out each time; the run records a warning saying so."""
+
+    def __init__(self, sampler: Sampler[int], batch: int):
+        self.batches = BatchSampler(sampler, batch, drop_last=False)
+        self.lone = lone_last_image(len(sampler), batch)
+
+    def __iter__(self):
+        batches = iter(self.batches)
+        for _ in range(len(self)):
+            yield next(batches)
+
+    def __len__(self) -> int:
+        return len(self.batches) - self.lone
+
+
+def lone_last_image(images: int, batch: int) -> bool:
+    """True when ``images`` in batches of ``batch`` (> 1) leave a last batch of one (see
+    WithoutLoneLastBatch); batches of one are what --batch-size 1 asks for, and are kept."""
+    return batch > 1 and images > 1 and images % batch == 1
+
+
 class InterruptRequest:
     """Ctrl-C (SIGINT) or SIGTERM (``kill``, a scheduler's pre-emption, ``docker stop``) during the
     loop asks it to stop at the next step boundary (the epoch in progress is dropped, as after a
@@ -220,12 +246,17 @@ class InterruptRequest:
 
     def handle(self, signum, _frame) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            raise Stopped(signal.Signals(signum).name)
         self.requested = signal.Signals(signum).name
 
     def check(self) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            raise Stopped(self.requested)
+
+    def stopped(self) -> Stopped:
+        """The stop to raise when this process or another asked for one (another's signal is not known
+        here: Ctrl-C's, unless this process had one)."""
+        return Stopped(self.requested or "SIGINT")
 
     @property
     def how(self) -> str:
@@ -293,6 +324,7 @@ class Trainer:
             self.shuffle = parse_shuffle(config.shuffle_blocks, config.image_size, config.shuffle_seed)
         except ValueError as exc:
             raise FtdynError(str(exc)) from None
+        self.run_warnings: list[str] = []  # what the run reduced or doubts, recorded in config.json's warnings
         self.on_event("phase", name="scanning images")
         data = load_image_data(config.data, config.val_fraction, config.seed,
                                progress=lambda i, n: self.on_event("scan", done=i, total=n))
@@ -305,6 +337,7 @@ class Trainer:
         held_out = ImageList(data.held_out.samples, eval_transform)
         probe = Subset(held_out, probe_indices(data.held_out.targets, config.probe_size, config.seed))
         self.train_set, self.held_out, self.probe = train_set, held_out, probe
+        self.warn_about_data(len(train_set), len(held_out), len(probe))
         if len(probe) < processes.world:
             raise FtdynError(f"the probe set has {len(probe)} images for {processes.world} processes; use "
                              f"--probe-size {processes.world} or more")
@@ -321,7 +354,6 @@ class Trainer:
         self.layers = select_layers(config.model, model, config.layers, config.image_size)
         self.measures = parse_measures(config.metrics, config.view, config.alpha)
         parts = parse_analyses(config.analyses)
-        self.measure_warnings: list[str] = []
         if "distance" in parts:
             self.check_measures()
         self.source = copy.deepcopy(model).to(self.device, memory_format=memory_format(config.channels_last)).eval()
@@ -423,8 +455,7 @@ class Trainer:
                     text = (f"layer {layer.name}, {measure.label}: no interval — with a group of probe images left "
                             f"out, full whitening (α = 0) is degenerate there; use more probe images, fewer "
                             f"--interval-groups or α > 0")
-                    self.measure_warnings.append(text)
-                    self.on_event("warning", text=text)
+                    self.warn(text)
 
     def transform(self, augment: bool):
         """The run's image transform: resize (and augmentation), normalisation, block shuffle."""
@@ -472,7 +503,7 @@ class Trainer:
 
     def check_measures(self) -> None:
         """Refuse a degenerate PWSM α = 0 before any training, with the probe size it would see; small α
-        there is allowed and kept in ``measure_warnings`` (recorded in config.json as ``warnings``)."""
+        there is allowed and kept in ``run_warnings`` (recorded in config.json as ``warnings``)."""
         n = len(self.probe)
         if any(m.view == "cls" for m in self.measures) and not any(
                 layer.layout and layer.layout.class_token for layer in self.layers):
@@ -491,9 +522,26 @@ class Trainer:
                     raise FtdynError(f"layer {layer.name}: {exc}") from None
                 for warning in caught:  # small α in the degenerate regime: allowed, recorded and shown
                     if issubclass(warning.category, DegenerateWhiteningWarning):
-                        self.measure_warnings.append(f"layer {layer.name}, {measure.label}: {warning.message}")
-        for text in self.measure_warnings:
-            self.on_event("warning", text=text)
+                        self.warn(f"layer {layer.name}, {measure.label}: {warning.message}")
+
+    def warn_about_data(self, train_images: int, held_out_images: int, probe_images: int) -> None:
+        """What the data made the run reduce, said now and recorded with the run's warnings."""
+        config, world = self.config, self.processes.world
+        found = []
+        if probe_images < config.probe_size:
+            found.append(f"--probe-size {config.probe_size} asks for more images than the held-out split has "
+                         f"({held_out_images}): the probe set is all {probe_images} of them")
+        if lone_last_image(-(-train_images // world), self.batch_per_process):
+            found.append(f"{train_images} training images in batches of {config.batch_size} leave a last batch of "
+                         f"one image, which BatchNorm cannot train on: it is left out, a different image each "
+                         f"epoch (the order is reshuffled); a --batch-size that does not leave one keeps every image")
+        for text in found:
+            self.warn(text)
+
+    def warn(self, text: str) -> None:
+        """Say ``text`` now and record it with the run's warnings (config.json), for the report and the app."""
+        self.run_warnings.append(text)
+        self.on_event("warning", text=text)
 
     def config_record(self) -> dict[str, Any]:
         return {
@@ -510,7 +558,7 @@ class Trainer:
             "measures": [{"label": m.label, "metric": m.metric.label, "view": m.view} for m in self.measures]
             if self.analyses.part("distance") else [],
             "analyses": self.analyses.declarations(),
-            "warnings": self.measure_warnings,
+            "warnings": self.run_warnings,
             "vis_fields": self.field_kinds or None,
             "strategy": {"name": self.strategy.name, "train_blocks": self.strategy.train_blocks,
                          "layer_decay": self.strategy.layer_decay, "warmup_epochs": self.strategy.warmup_epochs,
@@ -631,19 +679,21 @@ class Trainer:
         """Stop at this step boundary when Ctrl-C or SIGTERM reached this process or any other: every
         process of a distributed run stops at the same step (one flag added over them)."""
         if self.processes.any(self.interrupt.requested is not None):
-            raise KeyboardInterrupt
+            raise self.interrupt.stopped()
 
     def train_loader(self, epoch: int) -> DataLoader:
         """The epoch's training batches, shuffled by (seed, epoch): on one process all of them; on N, this
         process's part (DistributedSampler, whose padding repeats up to N − 1 images so that every
         process takes the same number of steps) in batches of batch-size / N."""
         config, processes = self.config, self.processes
-        if not processes.distributed:
-            return DataLoader(self.train_set, batch_size=config.batch_size, shuffle=True, drop_last=False,
-                              generator=seeded_generator(seed_epoch(config.seed, epoch)), **self.loader_options)
-        sampler = DistributedSampler(self.train_set, num_replicas=processes.world, rank=processes.rank, shuffle=True,
-                                     seed=seed_epoch(config.seed, epoch), drop_last=False)
-        return DataLoader(self.train_set, batch_size=self.batch_per_process, sampler=sampler, **self.loader_options)
+        order = seeded_generator(seed_epoch(config.seed, epoch)) if not processes.distributed else None
+        if not processes.distributed:  # the loader draws its workers' seed from ``order`` first, as shuffle=True did
+            sampler = RandomSampler(self.train_set, generator=order)
+        else:
+            sampler = DistributedSampler(self.train_set, num_replicas=processes.world, rank=processes.rank,
+                                         shuffle=True, seed=seed_epoch(config.seed, epoch), drop_last=False)
+        return DataLoader(self.train_set, batch_sampler=WithoutLoneLastBatch(sampler, self.batch_per_process),
+                          generator=order, **self.loader_options)
 
     def train_epoch(self, epoch: int) -> tuple[dict[str, float], float]:
         config = self.config
@@ -668,7 +718,7 @@ class Trainer:
             finite = bool(torch.isfinite(loss))
             stop, non_finite = self.processes.flags(self.interrupt.requested is not None, not finite)
             if stop:
-                raise KeyboardInterrupt
+                raise self.interrupt.stopped()
             if non_finite and finite:  # every process stops here, before the gradients are averaged
                 raise NonFiniteLoss(f"the loss became non-finite on another process at epoch {epoch}, step {step}; "
                                     f"lower --lr or set --grad-clip (recorded epochs are kept)")
@@ -721,8 +771,9 @@ class Trainer:
         official code. The batches come from a loader seeded like the epoch's, so resuming replays them."""
         config = self.config
         if self.processes.leader:  # as on one process (the full batches); the others take its rates
-            loader = DataLoader(self.train_set, batch_size=config.batch_size, shuffle=True,
-                                generator=seeded_generator(seed_epoch(config.seed, epoch) + 1), **self.loader_options)
+            order = seeded_generator(seed_epoch(config.seed, epoch) + 1)
+            loader = DataLoader(self.train_set, generator=order, **self.loader_options, batch_sampler=WithoutLoneLastBatch(
+                RandomSampler(self.train_set, generator=order), config.batch_size))
             batches = [batch for batch, _ in zip(loader, range(RGN_BATCHES))]
             set_train_mode(self.model, self.plan.frozen_batchnorm)
             names = [g["name"] for g in self.plan.groups]

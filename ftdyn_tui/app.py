@@ -79,7 +79,7 @@ from ftdyn_tui.model import (
 
 IMAGE_MODES = ("halfcell", "sixel", "kitty", "auto")
 STATE_STYLE = {"running": "green", "finished": "bold", "failed": "red", "interrupted": "yellow",
-               "stalled": "magenta", "corrupt": "red", "unknown": "dim"}
+               "stalled": "magenta", "suspended": "yellow", "corrupt": "red", "unknown": "dim"}
 
 
 def plain(value: object, style: str = "") -> Text:

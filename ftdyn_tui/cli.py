@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from engine.errors import stop_exit_code
 from engine.untrusted import MESSAGE_LIMIT, visible
 
 app = typer.Typer(
@@ -253,9 +254,9 @@ def run(
         fail(str(exc))
     except ValueError as exc:  # argument checks inside the engine (unknown view or metric)
         fail(str(exc))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         say("interrupted:", "yellow", f"the run is resumable with `ftdyn run --out {out_dir} --resume`")
-        raise typer.Exit(130)
+        raise typer.Exit(stop_exit_code(stop))
 
 
 def launch_processes(config, resume: bool, nproc_per_node: int) -> None:
@@ -273,10 +274,10 @@ def launch_processes(config, resume: bool, nproc_per_node: int) -> None:
         said = "" if exc.exitcode < 0 else " (its message is above)"
         fail(f"{exc}{said}; recorded epochs are kept — continue with "
              f"`ftdyn run --out {config.out} --resume --nproc-per-node {nproc_per_node}`")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         say("interrupted:", "yellow", f"the run is resumable with `ftdyn run --out {config.out} --resume "
                                       f"--nproc-per-node {nproc_per_node}`")
-        raise typer.Exit(130)
+        raise typer.Exit(stop_exit_code(stop))
 
 
 def run_process(config, resume: bool, nproc_per_node: int) -> None:
@@ -300,11 +301,11 @@ def run_process(config, resume: bool, nproc_per_node: int) -> None:
             run_training(config, resume=resume, processes=processes)
     except FtdynError as exc:
         raise FtdynError(f"process {processes.rank}: {exc}") from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         if processes.leader and LAUNCHED not in os.environ:  # under `ftdyn run --nproc-per-node` the launcher says it
             say("interrupted:", "yellow", f"the run is resumable: start it as before with --resume "
                                           f"(`torchrun … -m ftdyn_tui.cli run --out {config.out} --resume`)")
-        raise typer.Exit(130)
+        raise typer.Exit(stop_exit_code(stop))
     finally:
         processes.leave()
 
@@ -504,9 +505,9 @@ def demo_runs(model: str, command: str, start) -> list[Path]:
             return start(progress.event)
     except FtdynError as exc:
         fail(str(exc))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         say("interrupted:", "yellow", f"run `{command}` again (the cache keeps what is done)")
-        raise typer.Exit(130)
+        raise typer.Exit(stop_exit_code(stop))
 
 
 def demo_transfer(out_dir: Path, settings, seed: int, device: str, epochs: int | None) -> None:
@@ -609,9 +610,9 @@ def sweep(
             outcome += run_barriers(cells, on_event=progress.event)
     except FtdynError as exc:
         fail(str(exc))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         say("interrupted:", "yellow", "run the same command again to resume the sweep")
-        raise typer.Exit(130)
+        raise typer.Exit(stop_exit_code(stop))
     for name, what in outcome:
         console.print(Text(visible(f"{name}: {what}")))
     console.print(Text(f"compare them: `ftdyn report {out_dir}`"))
@@ -938,7 +939,8 @@ def umap(
                                                "(default: every saved checkpoint; the source is always there)."),
     features: str = typer.Option("pooled", "--features", help="pooled (each map's spatial mean, the `pooled` view) "
                                  "or cls (the class token of ViT layers)."),
-    neighbours: int = typer.Option(15, "--neighbours", min=2, help="UMAP's n_neighbors (at most the probe size − 1)."),
+    neighbours: Optional[int] = typer.Option(None, "--neighbours", min=2, help="UMAP's n_neighbors, at most the probe "
+                                             "size − 1 [default: 15, or the probe size − 1 where that is fewer]."),
     min_dist: float = typer.Option(0.1, "--min-dist", min=0.0, max=1.0, help="UMAP's min_dist."),
     metric: str = typer.Option("euclidean", "--metric", help="euclidean or cosine, for the map and the "
                                                             "neighbour agreement in feature space."),
@@ -1011,9 +1013,9 @@ def run_posthoc(work) -> tuple[dict, Path]:
             result, path = work(progress.event)
     except (FtdynError, ValueError) as exc:
         fail(str(exc))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         console.print("[yellow]interrupted[/]: nothing was written")
-        raise typer.Exit(130)
+        raise typer.Exit(stop_exit_code(stop))
     console.print(Text.assemble(("wrote", "green"), " ", visible(str(path), MESSAGE_LIMIT)))
     for note in result.get("notes", []):
         say("note:", "yellow", note)

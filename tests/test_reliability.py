@@ -55,11 +55,19 @@ def test_second_writer_and_resume_of_a_live_run_are_refused_then_sigterm_interru
     for extra in ((), ("--resume",)):
         assert_clean_error(cli("run", "--out", out, "--data", shapes_data, "--epochs", "200", *TINY_RUN, *extra),
                            "being written by", f"pid {first.pid} on host")
-    # the run's images are its writer's too
+    # the run's images and its post-hoc results are its writer's too
     assert_clean_error(cli("vis", out, "--layer", "layer1.1", "--filter", "0"), "being written by")
+    assert_clean_error(cli("transfer", "criticality", out), "being written by its run")
+    assert not (out / "analyses").exists()
+    first.send_signal(signal.SIGSTOP)  # Ctrl-Z, or a debugger: alive, holding the lock, writing nothing
+    try:
+        assert wait_for(lambda: effective_state(read_run(out).status, run_dir=out) == "suspended")
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert effective_state(read_run(out).status, run_dir=out) == "running"
     first.send_signal(signal.SIGTERM)  # a scheduler's pre-emption, `kill`, `docker stop`
     _, stderr = first.communicate(timeout=120)
-    assert first.returncode == 130 and "Traceback" not in stderr
+    assert first.returncode == 143 and "Traceback" not in stderr  # 128 + SIGTERM, as a shell reports a kill
     status = read_run(out).status
     assert status["state"] == "interrupted" and "SIGTERM" in status["message"]
     assert writer_alive(out) is False
@@ -318,3 +326,73 @@ def test_read_only_out_is_one_line(tmp_path, shapes_data, small_filesystems):
     result = in_small_filesystem(script, "1m", tmp_path / "fs")
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1 and "Read-only" in errors[0], result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Second round: a last batch of one, misleading or silent messages
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("size", [1, 2, 5, 8, 9, 13, 15, 22])
+def test_batches_leave_out_only_a_last_batch_of_one(size, batch):
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from engine.training import WithoutLoneLastBatch, lone_last_image
+
+    order = list(RandomSampler(range(size), generator=torch.Generator().manual_seed(size)))
+    batches = list(WithoutLoneLastBatch(order, batch))
+    plain = [order[i:i + batch] for i in range(0, size, batch)]  # every image, the last batch shorter
+    lone = batch > 1 and size > 1 and size % batch == 1
+    assert lone_last_image(size, batch) == lone
+    assert batches == (plain[:-1] if lone else plain) and len(WithoutLoneLastBatch(order, batch)) == len(batches)
+    assert all(len(b) > 1 for b in batches) or batch == 1 or size == 1
+    # the order an earlier ftdyn trained in (DataLoader(shuffle=True, generator)), so resumed runs replay it
+    generator = torch.Generator().manual_seed(3)
+    loader = DataLoader(range(size), generator=generator, batch_sampler=WithoutLoneLastBatch(
+        RandomSampler(range(size), generator=generator), batch))
+    before = DataLoader(range(size), batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(3))
+    assert [b.tolist() for b in loader] == [b.tolist() for b in before][:len(loader)]
+
+
+def test_a_training_set_one_more_than_a_multiple_of_the_batch_trains_and_resumes(tmp_path, shapes_data, cli):
+    images = sum(1 for p in (shapes_data / "train").rglob("*") if p.is_file())
+    out = tmp_path / "run"
+    result = run(cli, shapes_data, out, "--batch-size", str(images - 1))  # BatchNorm cannot train on one image
+    assert result.exit_code == 0, result.output
+    assert "left out" in result.output
+    warned = [w for w in read_run(out).config["warnings"] if "last batch of one image" in w]
+    assert len(warned) == 1 and f"{images} training images in batches of {images - 1}" in warned[0]
+    assert cli("run", "--out", out, "--resume", "--epochs", "2").exit_code == 0
+    assert epochs_recorded(out) == [0, 1, 2]
+
+
+def test_a_probe_set_smaller_than_asked_is_a_recorded_warning(tmp_path, shapes_data, cli):
+    held_out = sum(1 for p in (shapes_data / "val").rglob("*") if p.is_file())
+    result = run(cli, shapes_data, tmp_path / "run", "--probe-size", "5000")
+    assert result.exit_code == 0, result.output
+    warned = [w for w in read_run(tmp_path / "run").config["warnings"] if w.startswith("--probe-size 5000")]
+    assert warned == [f"--probe-size 5000 asks for more images than the held-out split has ({held_out}): the probe "
+                      f"set is all {held_out} of them"]
+
+
+def test_a_split_that_leaves_nothing_held_out_says_why(tmp_path, shapes_data, cli):
+    data = tmp_path / "data"
+    for folder in sorted((shapes_data / "train").iterdir()):
+        (data / folder.name).mkdir(parents=True)
+        shutil.copy(next(folder.iterdir()), data / folder.name)
+    assert_clean_error(run(cli, data, tmp_path / "run"), "left no held-out images", "single image")
+
+
+def test_a_class_folder_linked_to_another_is_refused(tmp_path, shapes_data, cli):
+    data = tmp_path / "data"
+    shutil.copytree(shapes_data, data)
+    (data / "train" / "circle").symlink_to(data / "train" / "disc")
+    assert_clean_error(run(cli, data, tmp_path / "run"), "are the same folder", "'circle' is a link")
+    assert not (tmp_path / "run").exists()
+
+
+def test_weights_that_are_a_folder_and_a_layer_named_twice(tmp_path, shapes_data, cli):
+    assert_clean_error(run(cli, shapes_data, tmp_path / "run", "--weights", tmp_path), "is a folder",
+                       "state-dict file inside it")
+    assert_clean_error(run(cli, shapes_data, tmp_path / "run", "--layers", "layer1.1,layer2.1,layer1.1"),
+                       "'layer1.1' more than once")

@@ -62,7 +62,7 @@ def test_umap_is_fitted_on_the_source_and_deterministic_for_a_seed(trained):
     assert json.loads(path.read_text())["points"] == result["points"]
     assert result["epochs"] == [0, 1, 2] and result["display"] == "scatter" and result["classes"] == CLASSES
     assert all(len(result["points"][str(e)]) == len(result["labels"]) == 9 for e in result["epochs"])  # every image
-    assert result["settings"]["neighbours"] == 8  # 15 asked, at most the probe size − 1
+    assert result["settings"]["neighbours"] == 8  # 15 by default, at most the probe size − 1
     again, _ = run_feature_umap(full, "layer1.1", seed=3)
     assert again["points"] == result["points"]  # the same seed, the same map
     other, _ = run_feature_umap(full, "layer1.1", seed=4, epochs=[2])
@@ -99,7 +99,8 @@ def test_umap_command_prints_csv_and_refuses_bad_input_in_one_line(trained, cli)
     for args, says in ((("--layer", "nope"), "was not hooked in this run"),
                        (("--layer", "layer1.1", "--features", "cls"), "has no class token"),
                        (("--layer", "layer1.1", "--epochs", "7"), "no checkpoint for epoch 7"),
-                       (("--layer", "layer1.1", "--metric", "manhattan"), "--metric takes euclidean or cosine")):
+                       (("--layer", "layer1.1", "--metric", "manhattan"), "--metric takes euclidean or cosine"),
+                       (("--layer", "layer1.1", "--neighbours", "500"), "use --neighbours 8 or fewer")):
         bad = cli("umap", full, *args)
         assert bad.exit_code != 0 and says in bad.output and "Traceback" not in bad.output, bad.output
 

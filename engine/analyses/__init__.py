@@ -151,6 +151,43 @@ def series_matrix(records: list[dict[str, Any]], part: dict[str, Any], measure: 
     return matrix
 
 
+def result_path(run_dir: Path, tag: str) -> Path:
+    """Where a post-hoc result named ``tag`` goes: RUN/analyses/<tag>.json. Refused in one line, before
+    any work, while the run's writer holds it (a run training or drawing): see :func:`write_result`."""
+    from engine.errors import FtdynError
+
+    folder = Path(run_dir) / RESULTS_DIR
+    if folder.is_symlink():
+        raise FtdynError(f"'{folder}' is a link; ftdyn writes results only inside the run directory")
+    refuse_while_written(run_dir)
+    return folder / f"{tag}.json"
+
+
+def refuse_while_written(run_dir: str | Path) -> None:
+    """A one-line refusal while the run's writer holds its lock (a run training, or filters being drawn)."""
+    from engine.errors import FtdynError
+    from engine.run_lock import writer_alive
+
+    if writer_alive(run_dir) is True:
+        raise FtdynError(f"run directory '{run_dir}' is being written by its run; run this again when it has "
+                         f"finished (or stop it)")
+
+
+def write_result(target: Path, result: dict[str, Any]) -> None:
+    """Write a post-hoc result as the run directory's one writer: under its lock (a run started meanwhile
+    is refused, or refuses this, in one line), atomically."""
+    from engine.record import write_json_atomic
+    from engine.run_lock import RunLock
+
+    lock = RunLock(target.parent.parent)
+    lock.acquire(instead="run this again when the run has finished")
+    try:
+        target.parent.mkdir(exist_ok=True)
+        write_json_atomic(target, result)
+    finally:
+        lock.release()
+
+
 def read_results(run_dir: str | Path) -> list[dict[str, Any]]:
     """Post-hoc results of a run (RUN/analyses/*.json), oldest first. Only regular files inside the
     run directory are read (a shared run directory is untrusted: no links followed); unreadable

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.analyses import RESULTS_DIR
+from engine.analyses import refuse_while_written, result_path, write_result
 from engine.analyses.interpolation import batchnorm_effect, interpolate, load_and_evaluate, make_splits
 from engine.errors import FtdynError
 from engine.models import head_name
-from engine.record import SCHEMA_VERSION, write_json_atomic
+from engine.record import SCHEMA_VERSION
 from engine.training import Event, last_epoch, model_state, open_run, quiet, saved_config
 
 SERIES = ("held_out_loss", "held_out_error", "train_loss", "train_error")
@@ -51,13 +51,6 @@ def barrier(lambdas: list[float], values: list[float]) -> float:
     lam = np.asarray(lambdas, dtype=np.float64)
     v = np.asarray(values, dtype=np.float64)
     return float(np.max(v - ((1 - lam) * v[0] + lam * v[-1])))
-
-
-def result_path(run_dir: Path, tag: str) -> Path:
-    folder = run_dir / RESULTS_DIR
-    if folder.is_symlink():
-        raise FtdynError(f"'{folder}' is a link; ftdyn writes results only inside the run directory")
-    return folder / f"{tag}.json"
 
 
 def safe_tag(text: str) -> str:
@@ -93,6 +86,7 @@ def run_barrier(first: str, second: str | None = None, points: int = 11, train_i
     if points < 2:
         raise FtdynError("--points must be at least 2 (the two endpoints)")
     run_a, epoch_a = parse_endpoint(first)
+    refuse_while_written(run_a)  # before any work: the result goes into the run directory
     saved_config(run_a)  # a clear error before any work
     epoch_a = last_epoch(run_a) if epoch_a is None else epoch_a
     started = time.perf_counter()
@@ -140,6 +134,5 @@ def run_barrier(first: str, second: str | None = None, points: int = 11, train_i
         "settings": {"points": points, **splits.settings(), "data": trainer.config.data},
         "seconds": time.perf_counter() - started,
     }
-    target.parent.mkdir(exist_ok=True)
-    write_json_atomic(target, result)
+    write_result(target, result)
     return result, target

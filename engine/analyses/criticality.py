@@ -35,10 +35,11 @@ import time
 import numpy as np
 import torch
 
-from engine.analyses.barrier import parse_endpoint, result_path
+from engine.analyses import refuse_while_written, result_path, write_result
+from engine.analyses.barrier import parse_endpoint
 from engine.analyses.interpolation import batchnorm_effect, load_and_evaluate, make_splits
 from engine.errors import FtdynError
-from engine.record import SCHEMA_VERSION, write_json_atomic
+from engine.record import SCHEMA_VERSION
 from engine.training import Event, last_epoch, model_state, open_run, quiet, saved_config
 
 DEFAULT_SIGMAS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -69,6 +70,7 @@ def run_criticality(run: str, points: int = 11, epsilon: float = 0.01, noise_dra
     if noise_draws < 0 or any(not 0.0 < s <= 1.0 for s in sigmas):
         raise FtdynError("--noise-draws must be ≥ 0 and every σ in (0, 1]")
     run_dir, epoch = parse_endpoint(run)
+    refuse_while_written(run_dir)  # before any work: the result goes into the run directory
     saved_config(run_dir)
     epoch = last_epoch(run_dir) if epoch is None else epoch
     started = time.perf_counter()
@@ -128,6 +130,5 @@ def run_criticality(run: str, points: int = 11, epsilon: float = 0.01, noise_dra
                      "sigmas": list(sigmas) if noise_draws else [], **splits.settings(), "data": trainer.config.data},
         "seconds": time.perf_counter() - started,
     }
-    target.parent.mkdir(exist_ok=True)
-    write_json_atomic(target, result)
+    write_result(target, result)
     return result, target

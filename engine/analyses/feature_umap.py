@@ -44,10 +44,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.analyses.barrier import result_path
+from engine.analyses import refuse_while_written, result_path, write_result
 from engine.capture import capture
 from engine.errors import FtdynError
-from engine.record import write_json_atomic
 from engine.training import (Event, available_checkpoints, hooked_layers, model_state, open_run, quiet,
                              require_checkpoints, saved_config)
 from engine.untrusted import safe_file_name
@@ -100,6 +99,9 @@ def map_shift(source: np.ndarray, placed: np.ndarray) -> float:
     return float(np.median(np.linalg.norm(placed - source, axis=1)) / max(radius, 1e-300))
 
 
+DEFAULT_NEIGHBOURS = 15
+
+
 def fit_map(source: np.ndarray, neighbours: int, min_dist: float, metric: str, seed: int):
     """The UMAP fitted on the source features (deterministic for ``seed``)."""
     import umap
@@ -107,7 +109,7 @@ def fit_map(source: np.ndarray, neighbours: int, min_dist: float, metric: str, s
     with warnings.catch_warnings():
         # umap-learn says that random_state disables parallelism: that is the point
         warnings.filterwarnings("ignore", message=".*n_jobs.*")
-        return umap.UMAP(n_neighbors=min(neighbours, len(source) - 1), min_dist=min_dist, n_components=2,
+        return umap.UMAP(n_neighbors=neighbours, min_dist=min_dist, n_components=2,
                          metric=metric, random_state=seed).fit(source)
 
 
@@ -118,17 +120,18 @@ def place(fitted, features: np.ndarray) -> np.ndarray:
 
 
 def run_feature_umap(run_dir: str | Path, layer: str, epochs: list[int] | None = None, features: str = "pooled",
-                     neighbours: int = 15, min_dist: float = 0.1, metric: str = "euclidean", seed: int = 0,
+                     neighbours: int | None = None, min_dist: float = 0.1, metric: str = "euclidean", seed: int = 0,
                      data: str | None = None, on_event: Event = quiet) -> tuple[dict[str, Any], Path]:
     """Fit the map on the source, place each chosen epoch (default: every saved checkpoint), write
     the result; returns (result, file)."""
     run_dir = Path(run_dir)
+    refuse_while_written(run_dir)  # before any work: the result goes into the run directory
     hooked_layers(saved_config(run_dir), [layer])
     if features not in FEATURES:
         raise FtdynError(f"--features takes {' or '.join(FEATURES)}, not '{features}'")
     if metric not in METRICS:
         raise FtdynError(f"--metric takes {' or '.join(METRICS)}, not '{metric}'")
-    if neighbours < 2 or not 0.0 <= min_dist <= 1.0:
+    if (neighbours is not None and neighbours < 2) or not 0.0 <= min_dist <= 1.0:
         raise FtdynError("--neighbours must be at least 2 and --min-dist within [0, 1]")
     checkpoints = available_checkpoints(run_dir)
     wanted = sorted({0, *(epochs if epochs else checkpoints)})
@@ -144,6 +147,12 @@ def run_feature_umap(run_dir: str | Path, layer: str, epochs: list[int] | None =
     if len(labels) < MIN_IMAGES:
         raise FtdynError(f"the run's probe set has {len(labels)} images; a map needs at least {MIN_IMAGES} "
                          f"(runs take more with --probe-size)")
+    if neighbours is None:  # umap-learn's default, where the probe set has that many others
+        neighbours = min(DEFAULT_NEIGHBOURS, len(labels) - 1)
+    elif neighbours > len(labels) - 1:
+        raise FtdynError(f"--neighbours {neighbours} is more than the run's {len(labels)} probe images can give "
+                         f"(at most {len(labels) - 1}: each image's neighbours are the others); use --neighbours "
+                         f"{len(labels) - 1} or fewer")
 
     def features_at(epoch: int) -> np.ndarray:
         model = trainer.source
@@ -183,10 +192,9 @@ def run_feature_umap(run_dir: str | Path, layer: str, epochs: list[int] | None =
         "notes": ([] if len(wanted) > 1 else
                   ["only the source was mapped: the run saved no checkpoint (runs keep every epoch with "
                    "--save-every-epoch)"]),
-        "settings": {"neighbours": min(neighbours, len(source) - 1), "min_dist": min_dist, "metric": metric,
+        "settings": {"neighbours": neighbours, "min_dist": min_dist, "metric": metric,
                      "seed": seed, "probe_images": len(labels), "k": NEIGHBOUR_VOTE, "fitted_on": "source"},
         "seconds": time.perf_counter() - started,
     }
-    target.parent.mkdir(exist_ok=True)
-    write_json_atomic(target, result)
+    write_result(target, result)
     return result, target

@@ -48,11 +48,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.analyses.barrier import result_path
+from engine.analyses import refuse_while_written, result_path, write_result
 from engine.capture import LayerReached
 from engine.data import IMAGENET_MEAN, IMAGENET_STD
 from engine.errors import FtdynError
-from engine.record import write_atomic, write_json_atomic
+from engine.record import write_atomic
 from engine.training import (Event, available_checkpoints, hooked_layers, model_state, open_run, quiet,
                              require_checkpoints, saved_config, source_fingerprint)
 from engine.untrusted import safe_file_name
@@ -266,6 +266,7 @@ def run_invariance(run_dir: str | Path, layers: list[str] | None = None, epochs:
         raise FtdynError("the run saved no checkpoint to compare with the source (--epochs 0 compares the source "
                          "with itself); run with --save-every-epoch to keep them all")
     require_checkpoints(wanted, checkpoints)
+    refuse_while_written(run_dir)  # before the inversions: their cache is the run's too
     started = time.perf_counter()
     trainer = open_run(run_dir, on_event, data=data)
     refuse_channel_mixing(trainer.config.shuffle_blocks)
@@ -328,8 +329,7 @@ def run_invariance(run_dir: str | Path, layers: list[str] | None = None, epochs:
             "seconds": time.perf_counter() - began,
         }
         target = result_path(run_dir, f"invariance-e{epoch}")
-        target.parent.mkdir(exist_ok=True)
-        write_json_atomic(target, result)
+        write_result(target, result)
         files.append(target)
         on_event("progress", task="invariance", done=wanted.index(epoch) + 1, total=len(wanted), info=f"epoch {epoch}")
     summary = {
@@ -341,7 +341,7 @@ def run_invariance(run_dir: str | Path, layers: list[str] | None = None, epochs:
         "seconds": time.perf_counter() - started,
     }
     target = result_path(run_dir, "invariance-diagonal")
-    write_json_atomic(target, summary)
+    write_result(target, summary)
     return summary, files + [target]
 
 
