@@ -8,6 +8,8 @@ Written into one folder:
   recorded one;
 * ``table1.tex``/``.csv`` — accuracy per run (Table 1); ``table2.tex``/``.csv`` — reusability per run and
   measure, mean ± std over epochs, with the interval of the mean where recorded (Table 2);
+  ``warnings.csv`` — where there are any: what the runs warned about their measures, and the lines of
+  their records skipped as damaged (the figures leave those lines out);
 * ``<part>-<measure>-<run>.<fmt>`` — every other epoch analysis a run recorded (parameter drift): a row ×
   epoch heatmap;
 * ``barrier-<run>-<n>.<fmt>``, ``criticality-<run>-<n>.<fmt>``, ``umap-<run>-<n>.<fmt>`` — the post-hoc
@@ -44,6 +46,7 @@ from engine.report import (
     measure_labels,
     reusability_table,
     run_name,
+    warning_table,
 )
 from engine.untrusted import inside, read_plain, safe_file_name, visible
 
@@ -297,6 +300,13 @@ def table_files(runs: list[RunSnapshot], out: Path) -> list[Path]:
                    "the interval of the mean is a jackknife over probe-image groups."),
     }
     written = []
+    warnings = warning_table(runs)  # what the runs warned about their measures, damaged lines skipped
+    if warnings:
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows([["run", "warning"], *[[visible(r["run"], 200), visible(r["warning"], 1000)]
+                                                            for r in warnings]])
+        write_atomic(out / "warnings.csv", buffer.getvalue().encode())
+        written.append(out / "warnings.csv")
     for name, (head, rows, caption) in tables.items():
         caption = latex(caption).replace("…", r"\ldots{}")
         buffer = io.StringIO()

@@ -496,5 +496,7 @@ def epoch_change(before: dict[str, Any], after: dict[str, Any], layer: str, meas
 
 
 def warning_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
-    """What each run warned about its own measures (recorded in config.json)."""
-    return [{"run": run_name(run), "warning": text} for run in runs for text in recorded_warnings(run.config)]
+    """What each run warned about its own measures (recorded in config.json), and the lines of its record
+    that were skipped as damaged (``RunSnapshot.damage``: the run's tables leave those lines out)."""
+    return [{"run": run_name(run), "warning": text} for run in runs
+            for text in [*recorded_warnings(run.config), *run.damage]]

@@ -192,7 +192,10 @@ class RunsScreen(Screen):
         runs = self.visible_runs()
         for run in runs:
             state = run.state
-            table.add_row("●" if run.path in self.marked else "", plain(run.name), Text(state, STATE_STYLE.get(state, "")),
+            shown = Text(state, STATE_STYLE.get(state, ""))
+            if run.damaged:  # lines of its record were skipped: drawn all the same, marked
+                shown.append(" damaged", "yellow")
+            table.add_row("●" if run.path in self.marked else "", plain(run.name), shown,
                           plain(run.model_name), plain(run.dataset_name), plain(run.strategy), plain(run.progress),
                           fmt(run.best_accuracy), *run.timing(), key=str(run.path))
         if runs:
@@ -236,6 +239,10 @@ class RunsScreen(Screen):
         current = self.current_run()
         if current is not None and current.problem:
             return plain(current.problem, "red")
+        if current is not None and current.damaged:
+            more = f" (and {len(current.damage) - 1} more notes; enter shows them)" if len(current.damage) > 1 else ""
+            return plain(f"{current.name} is damaged, shown without what could not be read: {current.damage[0]}{more}",
+                         "yellow")
         if current is not None and current.status and current.status.get("message"):
             return plain(f"{current.name}: {current.status['message']}")
         return Text(f"{len(runs)} run(s) · space marks runs to overlay · enter opens curves · f opens filters")
@@ -447,8 +454,8 @@ class DynamicsScreen(Screen):
         self.query_one("#corr", DataTable).add_columns("Pearson r", "mean ± std", "layers")
         self.query_one("#heatmap").display = False
         self.redraw()
-        for run in self.runs:  # what a run warned about its own measures (PWSM at small α), as recorded
-            for text in recorded_warnings(run.config):
+        for run in self.runs:  # what a run warned about its own measures (PWSM at small α), as recorded,
+            for text in [*recorded_warnings(run.config), *run.damage]:  # and the damaged lines it skipped
                 self.notify(visible(f"{run.name}: {text}", 300), severity="warning", timeout=12, markup=False)
 
     def on_screen_resume(self) -> None:

@@ -635,8 +635,11 @@ def figures(
     (one panel per model, bands where intervals were recorded), Table 1 and Table 2 as LaTeX and CSV,
     every other analysis (drift heatmaps, barrier curves, criticality) and the filters' montages."""
     from engine.figures import write_figures
+    from engine.report import warning_table
 
     readable = readable_runs(runs, "draw")
+    for row in warning_table(readable):  # a damaged line skipped, a degenerate measure: said, not only filed
+        say("warning:", "yellow", f"{row['run']}: {row['warning']}")
     try:
         written = write_figures(readable, out_dir, fmt.value)
     except OSError as exc:

@@ -51,23 +51,36 @@ SMOOTHING_STEPS = (0.0, 0.6, 0.9)
 CURVE_COLOURS = ("blue", "red", "green", "orange", "magenta", "cyan")
 
 
+# The step records a followed run keeps for drawing, at most: thinned evenly beyond (the stride doubles),
+# so between half this and this many, evenly spread, are drawn on the step axis — more than the columns of
+# any terminal. Each is cut to the values drawn (drawn_values).
+STEP_RECORDS_DRAWN = 2048
+
+
 @dataclass
 class TrackedRun:
+    """One run followed live. It keeps what it draws: every epoch record (one per epoch), and of the
+    step records (--every-steps, which grow without bound) at most ``STEP_RECORDS_DRAWN``, evenly thinned,
+    each cut to the values the step axis draws (:func:`drawn_values`). A damaged line of its record or
+    image index is skipped and named in ``damage``: the run is marked damaged and still drawn."""
+
     path: Path
     reader: RunReader = field(init=False)
     config: dict[str, Any] | None = None
     status: dict[str, Any] | None = None
     problem: str | None = None
+    damage: list[str] = field(default_factory=list)  # lines skipped as damaged, a note each
 
     def __post_init__(self):
-        self.reader = RunReader(self.path)
-        self._vis = JsonlFollower(self.path / VIS_INDEX, vis_entry_problem, VIS_INDEX)
+        self.reader = RunReader(self.path, skip_damaged=True, steps=STEP_RECORDS_DRAWN, slim=self.drawn_step)
+        self._vis = JsonlFollower(self.path / VIS_INDEX, vis_entry_problem, VIS_INDEX, skip_damaged=True)
         self._matrices: dict[tuple[str, str], tuple[int, np.ndarray]] = {}
         self._parts: tuple[dict | None, list[dict[str, Any]]] | None = None
+        self._step_parts: tuple[dict | None, list[dict[str, Any]]] | None = None
 
     def refresh(self) -> bool:
         """Read what changed (only new lines of the record and image index); True when anything did."""
-        before = (self.config is None, self.status, len(self.records), self.problem, len(self.vis))
+        before = (self.config is None, self.status, self.reader.changes, self.problem, len(self.vis), self.damage)
         snapshot = self.reader.snapshot()
         self.config, self.status, self.problem = snapshot.config, snapshot.status, snapshot.problem
         if self.config is not None and not self.problem:
@@ -75,7 +88,21 @@ class TrackedRun:
                 self._vis.poll()
             except (ValueError, UnicodeDecodeError, OSError) as exc:
                 self.problem = f"'{self.path}' has an unreadable image index ({exc})"
-        return before != (self.config is None, self.status, len(self.records), self.problem, len(self.vis))
+        self.damage = snapshot.damage + self._vis.damage
+        return before != (self.config is None, self.status, self.reader.changes, self.problem, len(self.vis),
+                          self.damage)
+
+    def drawn_step(self, record: dict[str, Any]) -> dict[str, Any]:
+        """What is kept of a step record: the values the step axis draws (the config's parts, read once
+        it is there and well-formed; before, none)."""
+        config = self.reader.checked_config
+        if self._step_parts is None or self._step_parts[0] is not config:
+            self._step_parts = (config, declared_parts(config) if isinstance(config, dict) else [])
+        return drawn_values(record, self._step_parts[1])
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.damage) and not self.problem
 
     @property
     def vis(self) -> list[dict[str, Any]]:
@@ -181,7 +208,39 @@ class TrackedRun:
         return max(values) if values else None
 
     def snapshot(self) -> RunSnapshot:
-        return RunSnapshot(self.path, self.config, self.status, list(self.records), self.problem)
+        return RunSnapshot(self.path, self.config, self.status, list(self.records), self.problem, list(self.damage))
+
+
+def drawn_values(record: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """``record`` cut to what the app draws of a step record: its kind, epoch, step and train numbers, and
+    each value of the declared ``parts`` where :func:`engine.analyses.part_value` finds it (per-filter
+    values, replicates and intervals are left out: a step record of 25 kB keeps a few hundred bytes)."""
+    kept: dict[str, Any] = {key: record[key] for key in ("kind", "epoch", "step") if key in record}
+    train = record.get("train")
+    if isinstance(train, dict):
+        kept["train"] = {key: train[key] for key in ("loss", "accuracy") if key in train}
+    for part in parts:
+        section = part.get("section", part.get("name", ""))
+        if not isinstance(section, str):
+            continue
+        for measure in part.get("measures") or []:
+            if not isinstance(measure, str):
+                continue
+            metric, _, view = measure.rpartition("@")
+            for row in measure_rows(part, measure):
+                value = part_value(record, part, measure, row)
+                if value is None or not isinstance(row, str):
+                    continue
+                keys = (section, row, view, "values", metric) if part.get("layout") == "layers" \
+                    else (section, view, metric, row)
+                place = kept
+                for key in keys[:-1]:
+                    place = place.setdefault(key, {})
+                    if not isinstance(place, dict):  # a section named like a kept key ('train'): not drawn
+                        break
+                else:
+                    place[keys[-1]] = value
+    return kept
 
 
 class Workspace:
@@ -268,7 +327,8 @@ def duration(seconds: float) -> str:
 def part_series(run: TrackedRun, part: str, measure: str, row: str,
                 x_axis: str = "epoch") -> tuple[list[float], list[float]]:
     """One row's values (a layer's distance, a module's drift) over epochs (x = epoch), or over
-    optimiser steps including the every-N-steps records (x = step). Unmeasured points are skipped."""
+    optimiser steps including the every-N-steps records (x = step; every epoch record, and the step
+    records the run keeps: at most ``STEP_RECORDS_DRAWN``, evenly thinned). Unmeasured points are skipped."""
     declaration = run.part(part)
     if declaration is None or row not in measure_rows(declaration, measure):
         return [], []

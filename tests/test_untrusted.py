@@ -1,6 +1,7 @@
 """A run directory from someone else is untrusted input: hostile names, paths, links and malformed files
 never reach outside the run, never reach the terminal as markup or escape sequences, and never take
-down the report or the app — a malformed run is shown as corrupt, the others keep working."""
+down the report or the app — a malformed run is shown as corrupt, the others keep working; a damaged line
+of a run's record or image index is skipped and named, and the rest of the run shown."""
 
 from __future__ import annotations
 
@@ -159,17 +160,19 @@ async def test_export_never_follows_a_planted_link(hostile_runs):
 # Malformed runs beside a good one
 
 
-def malformed_runs(root: Path) -> dict[str, str]:
-    """Runs broken in each way seen in the wild; returns name → a fragment of the reason shown."""
+def malformed_runs(root: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Runs broken in each way seen in the wild; returns the corrupt ones and the damaged ones (a line of
+    a record skipped, the rest shown), each name → a fragment of the reason shown."""
     write_fake_run(root / "good", epochs=2)
-    broken = {}
+    broken, damaged = {}, {}
 
-    def variant(name: str, reason: str) -> Path:
+    def variant(name: str, reason: str, into: dict[str, str] = broken) -> Path:
         write_fake_run(root / name, epochs=2)
-        broken[name] = reason
+        into[name] = reason
         return root / name
 
-    with open(variant("list-record", "not an object") / "records.jsonl", "a") as f:
+    with open(variant("list-record", "records.jsonl line 4 is not an ftdyn entry (a list, not an object); skipped",
+                      damaged) / "records.jsonl", "a") as f:
         f.write("[1, 2, 3]\n")
     (variant("list-config", "holds a list") / "config.json").write_text("[]")
     (variant("nested-status", "nested too deeply") / "status.json").write_text("[" * 100_000 + "]" * 100_000)
@@ -180,18 +183,19 @@ def malformed_runs(root: Path) -> dict[str, str]:
     path = variant("linked-status", "is a link") / "status.json"
     path.unlink()
     os.symlink("/etc/hostname", path)
-    no_filter = variant("index-without-filter", "vis/index.jsonl line 19 is not an ftdyn entry ('filter' is not")
+    no_filter = variant("index-without-filter", "vis/index.jsonl line 19 is not an ftdyn entry ('filter' is not",
+                        damaged)
     with open(no_filter / VIS_INDEX, "a") as f:
         f.write(json.dumps({"layer": "block0", "epoch": 1, "kind": "class", "class": "disc", "path": "x.png"}) + "\n")
     config = json.loads((root / "good" / "config.json").read_text())
     config["layers"] = [{"shape": [1]}]
     (variant("layers-without-names", "has no 'name'") / "config.json").write_text(json.dumps(config))
-    return broken
+    return broken, damaged
 
 
 async def test_malformed_runs_are_corrupt_and_the_rest_keeps_working(tmp_path, cli):
     root = tmp_path / "runs"
-    broken = malformed_runs(root)
+    broken, damaged = malformed_runs(root)
     missing = root / "missing-png"
     write_fake_run(missing, epochs=2)
     (missing / "vis" / "block0" / "f0000" / "class-000-e002.png").unlink()
@@ -202,15 +206,20 @@ async def test_malformed_runs_are_corrupt_and_the_rest_keeps_working(tmp_path, c
     workspace = Workspace([root])
     workspace.poll()
     runs = {run.name: run for run in workspace.ordered()}
-    assert sorted(runs) == sorted([*broken, "good", "missing-png"])  # each listed once despite the loop
+    assert sorted(runs) == sorted([*broken, *damaged, "good", "missing-png"])  # each listed once despite the loop
     for name, reason in broken.items():
         assert runs[name].state == "corrupt" and reason in runs[name].problem, (name, runs[name].problem)
+    for name, reason in damaged.items():  # a damaged line is skipped and named; the run is shown
+        assert runs[name].state == "finished" and runs[name].damaged and len(runs[name].epochs) == 3
+        assert [note for note in runs[name].damage if reason in note], (name, runs[name].damage)
     assert runs["good"].state == "finished" and not runs["missing-png"].problem
+    assert not runs["good"].damaged
 
     result = cli("report", root)
     assert result.exit_code == 0 and "Traceback" not in result.output
     skipped = [line for line in result.output.splitlines() if line.startswith("skipped:")]
-    assert len(skipped) == len(broken) - 1  # the report reads no image index: that run's tables are fine
+    assert len(skipped) == len(broken)
+    assert f"warning: list-record: {damaged['list-record']}" in result.output  # (the report reads no image index)
 
     app = create_app([root])
     async with app.run_test(size=SIZE) as pilot:
@@ -218,6 +227,7 @@ async def test_malformed_runs_are_corrupt_and_the_rest_keeps_working(tmp_path, c
         table = app.screen.query_one("#runs")
         states = {str(table.get_row_at(i)[1]): str(table.get_row_at(i)[2]) for i in range(table.row_count)}
         assert {states[name] for name in broken} == {"corrupt"}
+        assert {states[name] for name in damaged} == {"finished damaged"}
         for _ in range(table.row_count):  # Enter and f on every run: corrupt ones say so, none crashes
             await pilot.press("enter")
             await pilot.pause()
@@ -287,8 +297,16 @@ def corrupt(run: Path, rng: random.Random) -> str:
         return "nothing left"
     name = rng.choice(files)
     path = run / name
-    how = rng.choice(["json", "json", "json", "truncate", "bytes", "delete", "replace"])
+    how = rng.choice(["json", "json", "json", "truncate", "bytes", "delete", "replace", "line"])
     data = path.read_bytes()
+    if how == "line":  # a damaged line among the others: skipped and named (a .json file: replaced)
+        if not name.endswith(".jsonl"):
+            how = "replace"
+        else:
+            lines = data.splitlines(keepends=True)
+            lines.insert(rng.randint(0, len(lines)), damaged_line(rng))
+            path.write_bytes(b"".join(lines))
+            return f"line {name}"
     if how == "json":
         try:
             [json.loads(line) for line in data.decode().splitlines()] if name.endswith(".jsonl") else json.loads(data)
@@ -316,6 +334,73 @@ def corrupt(run: Path, rng: random.Random) -> str:
     else:
         path.write_text(json.dumps(rng.choice(HOSTILE_VALUES)))
     return f"{how} {name}"
+
+
+def damaged_line(rng: random.Random) -> bytes:
+    """A line ftdyn did not write: random bytes, a hostile JSON value, or a record with one node changed."""
+    how = rng.randrange(3)
+    if how == 0:
+        return bytes(rng.choice([b for b in range(256) if b != 10]) for _ in range(rng.randint(1, 60))) + b"\n"
+    if how == 1:
+        return json.dumps(rng.choice(HOSTILE_VALUES)).encode() + b"\n"
+    return json.dumps(mutate_json({"kind": "epoch", "epoch": 1, "train": {"loss": 1.0, "accuracy": 0.5}}, rng)).encode() + b"\n"
+
+
+def expected_reading(data: bytes) -> tuple[list[int], list[int]]:
+    """What a viewer should read of a record file, worked out line by line apart from the reader: the
+    epochs of the records it keeps, and the numbers of the lines it skips as damaged."""
+    from engine.record import record_problem
+
+    epochs, damaged = [], []
+    for number, line in enumerate(data.split(b"\n")[:-1], 1):  # the part after the last "\n": not yet a line
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            damaged.append(number)
+            continue
+        if record_problem(record):
+            damaged.append(number)
+        elif record["kind"] == "epoch":
+            epochs.append(record["epoch"])
+    return epochs, damaged
+
+
+def test_fuzz_damaged_lines_are_skipped_named_and_the_rest_read(tmp_path):
+    """Damaged lines anywhere in the record (and a partial one at its end): the report's reader and the
+    app keep the run, read every other record, and name exactly the damaged lines — never their content."""
+    from engine.record import MAX_NOTES, RECORDS
+    from engine.report import build_report
+    from ftdyn_tui.cli import report_problem
+
+    pristine = tmp_path / "pristine"
+    write_fake_run(pristine, epochs=4, layers=2, filters=4, vis=False)
+    rng = random.Random(20261204)
+    for trial in range(60):
+        run = tmp_path / f"damaged{trial}"
+        shutil.copytree(pristine, run)
+        lines = (run / RECORDS).read_bytes().splitlines(keepends=True)
+        for _ in range(rng.randint(1, 4)):
+            lines.insert(rng.randint(0, len(lines)), damaged_line(rng))
+        data = b"".join(lines) + (damaged_line(rng)[:-1] if rng.random() < 0.3 else b"")
+        (run / RECORDS).write_bytes(data)
+        epochs, damaged = expected_reading(data)
+        snapshot = read_run(run)
+        tracked = TrackedRun(run)
+        tracked.refresh()
+        for seen in (snapshot, tracked):
+            assert seen.problem is None, (trial, seen.problem)
+            assert [r["epoch"] for r in seen.epochs] == epochs, trial
+            named = [int(note.split()[2]) for note in seen.damage[:MAX_NOTES]]
+            assert named == damaged[:MAX_NOTES], (trial, seen.damage)
+            assert all(note.startswith("records.jsonl line ") and note.endswith("; skipped") and
+                       visible(note, 10_000) == note for note in seen.damage[:MAX_NOTES])
+        assert tracked.damaged and tracked.state == "finished"
+        if not report_problem(snapshot):
+            warnings = build_report([snapshot])["warnings"]
+            assert [w["warning"] for w in warnings] == snapshot.damage
+        shutil.rmtree(run)
 
 
 def read_everything(path: Path, peers: list[TrackedRun]) -> None:
