@@ -321,11 +321,15 @@ def agreement_units(first: list[np.ndarray], second: list[np.ndarray]) -> tuple[
 
 def series_agreement(first: list[np.ndarray], second: list[np.ndarray], seed: int = 0,
                      replicates: tuple[list[np.ndarray], list[np.ndarray]] | None = None,
-                     t: float | None = None) -> Agreement:
-    """``first``/``second``: per run, (epochs ≥ 1 × layers) series of the two measures. With
+                     t: float | None = None, plug_in: tuple[list[np.ndarray], list[np.ndarray]] | None = None,
+                     corrected: bool = False) -> Agreement:
+    """``first``/``second``: per run, (epochs ≥ 1 × layers) series of the two measures as shown. With
     ``replicates`` (per run, G × epochs × layers for each measure) and ``t``, the interval of
     matched − unrelated is the jackknife over probe-image groups, the difference recomputed inside
-    each replicate (group g left out of every run at once); otherwise a bootstrap over layers."""
+    each replicate (group g left out of every run at once) and on the ``plug_in`` series (the values on
+    every probe image, which the replicates are of), bias-corrected with ``corrected`` — a difference of
+    correlations is not linear in the values, so it is corrected as a statistic of its own; otherwise a
+    bootstrap over layers."""
     matched, unrelated_by_unit = agreement_units(first, second)
     if not matched:
         return Agreement((None, None, 0), None, None, None)
@@ -338,10 +342,13 @@ def series_agreement(first: list[np.ndarray], second: list[np.ndarray], seed: in
             mg, ug = agreement_units([r[g] for r in replicates[0]], [r[g] for r in replicates[1]])
             return float(np.mean(mg) - np.mean(ug)) if len(mg) == len(matched) else None
 
-        found = estimate(float((m - u).mean()), [difference(g) for g in range(groups)], t)
+        whole_m, whole_u = agreement_units(*(plug_in or (first, second)))
+        whole = float((np.array(whole_m) - np.array(whole_u)).mean()) if len(whole_m) == len(matched) else None
+        found = estimate(whole, [difference(g) for g in range(groups)], t, corrected)
         interval = None if found is None else (found.low, found.high)
-        return Agreement((mean, std, len(matched)), float(u.mean()), float((m - u).mean()), interval,
-                         "jackknife over probe-image groups")
+        return Agreement((mean, std, len(matched)), float(u.mean()),
+                         found.value if found is not None else float((m - u).mean()), interval,
+                         "jackknife over probe-image groups" + (", bias-corrected" if corrected else ""))
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(m), size=(RESAMPLES, len(m)))
     boot = (m[draws] - u[draws]).mean(1)
@@ -357,6 +364,7 @@ class Findings:
     agreement: Agreement  # (c), PRIMARY vs SECOND
     white_minus_similar: Estimate | None = None  # (b): unpaired difference of the reusability means
     level: float | None = None  # the runs' interval level (None: no intervals recorded)
+    estimate: str | None = None  # what values and intervals are of: "bias-corrected", or "plug-in" (older runs)
 
     @property
     def early_layers_closer(self) -> bool:
@@ -375,6 +383,8 @@ class Findings:
     def lines(self) -> list[str]:
         mark = lambda ok: "✓" if ok else "✗"  # noqa: E731
         level = f"{self.level:.0%}" if self.level is not None else ""
+        if self.estimate == "bias-corrected":
+            level += " bias-corrected"
         t = self.trend
         rhos = ", ".join(f"{run} ρ {'—' if r is None else f'{r:+.2f}'}" for run, r in t.rho.items())
         broken = " | ".join(f"{run}: {'; '.join(b)}" for run, b in t.breaks.items() if b) or "none"
@@ -421,7 +431,7 @@ class Findings:
                                 "drops_beyond_noise": self.trend.drops},
                 "reusability": self.reusability,
                 "white_minus_similar": as_dict(self.white_minus_similar),
-                "interval_level": self.level,
+                "interval_level": self.level, "estimate": self.estimate,
                 "agreement": {"measures": [PRIMARY, SECOND], "mean_r": g.matched[0], "std_r": g.matched[1],
                               "layers": g.matched[2], "unrelated_r": g.unrelated, "difference": g.difference,
                               "interval": g.interval, "method": g.method,
@@ -439,7 +449,7 @@ def span(found: Estimate | None) -> str:
 def findings(run_dirs: list[Path]) -> Findings:
     runs = {Path(p).name: read_run(p) for p in run_dirs}
     per_layer, names, first, second = {}, {}, [], []
-    per_layer_reps, first_reps, second_reps = {}, [], []
+    per_layer_reps, first_reps, second_reps, first_plug, second_plug = {}, [], [], [], []
     settings = [interval_settings(run) for run in runs.values()]
     common = settings[0] if settings and all(s is not None and s == settings[0] for s in settings) else None
     for name, run in runs.items():
@@ -447,9 +457,13 @@ def findings(run_dirs: list[Path]) -> Findings:
         epochs = [run.epochs[i] for i in later]
         layers = layer_names(run)
         names[name] = layers
+        # shown values (bias-corrected where the run recorded them); the depth trend's rise and steps are
+        # linear in them, so their jackknife intervals are centred right without a correction of their own
         per_layer[name] = np.nanmean(distance_matrix(epochs, layers, PRIMARY), axis=0)
         first.append(distance_matrix(epochs, layers, PRIMARY))
         second.append(distance_matrix(epochs, layers, SECOND))
+        first_plug.append(distance_matrix(epochs, layers, PRIMARY, plug_in=True))
+        second_plug.append(distance_matrix(epochs, layers, SECOND, plug_in=True))
         if common is not None:
             cube = replicate_matrix(epochs, layers, PRIMARY, common.groups)
             per_layer_reps[name] = np.nanmean(cube, axis=1)
@@ -459,11 +473,12 @@ def findings(run_dirs: list[Path]) -> Findings:
              if row["measure"] == PRIMARY}
     t = common.t if common is not None else None
     trend = depth_trend(per_layer, names, replicates=per_layer_reps if common else None, t=t)
-    agreement = series_agreement(first, second, replicates=(first_reps, second_reps) if common else None, t=t)
+    agreement = series_agreement(first, second, replicates=(first_reps, second_reps) if common else None, t=t,
+                                 plug_in=(first_plug, second_plug), corrected=common is not None and common.corrected)
     white = similar = None
     for name, run in runs.items():
         if name in ("white", "similar") and common is not None:
             found = reusability_estimate(run, PRIMARY)
             white, similar = (found, similar) if name == "white" else (white, found)
     return Findings(trend, reuse, agreement, unpaired_difference(white, similar),
-                    common.level if common is not None else None)
+                    common.level if common is not None else None, common.estimate if common is not None else None)

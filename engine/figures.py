@@ -134,6 +134,8 @@ def distance_figure(runs: list[RunSnapshot], measure: str):
     note = "light → dark: early → deep layers"
     if shown is not None:
         note += f"; bands: {shown.level:.0%} jackknife interval, G = {shown.groups}"
+        if shown.corrected:
+            note += "; curves and bands bias-corrected"
     figure.text(0.5, -0.08, note, ha="center", va="top", fontsize=6)
     return figure
 

@@ -6,9 +6,16 @@ its order are fixed for a run, so every epoch uses the same groups). A measureme
 value d, the G *replicates* d₍g₎ — the same measurement with group g's images deleted. Then
 
     d̄ = (1/G) Σ_g d₍g₎        SE_jack = √((G−1)/G · Σ_g (d₍g₎ − d̄)²)
-    interval = d ± t_{G−1, (1+level)/2} · SE_jack
+    d_bc = G·d − (G−1)·d̄        (the jackknife's bias-corrected estimate)
+    interval = d_bc ± t_{G−1, (1+level)/2} · SE_jack
 
 (Student t with G − 1 degrees of freedom, the usual reference distribution of a grouped jackknife).
+The plug-in distances are biased low — sampling noise inflates the cross terms, so two models look
+closer than they are — by a/n to first order, which shrinks like 1/n while SE_jack shrinks like 1/√n:
+an interval centred on d itself missed the population value up to half the time (METRICS.md,
+"Intervals that cover"; benchmarks/bench_coverage.py). Runs record d, d_bc and the interval around
+d_bc (``estimate: "bias-corrected"`` in their settings); runs recorded before centred it on d and read
+as they were recorded.
 Positions of one image always stay together: images are resampled, never positions.
 
 Paired differences (layer vs layer, epoch vs epoch within one run) share the groups, so the
@@ -32,6 +39,11 @@ import numpy as np
 DEFAULT_GROUPS = 10
 DEFAULT_LEVEL = 0.90
 MODES = ("auto", "all", "off")
+# Below this many samples (rows) per feature, the bias of every measure but cka-debiased is not first
+# order and the bias-corrected intervals still undercover (benchmarks/bench_coverage.py: 0.6–0.85 at
+# 3–9 samples a feature, 0.85–0.93 from 10): a run says so for each layer and view.
+ROWS_PER_FEATURE_TO_COVER = 10
+ESTIMATES = ("plug-in", "bias-corrected")  # what an interval is centred on: runs before bias correction, now
 # Views whose replicates come from the statistics the value needs anyway (moments, per-map sums):
 # `--intervals auto` covers these. `filter` and `flat` compare images with each other, so each
 # replicate recomputes the layer from the kept images (G times the view's cost): `--intervals all`.
@@ -53,13 +65,19 @@ class IntervalSettings:
     level: float
     t: float
     mode: str = "auto"
+    estimate: str = "bias-corrected"
+
+    @property
+    def corrected(self) -> bool:
+        """True when values are shown bias-corrected and intervals centred there (runs from now on)."""
+        return self.estimate == "bias-corrected"
 
     def covers(self, view: str) -> bool:
         return self.mode == "all" or (self.mode == "auto" and view in STREAMING_VIEWS)
 
     def to_json(self) -> dict:
         return {"method": "jackknife", "groups": self.groups, "level": self.level, "t": self.t, "mode": self.mode,
-                "views": "all" if self.mode == "all" else list(STREAMING_VIEWS)}
+                "views": "all" if self.mode == "all" else list(STREAMING_VIEWS), "estimate": self.estimate}
 
     @staticmethod
     def from_json(data) -> "IntervalSettings | None":
@@ -67,12 +85,15 @@ class IntervalSettings:
         if not isinstance(data, dict) or data.get("method") != "jackknife":
             return None
         groups, level, t, mode = data.get("groups"), data.get("level"), data.get("t"), data.get("mode", "auto")
+        estimate = data.get("estimate", "plug-in")  # a run recorded before bias correction: as it was
+        if estimate not in ESTIMATES:
+            return None
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (level, t))
         if not (isinstance(groups, int) and not isinstance(groups, bool) and groups >= 2 and numbers):
             return None
         if not (0 < level < 1 and math.isfinite(t) and t > 0) or mode not in MODES[:2]:
             return None
-        return IntervalSettings(groups, float(level), float(t), mode)
+        return IntervalSettings(groups, float(level), float(t), mode, estimate)
 
 
 def settings_for(groups: int, level: float, mode: str = "auto") -> IntervalSettings | None:
@@ -115,13 +136,26 @@ def jackknife_se(replicates: Sequence[float] | np.ndarray) -> float | None:
     return float(math.sqrt((g - 1) / g * np.sum((r - r.mean()) ** 2)))
 
 
+def bias_corrected(value: float, replicates: Sequence[float] | np.ndarray) -> float:
+    """The jackknife's bias-corrected estimate G·d − (G − 1)·d̄ of a value d with replicates d₍g₎.
+
+    A plug-in distance is biased by sampling noise, to first order a/n (the cross terms ‖XᵀY‖, the
+    nuclear norm, are inflated: two models look closer than they are). Each replicate sees n(G − 1)/G
+    images, so its bias is a/n · G/(G − 1), and (G − 1)(d̄ − d) estimates the plug-in's a/n."""
+    r = np.asarray(replicates, dtype=np.float64)
+    g = r.size
+    return float(g * value - (g - 1) * r.mean())
+
+
 @dataclass(frozen=True)
 class Estimate:
-    """A value with its jackknife standard error and interval at the recorded level."""
+    """A value with its jackknife standard error and interval at the recorded level; ``plug_in`` is the
+    value computed on the whole probe set where ``value`` is its bias-corrected estimate."""
 
     value: float
     se: float
     t: float
+    plug_in: float | None = None
 
     @property
     def low(self) -> float:
@@ -140,28 +174,37 @@ class Estimate:
         return self.low > 0 or self.high < 0
 
     def as_json(self) -> dict:
-        return {"value": self.value, "se": self.se, "low": self.low, "high": self.high}
+        found = {"value": self.value, "se": self.se, "low": self.low, "high": self.high}
+        return found if self.plug_in is None else {**found, "plug_in": self.plug_in}
 
 
-def estimate(value: float | None, replicates, t: float) -> Estimate | None:
-    """``value`` with the interval its replicates give; None where either is missing."""
+def estimate(value: float | None, replicates, t: float, corrected: bool = False) -> Estimate | None:
+    """``value`` (the plug-in, computed on every probe image) with the interval its replicates give —
+    centred on the bias-corrected estimate with ``corrected``; None where either is missing."""
     if value is None or replicates is None or not math.isfinite(value):
         return None
     se = jackknife_se(replicates)
-    return None if se is None else Estimate(float(value), se, t)
+    if se is None:
+        return None
+    if corrected:
+        return Estimate(bias_corrected(value, replicates), se, t, float(value))
+    return Estimate(float(value), se, t)
 
 
-def interval(value: float | None, replicates, t: float) -> list[float] | None:
+def interval(value: float | None, replicates, t: float, corrected: bool = False) -> list[float] | None:
     """[low, high] for the record, or None."""
-    found = estimate(value, replicates, t)
+    found = estimate(value, replicates, t, corrected)
     return None if found is None else [found.low, found.high]
 
 
-def derived(fn: Callable[[np.ndarray], float], values: np.ndarray, replicates: np.ndarray, t: float) -> Estimate | None:
+def derived(fn: Callable[[np.ndarray], float], values: np.ndarray, replicates: np.ndarray, t: float,
+            corrected: bool = False) -> Estimate | None:
     """Any statistic of paired measurements, jackknifed: ``fn`` maps an array of measurements (the
-    full-sample values, shape S) to one number; ``replicates`` has shape (G, *S) — the same
+    full-sample plug-in values, shape S) to one number; ``replicates`` has shape (G, *S) — the same
     measurements in each replicate. The statistic is computed inside each replicate, so paired
-    differences, means over layers and correlations over epochs keep their pairing."""
+    differences, means over layers and correlations over epochs keep their pairing; with
+    ``corrected`` its own bias is corrected the same way (for a linear statistic, the statistic of the
+    corrected values)."""
     values = np.asarray(values, dtype=np.float64)
     replicates = np.asarray(replicates, dtype=np.float64)
     if not (np.all(np.isfinite(values)) and np.all(np.isfinite(replicates))):
@@ -170,14 +213,14 @@ def derived(fn: Callable[[np.ndarray], float], values: np.ndarray, replicates: n
     reps = [fn(replicates[g]) for g in range(replicates.shape[0])]
     if full is None or any(r is None for r in reps):
         return None
-    return estimate(float(full), reps, t)
+    return estimate(float(full), reps, t, corrected)
 
 
-def paired_difference(a: float, a_reps, b: float, b_reps, t: float) -> Estimate | None:
+def paired_difference(a: float, a_reps, b: float, b_reps, t: float, corrected: bool = False) -> Estimate | None:
     """a − b for two measurements on the same probe groups (same run): the difference per replicate."""
     if a is None or b is None or a_reps is None or b_reps is None or len(a_reps) != len(b_reps):
         return None
-    return derived(lambda v: float(v[0] - v[1]), np.array([a, b]), np.column_stack([a_reps, b_reps]), t)
+    return derived(lambda v: float(v[0] - v[1]), np.array([a, b]), np.column_stack([a_reps, b_reps]), t, corrected)
 
 
 def unpaired_difference(a: Estimate | None, b: Estimate | None) -> Estimate | None:

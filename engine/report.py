@@ -45,6 +45,14 @@ def layer_value(record: dict[str, Any], layer: str, measure: str) -> float | Non
     return number_or_none(dig(record, "layers", layer, view, "values", metric))
 
 
+def shown_value(record: dict[str, Any], layer: str, measure: str) -> float | None:
+    """The layer distance a reader shows: the jackknife's bias-corrected estimate where the run recorded
+    one (engine.intervals), else the plug-in value — what runs recorded before it read as."""
+    metric, _, view = measure.rpartition("@")
+    corrected = number_or_none(dig(record, "layers", layer, view, "estimate", metric))
+    return corrected if corrected is not None else layer_value(record, layer, measure)
+
+
 def layer_replicates(record: dict[str, Any], layer: str, measure: str, groups: int) -> list[float] | None:
     """The jackknife's ``groups`` replicates of one layer distance (engine.intervals), or None."""
     metric, _, view = measure.rpartition("@")
@@ -76,7 +84,7 @@ def layer_estimate(record: dict[str, Any], layer: str, measure: str, settings: I
     if settings is None:
         return None
     return estimate(layer_value(record, layer, measure), layer_replicates(record, layer, measure, settings.groups),
-                    settings.t)
+                    settings.t, settings.corrected)
 
 
 def accuracy_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
@@ -105,12 +113,15 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return float(array.mean()), float(array.std())
 
 
-def distance_matrix(epochs: list[dict[str, Any]], layers: list[str], measure: str) -> np.ndarray:
-    """(epochs × layers) layer distances of ``measure``; NaN where a layer had no live filter."""
+def distance_matrix(epochs: list[dict[str, Any]], layers: list[str], measure: str, plug_in: bool = False) -> np.ndarray:
+    """(epochs × layers) layer distances of ``measure`` as shown (:func:`shown_value`), or with
+    ``plug_in`` the values on every probe image, which the jackknife's statistics start from; NaN
+    where a layer had no live filter."""
+    read = layer_value if plug_in else shown_value
     matrix = np.full((len(epochs), len(layers)), np.nan)
     for i, record in enumerate(epochs):
         for j, layer in enumerate(layers):
-            value = layer_value(record, layer, measure)
+            value = read(record, layer, measure)
             if value is not None:
                 matrix[i, j] = value
     return matrix
@@ -152,22 +163,21 @@ def reusability_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
         for measure in measure_labels(run):
             matrix = distance_matrix(run.epochs, layer_names(run), measure)
             mean, std, count = reusability(epoch_numbers(run), matrix)
-            found = reusability_estimate(run, measure, settings, matrix)
+            found = reusability_estimate(run, measure, settings)
             rows.append({"run": run_name(run), "measure": measure, "mean": mean, "std": std, "epochs": count,
                          **interval_fields(found, settings)})
     return rows
 
 
-def reusability_estimate(run: RunSnapshot, measure: str, settings: IntervalSettings | None = None,
-                         matrix: np.ndarray | None = None) -> Estimate | None:
+def reusability_estimate(run: RunSnapshot, measure: str, settings: IntervalSettings | None = None) -> Estimate | None:
     """The reusability mean with its jackknife interval: the statistic recomputed inside each replicate
-    (same image groups for every layer and epoch, so the pairing is kept). ``settings`` and ``matrix``
-    (the run's distance_matrix of ``measure``) where the caller has them already."""
+    (same image groups for every layer and epoch, so the pairing is kept) from the plug-in values, and
+    bias-corrected where the run's settings say so (a mean: the mean of the corrected values)."""
     settings = settings or interval_settings(run)
     if settings is None:
         return None
     numbers, layers = epoch_numbers(run), layer_names(run)
-    matrix = matrix if matrix is not None else distance_matrix(run.epochs, layers, measure)
+    matrix = distance_matrix(run.epochs, layers, measure, plug_in=True)
     keep = (numbers >= 1) & ~np.isnan(matrix).all(axis=1)
     matrix = matrix[keep]
     cube = replicate_matrix(run.epochs, layers, measure, settings.groups)[:, keep]
@@ -175,14 +185,19 @@ def reusability_estimate(run: RunSnapshot, measure: str, settings: IntervalSetti
     if not measured.any() or np.isnan(cube[:, measured]).any():
         return None
     mean_of = lambda m: float(np.mean([row[ok].mean() for row, ok in zip(m, measured) if ok.any()]))  # noqa: E731
-    return derived(mean_of, np.where(measured, matrix, 0.0), np.where(measured, cube, 0.0), settings.t)
+    return derived(mean_of, np.where(measured, matrix, 0.0), np.where(measured, cube, 0.0), settings.t,
+                   settings.corrected)
 
 
 def interval_fields(found: Estimate | None, settings: IntervalSettings | None) -> dict[str, Any]:
-    """The interval columns of a report row (None when there is no interval)."""
+    """The interval columns of a report row (None when there is no interval); ``estimate`` says what the
+    value is and the interval is centred on (bias-corrected, or plug-in for runs recorded before), and
+    ``plug_in`` gives the value on every probe image beside a corrected one."""
     return {"low": found.low if found else None, "high": found.high if found else None,
             "se": found.se if found else None, "level": settings.level if settings else None,
-            "groups": settings.groups if settings else None}
+            "groups": settings.groups if settings else None,
+            "estimate": settings.estimate if settings and found else None,
+            "plug_in": found.plug_in if found else None}
 
 
 def pearson(x: list[float], y: list[float]) -> float | None:
@@ -230,7 +245,7 @@ def layer_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
                 for record in run.epochs:
                     found = layer_estimate(record, layer, measure, settings)
                     rows.append({"run": run_name(run), "measure": measure, "layer": layer, "epoch": record["epoch"],
-                                 "value": layer_value(record, layer, measure), **interval_fields(found, settings)})
+                                 "value": shown_value(record, layer, measure), **interval_fields(found, settings)})
     return rows
 
 
@@ -492,7 +507,8 @@ def epoch_change(before: dict[str, Any], after: dict[str, Any], layer: str, meas
     (the same probe-image groups in both), or None where either lacks replicates."""
     return paired_difference(
         layer_value(after, layer, measure), layer_replicates(after, layer, measure, settings.groups),
-        layer_value(before, layer, measure), layer_replicates(before, layer, measure, settings.groups), settings.t)
+        layer_value(before, layer, measure), layer_replicates(before, layer, measure, settings.groups), settings.t,
+        settings.corrected)
 
 
 def warning_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:

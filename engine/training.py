@@ -54,6 +54,7 @@ from engine.intervals import (
     DEFAULT_GROUPS,
     DEFAULT_LEVEL,
     MOMENT_VIEWS,
+    ROWS_PER_FEATURE_TO_COVER,
     IntervalSettings,
     groups_within_memory,
     moment_bytes,
@@ -82,7 +83,8 @@ from engine.strategies import (
     set_train_mode,
     warmup_factor,
 )
-from engine.similarity.views import check_metrics_for_view, replicate_metrics
+from engine.similarity.debiased import DEBIASED
+from engine.similarity.views import check_metrics_for_view, replicate_metrics, view_shape
 from engine.visualise import FilterEvidence, Visualiser, VisSettings, parse_named_filters
 
 LP_SETTINGS = {"method": "multinomial logistic regression, L2, L-BFGS (scipy), max 200 iterations",
@@ -439,7 +441,27 @@ class Trainer:
                                           f"the t quantile of the interval accounts for it")
             settings = settings_for(groups, config.interval_level, config.intervals)
         self.warn_replicates_without_whitening(settings)
+        self.warn_intervals_that_may_not_cover(settings)
         return settings
+
+    def warn_intervals_that_may_not_cover(self, settings: IntervalSettings) -> None:
+        """Where a layer has few samples per feature on a view, the plug-in bias is not first-order and
+        its bias-corrected interval still undercovers (METRICS.md, "Intervals that cover"): said before
+        training, once per layer and view, and recorded with the run's warnings."""
+        n = len(self.probe)
+        for layer in self.layers:
+            c, h, w = feature_map_shape(layer.shape, layer.layout)
+            for view in dict.fromkeys(m.view for m in self.measures if settings.covers(m.view)):
+                affected = [m.label for m in self.measures if m.view == view and m.metric.name != DEBIASED]
+                if view not in MOMENT_VIEWS or not affected or (view == "cls" and not (
+                        layer.layout and layer.layout.class_token)):
+                    continue
+                rows, features = view_shape(view, n, c, h, w)
+                if rows < ROWS_PER_FEATURE_TO_COVER * features:
+                    self.warn(f"layer {layer.name}, {view}: {rows} samples for {features} features (fewer than "
+                              f"{ROWS_PER_FEATURE_TO_COVER} a feature): the bias correction is first-order, and "
+                              f"intervals of {', '.join(affected)} covered 0.6–0.85 instead of {settings.level:g} "
+                              f"in simulation there; more probe images (--probe-size), or cka-debiased")
 
     def warn_replicates_without_whitening(self, settings: IntervalSettings) -> None:
         """PWSM α = 0 that is defined on the whole probe set but not once a group is left out has no

@@ -1153,9 +1153,10 @@ def interval_cell(row: dict) -> str:
 
 def interval_note(rows: list[dict], what: str) -> str:
     """'; <what>90 % jackknife over G=10 probe-image groups' for the intervals in ``rows`` ('' if none)."""
-    kinds = sorted({(r["level"], r["groups"]) for r in rows if r.get("low") is not None})
+    kinds = sorted({(r["level"], r["groups"], r.get("estimate") or "plug-in") for r in rows if r.get("low") is not None})
     return "" if not kinds else "; " + what + ", ".join(
-        f"{level:.0%} jackknife over G={groups} probe-image groups" for level, groups in kinds)
+        f"{level:.0%} jackknife over G={groups} probe-image groups, {estimate} values"
+        for level, groups, estimate in kinds)
 
 
 def print_by_epoch(title: str, columns: list[str], rows: list[dict], keys: tuple[str, ...]) -> None:

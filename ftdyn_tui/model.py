@@ -362,10 +362,13 @@ def interval_series(run: TrackedRun, part: str, measure: str, row: str) -> tuple
 
 
 def interval_caption(run: TrackedRun, part: str) -> str | None:
-    """'90% jackknife intervals, G=10' for a part whose values carry intervals, else None."""
+    """'90% jackknife intervals, G=10, bias-corrected' for a part whose values carry intervals (the
+    values shown and the intervals around them bias-corrected, or plug-in for runs recorded before),
+    else None."""
     declaration = run.part(part) or {}
     settings = IntervalSettings.from_json(declaration.get("intervals"))
-    return None if settings is None else f"{settings.level:.0%} jackknife intervals, G={settings.groups}"
+    return None if settings is None else (f"{settings.level:.0%} jackknife intervals, G={settings.groups}, "
+                                          f"{settings.estimate}")
 
 
 def distance_series(run: TrackedRun, measure: str, layer: str, x_axis: str = "epoch") -> tuple[list[float], list[float]]:

@@ -56,17 +56,24 @@ def test_end_to_end_run_and_report(tmp_path, shapes_data, cli):
 
     # intervals, on by default for the streaming views: 9 probe images allow 9 groups, not 10, and it says so
     assert "9 image groups instead of 10 (the probe set has 9 images)" in result.output
+    # layer4.1 at 32 px: 9 images × 1 position for 512 channels, where the correction is not enough
+    said = " ".join(result.output.split())
+    assert "layer layer4.1, positions: 9 samples for 512 features (fewer than 10 a feature)" in said
+    assert "layer relu, positions" not in said  # 9 × 16 × 16 samples for 64 channels
     declared = next(p for p in config["analyses"] if p["name"] == "distance")["intervals"]
     assert declared["groups"] == 9 and declared["level"] == 0.9
     assert declared["t"] == pytest.approx(student_t.ppf(0.95, 8), rel=1e-12)
+    assert declared["estimate"] == "bias-corrected"
     for layer, views in last["layers"].items():
         assert "jackknife" not in views["filter"]  # `filter` is G+1 times dearer: --intervals all
         entry = views["positions"]
         for metric, value in entry["values"].items():
             reps = entry["jackknife"][metric]
             assert len(reps) == 9 and len(set(reps)) > 1, layer
+            corrected = 9 * value - 8 * sum(reps) / 9  # the jackknife's bias-corrected estimate
+            assert entry["estimate"][metric] == pytest.approx(corrected, rel=1e-12)
             half = declared["t"] * math.sqrt(8 / 9 * sum((r - sum(reps) / 9) ** 2 for r in reps))
-            assert entry["interval"][metric] == pytest.approx([value - half, value + half], rel=1e-12)
+            assert entry["interval"][metric] == pytest.approx([corrected - half, corrected + half], rel=1e-12)
 
     report = cli("report", run_dir, "--format", "json")
     assert report.exit_code == 0, report.output
@@ -79,20 +86,23 @@ def test_end_to_end_run_and_report(tmp_path, shapes_data, cli):
     row = rows[("pwsm:0.5@positions", "layer2.1", 2)]
     assert [row["low"], row["high"]] == last["layers"]["layer2.1"]["positions"]["interval"]["pwsm:0.5"]
     assert row["groups"] == 9 and rows[("procrustes@filter", "layer2.1", 2)]["low"] is None
+    shown = last["layers"]["layer2.1"]["positions"]
+    assert row["value"] == shown["estimate"]["pwsm:0.5"] and row["plug_in"] == shown["values"]["pwsm:0.5"]
+    assert row["estimate"] == "bias-corrected"
     assert reuse["pwsm:0.5@positions"]["low"] < reuse["pwsm:0.5@positions"]["mean"] < reuse["pwsm:0.5@positions"]["high"]
     # is a layer still moving: epoch 2 − epoch 1 inside each replicate, narrower than the two intervals
     change = next(r for r in tables["changes"] if r["measure"] == "pwsm:0.5@positions" and r["layer"] == "layer2.1")
     entries = [e["layers"]["layer2.1"]["positions"] for e in epochs[1:]]
     diffs = [b - a for a, b in zip(entries[0]["jackknife"]["pwsm:0.5"], entries[1]["jackknife"]["pwsm:0.5"])]
     half = declared["t"] * math.sqrt(8 / 9 * sum((d - sum(diffs) / 9) ** 2 for d in diffs))
-    assert change["difference"] == pytest.approx(entries[1]["values"]["pwsm:0.5"] - entries[0]["values"]["pwsm:0.5"])
+    assert change["difference"] == pytest.approx(entries[1]["estimate"]["pwsm:0.5"] - entries[0]["estimate"]["pwsm:0.5"])
     assert [change["low"], change["high"]] == pytest.approx([change["difference"] - half, change["difference"] + half])
     assert change["moved"] == (change["low"] > 0 or change["high"] < 0)
     csv_report = cli("report", run_dir, "--format", "csv")
     assert csv_report.exit_code == 0 and "# reusability" in csv_report.output
     table_report = cli("report", run_dir)
     assert "Table 2" in table_report.output
-    assert "90% jackknife over G=9 probe-image groups" in " ".join(table_report.output.split())
+    assert "90% jackknife over G=9 probe-image groups, bias-corrected values" in " ".join(table_report.output.split())
 
 
 def test_intervals_off_and_a_small_alpha_warning_are_recorded_and_reported(tmp_path, shapes_data, cli):

@@ -552,7 +552,7 @@ async def test_interval_bands_and_readout_show_the_recorded_intervals(tmp_path):
         plt = screen.query_one("#distance").plt
         drawn = len(plt._active.monitor.y)  # noqa: SLF001 (plotext keeps one entry per plotted line)
         await pilot.press("i")
-        assert screen.bands and "90% jackknife intervals, G=5" in screen.plot_title(200)
+        assert screen.bands and "90% jackknife intervals, G=5, plug-in" in screen.plot_title(200)  # a run from before
         assert len(plt._active.monitor.y) == 3 * drawn  # a low and a high edge for every curve
         await pilot.press("right_square_bracket", "right_square_bracket")  # epoch 1
         readout = str(screen.query_one("#readout").render())
@@ -562,7 +562,7 @@ async def test_interval_bands_and_readout_show_the_recorded_intervals(tmp_path):
         mean = sum(reps) / len(reps)
         half = INTERVALS["t"] * (4 / 5 * sum((r - mean) ** 2 for r in reps)) ** 0.5
         assert f"block3 {value:.4g} [{value - half:.3g}, {value + half:.3g}]" in readout
-        assert readout.startswith("epoch 1 ([90% jackknife intervals, G=5]):")  # what the brackets are
+        assert readout.startswith("epoch 1 ([90% jackknife intervals, G=5, plug-in]):")  # what the brackets are
         await pilot.press("e")  # the export carries the intervals too
         [exported] = (tmp_path / "honest").glob("export-*.csv")
         row = next(r for r in csv.DictReader(exported.open()) if r["row"] == "block3" and r["epoch"] == "1")

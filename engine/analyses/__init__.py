@@ -80,11 +80,15 @@ def measure_rows(part: dict[str, Any], measure: str) -> list[str]:
 
 
 def part_value(record: dict[str, Any], part: dict[str, Any], measure: str, row: str) -> float | None:
-    """One value of a series part in one record, or None where it was not measured."""
+    """One value of a series part in one record as shown — a feature distance's bias-corrected estimate
+    where the run recorded one (engine.intervals), else its plug-in value — or None where it was not
+    measured."""
     metric, _, view = measure.rpartition("@")
     section = part.get("section", part.get("name", ""))
     if part.get("layout") == "layers":
-        value = dig(record, section, row, view, "values", metric)
+        value = dig(record, section, row, view, "estimate", metric)
+        if number_or_none(value) is None:
+            value = dig(record, section, row, view, "values", metric)
     else:
         value = dig(record, section, view, metric, row)
     return number_or_none(value)

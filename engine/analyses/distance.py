@@ -7,14 +7,16 @@ Definitions, views and exactness are in :mod:`engine.similarity`. The source sid
 decompositions are cached across epochs (the source never changes). Record section ``layers``,
 laid out as in schema 1: ``layers[layer][view] = {values: {metric: d}, dead, filters, per_filter}``, plus,
 where intervals are on (ANALYSES.md §6, :mod:`engine.intervals`), ``jackknife: {metric: [d₍₁₎ … d₍G₎]}``
-(the value with each image group left out) and ``interval: {metric: [low, high]}`` at the declared level.
+(the value with each image group left out), ``estimate: {metric: G·d − (G−1)·mean d₍g₎}`` (the
+jackknife's bias-corrected estimate; absent in runs recorded before it) and ``interval: {metric: [low,
+high]}`` around it at the declared level (around d itself in runs recorded before).
 """
 
 from __future__ import annotations
 
 from engine.analyses import distance_declaration
 from engine.capture import Measure
-from engine.intervals import IntervalSettings, interval
+from engine.intervals import IntervalSettings, estimate
 from engine.similarity import LayerAccumulator, SourceSpectrumCache
 from engine.similarity.metrics import DEFAULT_PRECISION, MEASURED_WORST_ERROR, Metric
 
@@ -97,10 +99,13 @@ class FeatureDistance:
         for (layer, view), accumulator in self.accumulators.items():
             distance = accumulator.result()
             entry = {"values": distance.values, "dead": distance.dead_filters, "filters": distance.n_filters}
-            if distance.replicates:  # the jackknife's replicates, and the interval they give at the run's level
+            if distance.replicates:  # the jackknife's replicates, the bias-corrected estimate and its interval
                 entry["jackknife"] = distance.replicates
-                entry["interval"] = {label: interval(distance.values[label], reps, self.intervals.t)
-                                     for label, reps in distance.replicates.items()}
+                found = {label: estimate(distance.values[label], reps, self.intervals.t, self.intervals.corrected)
+                         for label, reps in distance.replicates.items()}
+                if self.intervals.corrected:
+                    entry["estimate"] = {label: e.value if e else None for label, e in found.items()}
+                entry["interval"] = {label: [e.low, e.high] if e else None for label, e in found.items()}
             if distance.per_filter:
                 entry["per_filter"] = {label: v.tolist() for label, v in distance.per_filter.items()}
             result.setdefault(layer, {})[view] = entry
