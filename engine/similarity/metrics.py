@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from engine.similarity.debiased import debiased_from_centred
+from engine.similarity.factor import centred_factor_of, factor_sides
 from engine.similarity.singular import nuclear_norms
 from engine.similarity.spectral import (
     DIRECT_EIGH_ERROR,
@@ -267,7 +268,14 @@ def pair_spectra(x: torch.Tensor, y: torch.Tensor, precision: str | None = None,
         raise ValueError("a cached source spectrum is only reusable in the dual form")
     xt = xc.transpose(1, 2)
     floors = (constant_column_floor(x, dtype), constant_column_floor(y, dtype))
-    return pair_from_moments(xt @ xc, yc.transpose(1, 2) @ yc, xt @ yc, m, identical, dtype, floors)
+    pair = pair_from_moments(xt @ xc, yc.transpose(1, 2) @ yc, xt @ yc, m, identical, dtype, floors)
+    unresolved = (~(pair.x.resolved & pair.y.resolved)).nonzero().flatten()
+    if len(unresolved):  # dense mixing past what the moments hold: the data's own triangular factor
+        exact_x, exact_y, cross = factor_sides(centred_factor_of(x[unresolved], y[unresolved]), px, m)
+        pair.x.take(unresolved, exact_x)
+        pair.y.take(unresolved, exact_y)
+        pair.cross[unresolved] = cross
+    return pair
 
 
 def metric_values(pair: PairedSpectra, metrics: Sequence[Metric], whitening_scale: str = "mean_eig",

@@ -68,6 +68,9 @@ class SideSpectrum:
     n_features: int
     form: str  # "dual" or "primal"
     scale: torch.Tensor | None = None
+    # (b,) bool, primal form from moments: every direction X can have was resolved to within the
+    # tolerance asked (False: dense mixing past what XᵀX holds; engine.similarity.factor is exact there)
+    resolved: torch.Tensor | None = None
 
     @property
     def total_variance(self) -> torch.Tensor:
@@ -79,7 +82,17 @@ class SideSpectrum:
 
     def chunk(self, start: int, stop: int) -> "SideSpectrum":
         scale = None if self.scale is None else self.scale[start:stop]
-        return SideSpectrum(self.basis[start:stop], self.eigenvalues[start:stop], self.n_features, self.form, scale)
+        resolved = None if self.resolved is None else self.resolved[start:stop]
+        return SideSpectrum(self.basis[start:stop], self.eigenvalues[start:stop], self.n_features, self.form, scale,
+                            resolved)
+
+    def take(self, rows: torch.Tensor, other: "SideSpectrum") -> None:
+        """Batch items ``rows`` replaced by ``other``'s (same form and width), in place."""
+        self.basis[rows], self.eigenvalues[rows] = other.basis, other.eigenvalues
+        if self.scale is not None:
+            self.scale[rows] = other.scale
+        if self.resolved is not None:
+            self.resolved[rows] = True
 
 
 def structural_rank(n_rows: int, n_features: int) -> int:
@@ -137,16 +150,21 @@ def decompose_moments(moment: torch.Tensor, n_rows: int, source_dtype: torch.dty
     resolved = direct_eigh_bound(eigenvalues, live, p) <= tolerance
     eigenvalues = torch.where(live, eigenvalues, torch.zeros_like(eigenvalues))
     inverse_root = torch.where(live, eigenvalues, torch.ones_like(eigenvalues)).rsqrt() * live
-    side = SideSpectrum(vectors * inverse_root.unsqueeze(-2), eigenvalues, p, "primal", torch.ones_like(variance))
+    side = SideSpectrum(vectors * inverse_root.unsqueeze(-2), eigenvalues, p, "primal", torch.ones_like(variance),
+                        resolved.clone())
     again = (~resolved).nonzero().flatten()
     if len(again):
-        scaled = decompose_scaled(moment[again], dead[again], n_rows, source_dtype)
-        side.basis[again], side.eigenvalues[again], side.scale[again] = scaled
+        scaled = decompose_scaled(moment[again], dead[again], n_rows, source_dtype, tolerance)
+        side.basis[again], side.eigenvalues[again], side.scale[again], side.resolved[again] = scaled
     return side
 
 
-def decompose_scaled(moment: torch.Tensor, dead: torch.Tensor, n_rows: int, source_dtype: torch.dtype):
-    """The correlation-scaled route: (B, σ², d) with U = X D⁻¹ B (module docstring)."""
+def decompose_scaled(moment: torch.Tensor, dead: torch.Tensor, n_rows: int, source_dtype: torch.dtype,
+                     tolerance: float = DIRECT_EIGH_ERROR):
+    """The correlation-scaled route: (B, σ², d, resolved) with U = X D⁻¹ B (module docstring).
+    ``resolved``: the correlation's eigh kept every direction the live columns can have, to within
+    ``tolerance`` — what column scales alone spread; dense mixing of the columns spreads the
+    correlation itself, past what its eigh can resolve."""
     p = moment.shape[-1]
     variance = moment.diagonal(dim1=-2, dim2=-1)
     scale = torch.where(dead, torch.ones_like(variance), variance.clamp_min(0.0)).sqrt()
@@ -165,7 +183,9 @@ def decompose_scaled(moment: torch.Tensor, dead: torch.Tensor, n_rows: int, sour
     inverse_root = torch.where(live, rho, torch.ones_like(rho)).rsqrt() * live
     basis = (q * inverse_root.unsqueeze(-2)) @ p_left
     basis = basis * ranked.unsqueeze(-2) * live_col.unsqueeze(-1)
-    return basis, torch.where(ranked, sigma * sigma, torch.zeros_like(sigma)), scale
+    possible = (~dead).sum(-1).clamp(max=structural_rank(n_rows, p))
+    resolved = (live.sum(-1) == possible) & (direct_eigh_bound(rho, live, p) <= tolerance)
+    return basis, torch.where(ranked, sigma * sigma, torch.zeros_like(sigma)), scale, resolved
 
 
 def decompose_gram(gram: torch.Tensor, n_rows: int, n_features: int, source_dtype: torch.dtype) -> SideSpectrum:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from engine.similarity.debiased import centred_row_products, debiased_similarity, unbiased_hsic
+from engine.similarity.factor import FactorAccumulator, factor_sides
 from engine.similarity.spectral import DIRECT_EIGH_ERROR, REPLICATE_EIGH_ERROR
 from engine.similarity.metrics import PairedSpectra, compute_dtype_for, pair_from_moments
 
@@ -35,8 +36,10 @@ class MomentAccumulator:
     """
 
     def __init__(self, precision: str | None = None, groups: int = 1, row_terms: bool = False,
-                 group_dtype: torch.dtype = torch.float64, processes=None):
+                 group_dtype: torch.dtype = torch.float64, processes=None, factor: bool = False):
         self.processes = processes  # engine.distributed.Processes, when rows are sharded over processes
+        # whitened measures: the exact value comes from a triangular factor of the rows (engine.similarity.factor)
+        self.factor = FactorAccumulator() if factor else None
         self.precision = precision
         self.groups = groups
         self.row_terms = row_terms
@@ -69,6 +72,8 @@ class MomentAccumulator:
         for start in range(0, x.shape[0], step):
             xs = x[start:start + step].to(self._dtype) - self._shift_x.to(self._dtype)
             ys = y[start:start + step].to(self._dtype) - self._shift_y.to(self._dtype)
+            if self.factor is not None:
+                self.factor.add(xs, ys)
             if row_groups is None or self.groups == 1:
                 self.add(0, xs, ys)
                 continue
@@ -98,6 +103,8 @@ class MomentAccumulator:
     def reduce(self) -> None:
         """Every process's sums and row counts added over the processes in float64 (all hold them after)."""
         processes = self.processes
+        if self.factor is not None:
+            self.factor.reduce(processes)
         for name in sorted(self._total):
             processes.sum(self._total[name])
         for name in sorted(self._groups):  # a group at a time: wide layers keep float32 group sums
@@ -156,6 +163,14 @@ class MomentAccumulator:
         if key is not None and source is None:
             cache.put(key, pair.x)
         return pair
+
+    def factor_spectra(self) -> PairedSpectra:
+        """The pair of spectra of every row from the triangular factor: exact whitening however
+        the channels are mixed (engine.similarity.factor); needs the accumulator built with ``factor``."""
+        r = self.factor.centred_factor()
+        x_features = self._shift_x.shape[0]
+        x, y, cross = factor_sides(r[None], x_features, self.n_rows)
+        return PairedSpectra(x, y, cross, self.n_rows, torch.tensor([self.identical], device=r.device))
 
     def debiased_cka(self, leave_out: int | None = None) -> float:
         """Debiased linear CKA of the rows outside ``leave_out``, from the streamed sums."""

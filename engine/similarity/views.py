@@ -24,6 +24,7 @@ value: a layer with no live filter has value None.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -39,6 +40,7 @@ from engine.similarity.batched import (
 )
 from engine.similarity.metrics import (
     DEFAULT_ALPHA,
+    DegenerateWhiteningWarning,
     Metric,
     PairedSpectra,
     as_tensor,
@@ -47,12 +49,13 @@ from engine.similarity.metrics import (
     centred,
     constant_column_floor,
     metric_values,
+    needs_whitening,
     resolve_dual,
     parse_metrics,
     spectrum_from_gram,
 )
 from engine.similarity.debiased import DEBIASED, debiased_from_grams
-from engine.similarity.spectral import dual_cross
+from engine.similarity.spectral import REPLICATE_EIGH_ERROR, dual_cross
 from engine.similarity.parallel import cpu_workers, run_in_parallel
 from engine.similarity.streaming import MomentAccumulator, pooled_rows, positions_rows
 
@@ -176,7 +179,8 @@ class LayerAccumulator:
         self.groups = groups
         self.shape: tuple[int, ...] | None = None
         debiased = any(m.name == DEBIASED for m in self.metrics)
-        self.moments = MomentAccumulator(precision, groups, row_terms=debiased, processes=processes) \
+        self.moments = MomentAccumulator(precision, groups, row_terms=debiased, processes=processes,
+                                         factor=needs_whitening(self.metrics)) \
             if view in ("positions", "pooled", "cls") else None
         self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.map_sums: dict[str, torch.Tensor] = {}  # label → (G, c) per-group sums of per-map values
@@ -295,7 +299,27 @@ class LayerAccumulator:
             for label, v in values.items():
                 for i, value in zip(batch, v.tolist()):
                     out[label][i] = None if math.isnan(value) else value
+        if self.moments.factor is not None and None in leave_outs:
+            self.exact_whitening(out, leave_outs)
         return out
+
+    def exact_whitening(self, out: dict[str, list[float | None]], leave_outs: list[int | None]) -> None:
+        """The whitened measures of every row from the triangular factor (exact however the channels are
+        mixed: engine.similarity.factor) in place of the moments'. Where the two differ by more than the
+        replicates' tolerance, the moments could not resolve this layer's whitening, nor its replicates':
+        those are dropped (no interval) rather than recorded wrong."""
+        whitened = [m for m in self.metrics if m.name == "pwsm" and m.alpha < 1.0]
+        with warnings.catch_warnings():  # a small α was warned about once, by the moments' pass
+            warnings.simplefilter("ignore", DegenerateWhiteningWarning)
+            exact = metric_values(self.moments.factor_spectra(), whitened, self.whitening_scale)
+        total = leave_outs.index(None)
+        for label, value in exact.items():
+            value = None if math.isnan(float(value[0])) else float(value[0])
+            from_moments, out[label][total] = out[label][total], value
+            if from_moments is None or value is None or abs(from_moments - value) > REPLICATE_EIGH_ERROR:
+                for i, g in enumerate(leave_outs):
+                    if g is not None:
+                        out[label][i] = None
 
     def filter_map_result(self, left_out: int | None) -> LayerDistance:
         """`filter-map` from the per-group sums, every group or all but ``left_out``."""
