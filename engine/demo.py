@@ -365,6 +365,7 @@ class Findings:
     white_minus_similar: Estimate | None = None  # (b): unpaired difference of the reusability means
     level: float | None = None  # the runs' interval level (None: no intervals recorded)
     estimate: str | None = None  # what values and intervals are of: "bias-corrected", or "plug-in" (older runs)
+    short: dict[str, list[str]] | None = None  # run → layers of the primary measure whose intervals fall short
 
     @property
     def early_layers_closer(self) -> bool:
@@ -397,6 +398,10 @@ class Findings:
         else:
             a = (f"{rhos}; permutation p = {p} (holds below {TREND_LEVEL} with every ρ > 0; no intervals recorded); "
                  f"layers that break the order: {broken}")
+        short = sorted({layer for layers in (self.short or {}).values() for layer in layers})
+        if short:  # said with the finding it bears on, not only among the warnings
+            a += (f"; {', '.join(short)}: fewer than 10 samples a feature, where the intervals fall short of their "
+                  f"level and even the corrected values are biased (docs/METRICS.md)")
         b = ", ".join(f"{run} {m:.3f} ± {s:.3f}" for run, (m, s) in self.reusability.items())
         if self.white_minus_similar is not None:
             b += (f"; white − similar {span(self.white_minus_similar)} ({level} interval, unpaired: the runs have "
@@ -431,7 +436,7 @@ class Findings:
                                 "drops_beyond_noise": self.trend.drops},
                 "reusability": self.reusability,
                 "white_minus_similar": as_dict(self.white_minus_similar),
-                "interval_level": self.level, "estimate": self.estimate,
+                "interval_level": self.level, "estimate": self.estimate, "intervals_short": self.short,
                 "agreement": {"measures": [PRIMARY, SECOND], "mean_r": g.matched[0], "std_r": g.matched[1],
                               "layers": g.matched[2], "unrelated_r": g.unrelated, "difference": g.difference,
                               "interval": g.interval, "method": g.method,
@@ -444,6 +449,14 @@ class Findings:
 def span(found: Estimate | None) -> str:
     """'+0.312 [+0.281, +0.343]', or 'undefined'."""
     return "undefined" if found is None else f"{found.value:+.3f} [{found.low:+.3f}, {found.high:+.3f}]"
+
+
+def intervals_short(run, measure: str) -> list[str]:
+    """The layers whose intervals of ``measure``'s view the run said fall short of their level (config.json
+    ``intervals_short``, view → layers; absent in runs recorded before)."""
+    recorded = (run.config or {}).get("intervals_short")
+    found = recorded.get(measure.rpartition("@")[2]) if isinstance(recorded, dict) else None
+    return [layer for layer in found if isinstance(layer, str)] if isinstance(found, list) else []
 
 
 def findings(run_dirs: list[Path]) -> Findings:
@@ -481,4 +494,5 @@ def findings(run_dirs: list[Path]) -> Findings:
             found = reusability_estimate(run, PRIMARY)
             white, similar = (found, similar) if name == "white" else (white, found)
     return Findings(trend, reuse, agreement, unpaired_difference(white, similar),
-                    common.level if common is not None else None, common.estimate if common is not None else None)
+                    common.level if common is not None else None, common.estimate if common is not None else None,
+                    {name: intervals_short(run, PRIMARY) for name, run in runs.items()})

@@ -92,8 +92,10 @@ def resize_sensitivity(model_name: str, weights: str, data: str, image_size: int
     for (layer, a, b), accumulator in accumulators.items():
         result = accumulator.result()
         value = result.values[measure.metric.label]
-        found = estimate(value, result.replicates.get(measure.metric.label), interval.t) if interval else None
-        rows.append({"layer": layer, "a": a, "b": b, "value": value,
+        found = estimate(value, result.replicates.get(measure.metric.label), interval.t,
+                         interval.corrected) if interval else None
+        rows.append({"layer": layer, "a": a, "b": b, "value": found.value if found else value,
+                     "plug_in": value,
                      "low": found.low if found else None, "high": found.high if found else None})
     return {"model": model_name, "weights": weights, "data": str(Path(data)), "image_size": image_size,
             "probe_images": len(probe), "methods": methods, "layers": list(layouts), "measure": measure.label,

@@ -66,14 +66,14 @@ def seed_pairs(cells: list[RunConfig]) -> list[tuple[RunConfig, RunConfig]]:
 
 def run_barriers(cells: list[RunConfig], on_event: Callable = lambda kind, **info: None) -> list[tuple[str, str]]:
     """The loss barrier between the two seeds of every pair (skipped where already computed)."""
-    from engine.analyses import result_path
+    from engine.analyses import result_file
     from engine.analyses.barrier import barrier_tag, run_barrier
     from engine.training import last_epoch
 
     outcome = []
     for first, second in seed_pairs(cells):
         a, b = Path(first.out), Path(second.out)
-        if result_path(a, barrier_tag(a, last_epoch(a), b, last_epoch(b))).exists():
+        if result_file(a, barrier_tag(a, last_epoch(a), b, last_epoch(b))).exists():
             outcome.append((f"barrier {a.name} ↔ {b.name}", "already computed"))
             continue
         on_event("phase", name=f"loss barrier {a.name} ↔ {b.name}")

@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, Sampler, Subset
 
 from engine.accelerate import autocast, check_accelerator_options, compiled, memory_format, to_memory_format
+from engine.analyses import declared_parts
 from engine.analyses.parts import PartContext, build_epoch_parts, default_epoch_parts, epoch_parts, parse_analyses
 from engine.analyses.runner import EpochAnalyses
 from engine.capture import feature_map_shape, parse_measures
@@ -60,7 +61,7 @@ from engine.intervals import (
     moment_bytes,
     settings_for,
 )
-from engine.models import LayerInfo, build_model, head_name, select_layers
+from engine.models import LayerInfo, build_model, head_name, select_layers, trace_layers
 from engine.receptive import patch_fields, receptive_fields
 from engine.distributed import PEER_STOPPED, Processes
 from engine.record import CONFIG, NoWriter, RunFormatError, RunReader, RunWriter, config_problem, setting_fits, write_atomic
@@ -68,6 +69,7 @@ from engine.run_lock import RunLock
 from engine.similarity.metrics import DegenerateWhiteningError, DegenerateWhiteningWarning
 from engine.untrusted import NOFOLLOW, visible
 from engine.strategies import (
+    BATCHNORM,
     LP_C_GRID,
     RGN_BATCHES,
     StrategyConfig,
@@ -202,15 +204,16 @@ def source_fingerprint(model: nn.Module) -> float:
 
 
 class WithoutLoneLastBatch(Sampler[list[int]]):
-    """``sampler``'s indices in batches of ``batch``, the last one shorter, except that a last batch of
-    a single image is left out: BatchNorm cannot train on one image (one value per channel has no
-    variance, and torch refuses it), and a run whose training set is one more than a multiple of the
-    batch would stop at its first epoch, resume or not. The order is reshuffled every epoch, so a
-    different image sits out each time; the run records a warning saying so."""
+    """``sampler``'s indices in batches of ``batch``, the last one shorter, except that with ``drop`` a
+    last batch of a single image is left out: a training BatchNorm whose input is 1×1 (a small image's
+    last stage, or after pooling) gets one value per channel from one image, which has no variance
+    and torch refuses, and a run whose training set is one more than a multiple of the batch would
+    stop at its first epoch, resume or not (:func:`batchnorm_needs_two_images` decides). The order is
+    reshuffled every epoch, so a different image sits out each time; the run records a warning."""
 
-    def __init__(self, sampler: Sampler[int], batch: int):
+    def __init__(self, sampler: Sampler[int], batch: int, drop: bool = True):
         self.batches = BatchSampler(sampler, batch, drop_last=False)
-        self.lone = lone_last_image(len(sampler), batch)
+        self.lone = drop and lone_last_image(len(sampler), batch)
 
     def __iter__(self):
         batches = iter(self.batches)
@@ -219,6 +222,16 @@ class WithoutLoneLastBatch(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self.batches) - self.lone
+
+
+def batchnorm_needs_two_images(model: nn.Module, image_size: int, frozen_batchnorm: bool) -> bool:
+    """True when one image would give a BatchNorm that trains a single value per channel (its input
+    has one position: torch refuses a batch of one there); False with frozen BatchNorm statistics."""
+    if frozen_batchnorm:
+        return False
+    modules = dict(model.named_modules())
+    return any(isinstance(modules.get(info.name), BATCHNORM) and math.prod(info.shape[1:]) == 1
+               for info in trace_layers(model, image_size))
 
 
 def lone_last_image(images: int, batch: int) -> bool:
@@ -327,6 +340,7 @@ class Trainer:
         except ValueError as exc:
             raise FtdynError(str(exc)) from None
         self.run_warnings: list[str] = []  # what the run reduced or doubts, recorded in config.json's warnings
+        self.intervals_short: dict[str, list[str]] = {}  # view → layers whose intervals fall short of their level
         self.on_event("phase", name="scanning images")
         data = load_image_data(config.data, config.val_fraction, config.seed,
                                progress=lambda i, n: self.on_event("scan", done=i, total=n))
@@ -339,7 +353,7 @@ class Trainer:
         held_out = ImageList(data.held_out.samples, eval_transform)
         probe = Subset(held_out, probe_indices(data.held_out.targets, config.probe_size, config.seed))
         self.train_set, self.held_out, self.probe = train_set, held_out, probe
-        self.warn_about_data(len(train_set), len(held_out), len(probe))
+        self.warn_about_data(len(held_out), len(probe))
         if len(probe) < processes.world:
             raise FtdynError(f"the probe set has {len(probe)} images for {processes.world} processes; use "
                              f"--probe-size {processes.world} or more")
@@ -367,6 +381,14 @@ class Trainer:
         check_strategy(self.strategy)
         self.groups = block_groups(config.model, self.model)
         self.plan = plan_parameters(config.model, self.model, self.strategy, config.lr, self.groups)
+        self.batchnorm_needs_two = batchnorm_needs_two_images(self.model, config.image_size, self.plan.frozen_batchnorm)
+        self.lone_image_left_out = self.batchnorm_needs_two and lone_last_image(-(-len(train_set) // processes.world),
+                                                                                self.batch_per_process)
+        if self.lone_image_left_out:
+            self.warn(f"{len(train_set)} training images in batches of {config.batch_size} leave a last batch of one "
+                      f"image, which this model's BatchNorm cannot train on (a 1×1 input): it is left out, a "
+                      f"different image each epoch (the order is reshuffled); a --batch-size that does not leave "
+                      f"one keeps every image")
         self.optimizer = make_optimizer(config.optimizer, self.model, self.plan, config.weight_decay)
         self.total_epochs = config.epochs + (1 if config.strategy == "lp-ft" else 0)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.autocast == "fp16")
@@ -440,6 +462,8 @@ class Trainer:
             self.on_event("warning", text=f"intervals: {groups} image groups instead of {settings.groups} ({why}); "
                                           f"the t quantile of the interval accounts for it")
             settings = settings_for(groups, config.interval_level, config.intervals)
+        if self.resume_requested:  # a run recorded before bias correction keeps recording as it began
+            settings = dataclasses.replace(settings, estimate=recorded_estimate(self.dir))
         self.warn_replicates_without_whitening(settings)
         self.warn_intervals_that_may_not_cover(settings)
         return settings
@@ -458,6 +482,7 @@ class Trainer:
                     continue
                 rows, features = view_shape(view, n, c, h, w)
                 if rows < ROWS_PER_FEATURE_TO_COVER * features:
+                    self.intervals_short.setdefault(view, []).append(layer.name)
                     self.warn(f"layer {layer.name}, {view}: {rows} samples for {features} features (fewer than "
                               f"{ROWS_PER_FEATURE_TO_COVER} a feature): the bias correction is first-order, and "
                               f"intervals of {', '.join(affected)} covered 0.6–0.85 instead of {settings.level:g} "
@@ -546,19 +571,12 @@ class Trainer:
                     if issubclass(warning.category, DegenerateWhiteningWarning):
                         self.warn(f"layer {layer.name}, {measure.label}: {warning.message}")
 
-    def warn_about_data(self, train_images: int, held_out_images: int, probe_images: int) -> None:
-        """What the data made the run reduce, said now and recorded with the run's warnings."""
-        config, world = self.config, self.processes.world
-        found = []
-        if probe_images < config.probe_size:
-            found.append(f"--probe-size {config.probe_size} asks for more images than the held-out split has "
-                         f"({held_out_images}): the probe set is all {probe_images} of them")
-        if lone_last_image(-(-train_images // world), self.batch_per_process):
-            found.append(f"{train_images} training images in batches of {config.batch_size} leave a last batch of "
-                         f"one image, which BatchNorm cannot train on: it is left out, a different image each "
-                         f"epoch (the order is reshuffled); a --batch-size that does not leave one keeps every image")
-        for text in found:
-            self.warn(text)
+    def warn_about_data(self, held_out_images: int, probe_images: int) -> None:
+        """What the data made the run reduce, said now and recorded with the run's warnings (the last
+        batch of one image is said where the model is known: WithoutLoneLastBatch)."""
+        if probe_images < self.config.probe_size:
+            self.warn(f"--probe-size {self.config.probe_size} asks for more images than the held-out split has "
+                      f"({held_out_images}): the probe set is all {probe_images} of them")
 
     def warn(self, text: str) -> None:
         """Say ``text`` now and record it with the run's warnings (config.json), for the report and the app."""
@@ -581,6 +599,7 @@ class Trainer:
             if self.analyses.part("distance") else [],
             "analyses": self.analyses.declarations(),
             "warnings": self.run_warnings,
+            "intervals_short": self.intervals_short,
             "vis_fields": self.field_kinds or None,
             "strategy": {"name": self.strategy.name, "train_blocks": self.strategy.train_blocks,
                          "layer_decay": self.strategy.layer_decay, "warmup_epochs": self.strategy.warmup_epochs,
@@ -714,8 +733,8 @@ class Trainer:
         else:
             sampler = DistributedSampler(self.train_set, num_replicas=processes.world, rank=processes.rank,
                                          shuffle=True, seed=seed_epoch(config.seed, epoch), drop_last=False)
-        return DataLoader(self.train_set, batch_sampler=WithoutLoneLastBatch(sampler, self.batch_per_process),
-                          generator=order, **self.loader_options)
+        return DataLoader(self.train_set, generator=order, **self.loader_options, batch_sampler=WithoutLoneLastBatch(
+            sampler, self.batch_per_process, drop=self.lone_image_left_out))
 
     def train_epoch(self, epoch: int) -> tuple[dict[str, float], float]:
         config = self.config
@@ -795,7 +814,8 @@ class Trainer:
         if self.processes.leader:  # as on one process (the full batches); the others take its rates
             order = seeded_generator(seed_epoch(config.seed, epoch) + 1)
             loader = DataLoader(self.train_set, generator=order, **self.loader_options, batch_sampler=WithoutLoneLastBatch(
-                RandomSampler(self.train_set, generator=order), config.batch_size))
+                RandomSampler(self.train_set, generator=order), config.batch_size,
+                drop=self.batchnorm_needs_two))
             batches = [batch for batch, _ in zip(loader, range(RGN_BATCHES))]
             set_train_mode(self.model, self.plan.frozen_batchnorm)
             names = [g["name"] for g in self.plan.groups]
@@ -1025,6 +1045,18 @@ def check_config(config: RunConfig) -> None:
         raise FtdynError(f"--data '{config.data}' is inside --out '{config.out}'; put runs and data in separate folders")
     if out.exists() and not out.is_dir():
         raise FtdynError(f"--out '{config.out}' is a file, not a folder; choose another --out")
+
+
+def recorded_estimate(run_dir: Path) -> str:
+    """What the run's recorded intervals are centred on ("bias-corrected", or "plug-in" for a run
+    recorded before bias correction); a run without recorded intervals starts bias-corrected."""
+    try:
+        config = saved_config(run_dir)
+    except FtdynError:
+        return "bias-corrected"
+    part = next((p for p in declared_parts(config) if p.get("name") == "distance"), {})
+    found = IntervalSettings.from_json(part.get("intervals"))
+    return found.estimate if found is not None else "bias-corrected"
 
 
 def check_run_directory(run_dir: Path, resume: bool) -> None:

@@ -10,8 +10,9 @@ from PIL import Image
 from engine import demo as demo_module
 import numpy as np
 
-from engine.demo import (SECOND, DemoSettings, cached_source, depth_trend, findings, prepare_data, series_agreement,
-                         source_model)
+from engine.demo import (PRIMARY, SECOND, DemoSettings, cached_source, depth_trend, findings, intervals_short,
+                         prepare_data, series_agreement, source_model)
+from engine.record import read_run
 from engine.domains import DOMAINS, LAYOUTS, NEW_SHAPES, SHAPES, write_domain
 from engine.errors import FtdynError
 
@@ -89,6 +90,11 @@ def test_demo_checks_the_papers_findings(cache, tmp_path, cli, monkeypatch):
         assert f"✓ ({letter})" in result.output or f"✗ ({letter})" in result.output
     saved = json.loads((tmp_path / "demo" / "findings.json").read_text())
     assert saved["agreement"]["measures"][1] == SECOND and saved["agreement"]["paper_r"] == [0.83, 0.43]
+    # the layers whose intervals fall short are named with finding (a), as each run recorded them
+    short = sorted({layer for run in runs for layer in intervals_short(read_run(run), PRIMARY)})
+    assert saved["estimate"] == "bias-corrected" and sorted({x for xs in saved["intervals_short"].values() for x in xs}) == short
+    if short:
+        assert f"{', '.join(short)}: fewer than 10 samples a feature" in " ".join(result.output.split())
     # every figure of the demo is drawn and opens
     drawn = cli("figures", tmp_path / "demo", "--out", tmp_path / "figures", "--format", "png")
     assert drawn.exit_code == 0, drawn.output

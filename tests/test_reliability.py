@@ -354,6 +354,23 @@ def test_batches_leave_out_only_a_last_batch_of_one(size, batch):
     assert [b.tolist() for b in loader] == [b.tolist() for b in before][:len(loader)]
 
 
+def test_only_a_batchnorm_with_a_one_by_one_input_needs_two_images():
+    """torch refuses a training BatchNorm one value per channel: one image of a 1×1 map. resnet18's
+    last stage is 1×1 at 32 px and 2×2 at 64 px; frozen statistics and a ViT have no such BatchNorm."""
+    from engine.models import build_model
+    from engine.training import batchnorm_needs_two_images
+
+    for size, needs in ((32, True), (64, False)):
+        model, _ = build_model("resnet18", "none", 3, 0, size)
+        assert batchnorm_needs_two_images(model, size, frozen_batchnorm=False) == needs, size
+        if needs:  # what it guards against, as torch says it
+            with pytest.raises(ValueError, match="more than 1 value per channel"):
+                model.train()(torch.zeros(1, 3, size, size))
+        else:
+            model.train()(torch.zeros(1, 3, size, size))
+    assert not batchnorm_needs_two_images(build_model("resnet18", "none", 3, 0, 32)[0], 32, frozen_batchnorm=True)
+
+
 def test_a_training_set_one_more_than_a_multiple_of_the_batch_trains_and_resumes(tmp_path, shapes_data, cli):
     images = sum(1 for p in (shapes_data / "train").rglob("*") if p.is_file())
     out = tmp_path / "run"

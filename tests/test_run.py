@@ -60,6 +60,7 @@ def test_end_to_end_run_and_report(tmp_path, shapes_data, cli):
     said = " ".join(result.output.split())
     assert "layer layer4.1, positions: 9 samples for 512 features (fewer than 10 a feature)" in said
     assert "layer relu, positions" not in said  # 9 × 16 × 16 samples for 64 channels
+    assert config["intervals_short"] == {"positions": ["layer1.1", "layer2.1", "layer3.1", "layer4.1"]}
     declared = next(p for p in config["analyses"] if p["name"] == "distance")["intervals"]
     assert declared["groups"] == 9 and declared["level"] == 0.9
     assert declared["t"] == pytest.approx(student_t.ppf(0.95, 8), rel=1e-12)
@@ -221,3 +222,28 @@ def test_a_run_recorded_with_amp_reads_as_autocast(tmp_path, amp, autocast):
     saved = {"run": {"model": "resnet18", "data": str(tmp_path), "out": str(tmp_path), "amp": amp}}
     config = config_from_saved(tmp_path, saved)
     assert config.autocast == autocast and not hasattr(config, "amp")
+
+
+def test_resuming_a_run_recorded_before_bias_correction_keeps_recording_plug_in(tmp_path, shapes_data, cli):
+    """A run whose interval settings have no `estimate` (recorded before bias correction) resumes as it
+    was recorded: its new epochs carry no corrected estimate and their intervals are centred on the
+    plug-in value, so a reader never mixes the two in one run."""
+    run_dir = tmp_path / "old"
+    result = cli("run", "--data", shapes_data, "--out", run_dir, "--epochs", "1", *TINY_RUN, "--intervals", "auto",
+                 "--layers", "relu")
+    assert result.exit_code == 0, result.output
+    config_path = run_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    for part in config["analyses"]:
+        if part["name"] == "distance":
+            del part["intervals"]["estimate"]  # as a run recorded before bias correction
+    config_path.write_text(json.dumps(config))
+    result = cli("run", "--out", run_dir, "--resume", "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    last = read_run(run_dir).epochs[-1]["layers"]["relu"]["positions"]
+    t = next(p for p in config["analyses"] if p["name"] == "distance")["intervals"]["t"]
+    assert last["jackknife"] and "estimate" not in last
+    for metric, value in last["values"].items():
+        reps = last["jackknife"][metric]
+        half = t * math.sqrt((len(reps) - 1) / len(reps) * sum((r - sum(reps) / len(reps)) ** 2 for r in reps))
+        assert last["interval"][metric] == pytest.approx([value - half, value + half], rel=1e-12)

@@ -155,16 +155,21 @@ def series_matrix(records: list[dict[str, Any]], part: dict[str, Any], measure: 
     return matrix
 
 
-def result_path(run_dir: Path, tag: str) -> Path:
-    """Where a post-hoc result named ``tag`` goes: RUN/analyses/<tag>.json. Refused in one line, before
-    any work, while the run's writer holds it (a run training or drawing): see :func:`write_result`."""
+def result_file(run_dir: Path, tag: str) -> Path:
+    """Where a post-hoc result named ``tag`` is: RUN/analyses/<tag>.json (never through a link)."""
     from engine.errors import FtdynError
 
     folder = Path(run_dir) / RESULTS_DIR
     if folder.is_symlink():
         raise FtdynError(f"'{folder}' is a link; ftdyn writes results only inside the run directory")
-    refuse_while_written(run_dir)
     return folder / f"{tag}.json"
+
+
+def result_path(run_dir: Path, tag: str) -> Path:
+    """Where a post-hoc result named ``tag`` goes (:func:`result_file`), refused in one line, before any
+    work, while the run's writer holds it (a run training or drawing): see :func:`write_result`."""
+    refuse_while_written(run_dir)
+    return result_file(run_dir, tag)
 
 
 def refuse_while_written(run_dir: str | Path) -> None:

@@ -58,8 +58,12 @@ def centred_part(factor: torch.Tensor) -> torch.Tensor:
 
 
 def centred_factor_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """R of the centred [X Y] for a batch X (b, m, p_x), Y (b, m, p_y) held at once."""
-    return centred_part(triangular_factor(with_ones(x, y)))
+    """R of the centred [X Y] for a batch X (b, m, p_x), Y (b, m, p_y) held at once. The columns'
+    means are taken off first (the column of ones then centres exactly what is left): a column that
+    is constant at c would otherwise leave a residue of ε·c·√m, far above the rank decision's floor
+    where the other columns are small."""
+    x, y = x.to(torch.float64), y.to(torch.float64)
+    return centred_part(triangular_factor(with_ones(x - x.mean(-2, keepdim=True), y - y.mean(-2, keepdim=True))))
 
 
 class FactorAccumulator:

@@ -72,8 +72,9 @@ class MomentAccumulator:
         for start in range(0, x.shape[0], step):
             xs = x[start:start + step].to(self._dtype) - self._shift_x.to(self._dtype)
             ys = y[start:start + step].to(self._dtype) - self._shift_y.to(self._dtype)
-            if self.factor is not None:
-                self.factor.add(xs, ys)
+            if self.factor is not None:  # float64 rows whatever the moments' precision: the factor is the exact route
+                self.factor.add(x[start:start + step].to(torch.float64) - self._shift_x,
+                                y[start:start + step].to(torch.float64) - self._shift_y)
             if row_groups is None or self.groups == 1:
                 self.add(0, xs, ys)
                 continue

@@ -305,9 +305,12 @@ class LayerAccumulator:
 
     def exact_whitening(self, out: dict[str, list[float | None]], leave_outs: list[int | None]) -> None:
         """The whitened measures of every row from the triangular factor (exact however the channels are
-        mixed: engine.similarity.factor) in place of the moments'. Where the two differ by more than the
-        replicates' tolerance, the moments could not resolve this layer's whitening, nor its replicates':
-        those are dropped (no interval) rather than recorded wrong."""
+        mixed: engine.similarity.factor) in place of the moments'. The replicates stay the moments':
+        an error δ in them moves the bias-corrected estimate by up to (G − 1)·δ, so where the moments'
+        value of every row is off the factor's by more than a hundredth of the replicates' standard
+        error over G − 1, the moments could not resolve this layer's whitening closely enough for its
+        replicates either: those are dropped (no interval, the value shown plug-in) rather than
+        recorded wrong (docs/PRECISION.md, "Dense mixing")."""
         whitened = [m for m in self.metrics if m.name == "pwsm" and m.alpha < 1.0]
         with warnings.catch_warnings():  # a small α was warned about once, by the moments' pass
             warnings.simplefilter("ignore", DegenerateWhiteningWarning)
@@ -316,7 +319,12 @@ class LayerAccumulator:
         for label, value in exact.items():
             value = None if math.isnan(float(value[0])) else float(value[0])
             from_moments, out[label][total] = out[label][total], value
-            if from_moments is None or value is None or abs(from_moments - value) > REPLICATE_EIGH_ERROR:
+            replicates = [out[label][i] for i, g in enumerate(leave_outs) if g is not None]
+            if not replicates or None in replicates:
+                continue
+            spread = float(np.std(replicates)) * math.sqrt(len(replicates) - 1)  # SE_jack
+            tolerance = max(REPLICATE_EIGH_ERROR, 0.01 * spread / max(1, len(replicates) - 1))
+            if from_moments is None or value is None or abs(from_moments - value) > tolerance:
                 for i, g in enumerate(leave_outs):
                     if g is not None:
                         out[label][i] = None
