@@ -368,6 +368,19 @@ def test_bias_corrected_estimate_equals_a_hand_jackknife():
     assert difference.value == pytest.approx(each[0] - each[1], abs=TOL)
 
 
+def test_filter_map_values_are_means_over_images_so_their_correction_is_zero():
+    """`filter-map` averages per-map values over the images: the jackknife's bias correction of a mean is
+    exactly 0, so the estimate is the plug-in value (to rounding) and the interval a mean's."""
+    rng = np.random.default_rng(6)
+    a = rng.normal(size=(40, 6, 4, 3))
+    b = a + 0.5 * rng.normal(size=a.shape)
+    result = accumulate("filter-map", a, b, ["procrustes", "cka", "pwsm:0.5"], groups=10, batch=16)
+    t = settings_for(10, 0.9).t
+    for label, value in result.values.items():
+        found = estimate(value, result.replicates[label], t, corrected=True)
+        assert found.value == pytest.approx(value, abs=1e-14) and found.se > 0, label
+
+
 def grouped_process(rng, channels, side, n, rho=0.5, sigma=0.7):
     """Activations (n, c, side, side) of two models from one latent per image shared by its positions
     (correlation ρ between positions of an image) — and the population moments of each view."""
