@@ -64,6 +64,7 @@ from engine.intervals import (
 from engine.models import LayerInfo, build_model, head_name, select_layers, trace_layers
 from engine.receptive import patch_fields, receptive_fields
 from engine.distributed import PEER_STOPPED, Processes
+from engine.report import epoch_summary
 from engine.record import CONFIG, NoWriter, RunFormatError, RunReader, RunWriter, config_problem, setting_fits, write_atomic
 from engine.run_lock import RunLock
 from engine.similarity.metrics import DegenerateWhiteningError, DegenerateWhiteningWarning
@@ -1014,14 +1015,6 @@ class WriteChecked:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-def epoch_summary(record: dict[str, Any]) -> str:
-    """'epoch 3: held-out acc 0.812, train acc 0.874  (train 41.0s, analysis 2.2s)'."""
-    train = record["train"]
-    return (f"epoch {record['epoch']}: held-out acc {record['held_out']['accuracy']:.3f}"
-            + (f", train acc {train['accuracy']:.3f}" if train else "")
-            + f"  (train {record['timing']['train_s']:.1f}s, analysis {record['timing']['analysis_s']:.1f}s)")
 
 
 def check_config(config: RunConfig) -> None:

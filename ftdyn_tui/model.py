@@ -23,9 +23,9 @@ from engine.analyses import (declared_parts, dig, epoch_points, measure_rows, pa
                              read_results, scatter_class, scatter_point, series_matrix)
 from engine.colours import RUN_PALETTE, Colour, layer_colour
 from engine.intervals import IntervalSettings
-from engine.record import EVENTS
 from engine.system import read_samples, tail_bytes, tail_objects
 from engine.record import (
+    EVENTS,
     VIS_INDEX,
     JsonlFollower,
     RunReader,
@@ -369,11 +369,6 @@ def interval_caption(run: TrackedRun, part: str) -> str | None:
     settings = IntervalSettings.from_json(declaration.get("intervals"))
     return None if settings is None else (f"{settings.level:.0%} jackknife intervals, G={settings.groups}, "
                                           f"{settings.estimate}")
-
-
-def distance_series(run: TrackedRun, measure: str, layer: str, x_axis: str = "epoch") -> tuple[list[float], list[float]]:
-    """A layer's feature distance over epochs or steps (see :func:`part_series`)."""
-    return part_series(run, "distance", measure, layer, x_axis)
 
 
 def smooth(values: list[float], weight: float) -> list[float]:

@@ -47,6 +47,7 @@ import torch
 from engine.analyses import refuse_while_written, result_path, write_result
 from engine.capture import capture
 from engine.errors import FtdynError
+from engine.record import SCHEMA_VERSION
 from engine.training import (Event, available_checkpoints, hooked_layers, model_state, open_run, quiet,
                              require_checkpoints, saved_config)
 from engine.untrusted import safe_file_name
@@ -185,7 +186,7 @@ def run_feature_umap(run_dir: str | Path, layer: str, epochs: list[int] | None =
                              "neighbours_features": neighbour_agreement(tuned, labels, metric)}
         on_event("progress", task="umap", done=done, total=len(wanted), info=f"epoch {epoch}")
     result = {
-        "schema": 1, "name": "umap", "display": "scatter", "created_at": time.time(),
+        "schema": SCHEMA_VERSION, "name": "umap", "display": "scatter", "created_at": time.time(),
         "title": f"UMAP of {layer} ({features} features), fitted on the source",
         "layer": layer, "features": features, "epochs": wanted, "points": points,
         "labels": labels.tolist(), "classes": list(trainer.data.classes), "stats": stats, "shift_floor": floor,

@@ -52,7 +52,7 @@ from engine.analyses import refuse_while_written, result_path, write_result
 from engine.capture import LayerReached
 from engine.data import IMAGENET_MEAN, IMAGENET_STD
 from engine.errors import FtdynError
-from engine.record import write_atomic
+from engine.record import SCHEMA_VERSION, write_atomic
 from engine.training import (Event, available_checkpoints, hooked_layers, model_state, open_run, quiet,
                              require_checkpoints, saved_config, source_fingerprint)
 from engine.untrusted import safe_file_name
@@ -319,7 +319,7 @@ def run_invariance(run_dir: str | Path, layers: list[str] | None = None, epochs:
         for i, layer in enumerate(layers):
             diagonal[layer].append(kept[i][i])
         result = {
-            "schema": 1, "name": "invariance", "display": "matrix", "created_at": time.time(),
+            "schema": SCHEMA_VERSION, "name": "invariance", "display": "matrix", "created_at": time.time(),
             "title": f"STIR(epoch {epoch} layer j | source layer i): the source's invariances the tuned model shares",
             "row_label": "source layer i (inverted)", "rows": layers, "column_label": "tuned layer j",
             "columns": layers, "value_label": "STIR", "unit": "STIR (1: shared)", "values": kept,
@@ -333,7 +333,7 @@ def run_invariance(run_dir: str | Path, layers: list[str] | None = None, epochs:
         files.append(target)
         on_event("progress", task="invariance", done=wanted.index(epoch) + 1, total=len(wanted), info=f"epoch {epoch}")
     summary = {
-        "schema": 1, "name": "invariance", "display": "curve", "created_at": time.time(),
+        "schema": SCHEMA_VERSION, "name": "invariance", "display": "curve", "created_at": time.time(),
         "title": "STIR(tuned layer i | source layer i) over epochs", "x_label": "epoch", "x": wanted,
         "y_label": "STIR", "series": diagonal, "inversion_error": errors,
         "inversion_seconds": costs, "notes": notes,
