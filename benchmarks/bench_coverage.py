@@ -35,7 +35,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from engine.intervals import bias_corrected, settings_for  # noqa: E402
+from engine.intervals import bias_corrected, jackknife_se, settings_for  # noqa: E402
 from engine.similarity import LayerAccumulator, layer_distance  # noqa: E402
 
 MEASURES = ("pwsm:0.5", "procrustes", "cka", "pwsm:0", "cka-debiased")  # cka before cka-debiased
@@ -102,7 +102,7 @@ def coverage(process: Process, view: str, n: int, measures, draws: int, groups: 
             d, reps = result.values[m], result.replicates.get(m)
             if d is None or reps is None or any(r is None for r in reps):
                 continue
-            se = float(np.sqrt((groups - 1) / groups * np.sum((np.array(reps) - np.mean(reps)) ** 2)))
+            se = jackknife_se(reps)
             found[m]["plug"].append(d)
             found[m]["corrected"].append(bias_corrected(d, reps))
             found[m]["half"].append(settings.t * se)

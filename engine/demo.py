@@ -475,9 +475,9 @@ def findings(run_dirs: list[Path]) -> Findings:
         per_layer[name] = np.nanmean(distance_matrix(epochs, layers, PRIMARY), axis=0)
         first.append(distance_matrix(epochs, layers, PRIMARY))
         second.append(distance_matrix(epochs, layers, SECOND))
-        first_plug.append(distance_matrix(epochs, layers, PRIMARY, plug_in=True))
-        second_plug.append(distance_matrix(epochs, layers, SECOND, plug_in=True))
         if common is not None:
+            first_plug.append(distance_matrix(epochs, layers, PRIMARY, plug_in=True))
+            second_plug.append(distance_matrix(epochs, layers, SECOND, plug_in=True))
             cube = replicate_matrix(epochs, layers, PRIMARY, common.groups)
             per_layer_reps[name] = np.nanmean(cube, axis=1)
             first_reps.append(cube)

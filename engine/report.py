@@ -45,12 +45,14 @@ def layer_value(record: dict[str, Any], layer: str, measure: str) -> float | Non
     return number_or_none(dig(record, "layers", layer, view, "values", metric))
 
 
+DISTANCE_SECTION = {"section": "layers", "layout": "layers"}  # where feature distances are in a record
+
+
 def shown_value(record: dict[str, Any], layer: str, measure: str) -> float | None:
     """The layer distance a reader shows: the jackknife's bias-corrected estimate where the run recorded
-    one (engine.intervals), else the plug-in value — what runs recorded before it read as."""
-    metric, _, view = measure.rpartition("@")
-    corrected = number_or_none(dig(record, "layers", layer, view, "estimate", metric))
-    return corrected if corrected is not None else layer_value(record, layer, measure)
+    one (engine.intervals), else the plug-in value — what runs recorded before it read as (the app's
+    reader, :func:`engine.analyses.part_value`, on the distance part's section)."""
+    return part_value(record, DISTANCE_SECTION, measure, layer)
 
 
 def layer_replicates(record: dict[str, Any], layer: str, measure: str, groups: int) -> list[float] | None:

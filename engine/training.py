@@ -382,9 +382,13 @@ class Trainer:
         check_strategy(self.strategy)
         self.groups = block_groups(config.model, self.model)
         self.plan = plan_parameters(config.model, self.model, self.strategy, config.lr, self.groups)
-        self.batchnorm_needs_two = batchnorm_needs_two_images(self.model, config.image_size, self.plan.frozen_batchnorm)
-        self.lone_image_left_out = self.batchnorm_needs_two and lone_last_image(-(-len(train_set) // processes.world),
-                                                                                self.batch_per_process)
+        # a lone last batch: each process's share of the epoch, and AutoRGN's first batches of the whole set;
+        # the model is traced for a BatchNorm that cannot take one only where one can occur
+        lone_share = lone_last_image(-(-len(train_set) // processes.world), self.batch_per_process)
+        lone_whole = config.strategy == "autorgn" and lone_last_image(len(train_set), config.batch_size)
+        needs_two = (lone_share or lone_whole) and batchnorm_needs_two_images(self.model, config.image_size,
+                                                                              self.plan.frozen_batchnorm)
+        self.lone_image_left_out, self.rgn_lone_image_left_out = lone_share and needs_two, lone_whole and needs_two
         if self.lone_image_left_out:
             self.warn(f"{len(train_set)} training images in batches of {config.batch_size} leave a last batch of one "
                       f"image, which this model's BatchNorm cannot train on (a 1×1 input): it is left out, a "
@@ -728,10 +732,11 @@ class Trainer:
         process's part (DistributedSampler, whose padding repeats up to N − 1 images so that every
         process takes the same number of steps) in batches of batch-size / N."""
         config, processes = self.config, self.processes
-        order = seeded_generator(seed_epoch(config.seed, epoch)) if not processes.distributed else None
         if not processes.distributed:  # the loader draws its workers' seed from ``order`` first, as shuffle=True did
+            order = seeded_generator(seed_epoch(config.seed, epoch))
             sampler = RandomSampler(self.train_set, generator=order)
         else:
+            order = None
             sampler = DistributedSampler(self.train_set, num_replicas=processes.world, rank=processes.rank,
                                          shuffle=True, seed=seed_epoch(config.seed, epoch), drop_last=False)
         return DataLoader(self.train_set, generator=order, **self.loader_options, batch_sampler=WithoutLoneLastBatch(
@@ -815,8 +820,7 @@ class Trainer:
         if self.processes.leader:  # as on one process (the full batches); the others take its rates
             order = seeded_generator(seed_epoch(config.seed, epoch) + 1)
             loader = DataLoader(self.train_set, generator=order, **self.loader_options, batch_sampler=WithoutLoneLastBatch(
-                RandomSampler(self.train_set, generator=order), config.batch_size,
-                drop=self.batchnorm_needs_two))
+                RandomSampler(self.train_set, generator=order), config.batch_size, drop=self.rgn_lone_image_left_out))
             batches = [batch for batch, _ in zip(loader, range(RGN_BATCHES))]
             set_train_mode(self.model, self.plan.frozen_batchnorm)
             names = [g["name"] for g in self.plan.groups]

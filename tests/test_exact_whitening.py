@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import similarity_reference as ref
-from engine.similarity import LayerAccumulator, distances, layer_distance
+from engine.similarity import LayerAccumulator, distances
 
 
 def mixing(rng, p, condition):

@@ -124,10 +124,10 @@ def factor_sides(r: torch.Tensor, x_features: int, n_rows: int) -> tuple[SideSpe
 
 
 def singular_parts(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """a = P diag(σ) Tᵀ with σ descending: (P, σ, T), on the CPU's cores for a CUDA tensor (torch's
-    CUDA SVD loses relative accuracy on graded matrices: engine.similarity.singular)."""
-    u, s, vh = torch.linalg.svd(a.cpu(), full_matrices=False)
-    return u.to(a.device), s.to(a.device), vh.transpose(-1, -2).to(a.device)
+    """a = P diag(σ) Tᵀ with σ descending: (P, σ, T), always on the CPU (torch's CUDA SVD loses relative
+    accuracy on graded matrices, and the factor's batch is often a single matrix, which
+    :func:`engine.similarity.singular.singular_decomposition` would leave on the GPU)."""
+    return tuple(part.to(a.device) for part in singular_decomposition(a.cpu(), right=True))
 
 
 def live_singular_values(sigma: torch.Tensor, n_rows: int, width: int, features: int) -> torch.Tensor:

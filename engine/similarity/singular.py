@@ -101,8 +101,9 @@ def nuclear_norms(m: torch.Tensor, route: str | None = None) -> torch.Tensor:
     return values
 
 
-def singular_decomposition(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U, σ) of a batch A (b, r, c) as ``torch.linalg.svd(A, full_matrices=False)`` gives them.
+def singular_decomposition(a: torch.Tensor, right: bool = False) -> tuple[torch.Tensor, ...]:
+    """(U, σ) of a batch A (b, r, c) as ``torch.linalg.svd(A, full_matrices=False)`` gives them; with
+    ``right`` (U, σ, V) — the right singular vectors as columns.
 
     These are the sides whose columns' scales spread beyond what a Gram resolves
     (:mod:`engine.similarity.spectral`): their small singular values are needed to *relative*
@@ -110,13 +111,16 @@ def singular_decomposition(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     to ε·σ_max) does not. So a CUDA batch is decomposed by LAPACK on the CPU's cores, the matrices
     shared over threads, instead of by torch's CUDA SVD one matrix at a time (30 ms each at 512×512).
     """
+    kept = 3 if right else 2
     if a.device.type != "cuda" or a.shape[0] < 2:
-        u, sigma, _ = torch.linalg.svd(a, full_matrices=False)
-        return u, sigma
+        found = torch.linalg.svd(a, full_matrices=False)
+        return (*found[:2], found[2].transpose(-1, -2))[:kept]
     host = a.cpu()
     share = -(-len(host) // max(1, torch.get_num_threads()))
     spans = [(start, min(len(host), start + share)) for start in range(0, len(host), share)]
-    parts = run_in_parallel(lambda span: torch.linalg.svd(host[span[0]:span[1]], full_matrices=False)[:2],
+    parts = run_in_parallel(lambda span: torch.linalg.svd(host[span[0]:span[1]], full_matrices=False)[:kept],
                             spans, len(spans))
-    u = torch.cat([part[0] for part in parts]).to(a.device)
-    return u, torch.cat([part[1] for part in parts]).to(a.device)
+    found = [torch.cat([part[i] for part in parts]).to(a.device) for i in range(kept)]
+    if right:
+        found[2] = found[2].transpose(-1, -2)
+    return tuple(found)

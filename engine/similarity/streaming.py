@@ -73,8 +73,9 @@ class MomentAccumulator:
             xs = x[start:start + step].to(self._dtype) - self._shift_x.to(self._dtype)
             ys = y[start:start + step].to(self._dtype) - self._shift_y.to(self._dtype)
             if self.factor is not None:  # float64 rows whatever the moments' precision: the factor is the exact route
-                self.factor.add(x[start:start + step].to(torch.float64) - self._shift_x,
-                                y[start:start + step].to(torch.float64) - self._shift_y)
+                exact = self._dtype == torch.float64
+                self.factor.add(xs if exact else x[start:start + step].to(torch.float64) - self._shift_x,
+                                ys if exact else y[start:start + step].to(torch.float64) - self._shift_y)
             if row_groups is None or self.groups == 1:
                 self.add(0, xs, ys)
                 continue

@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from engine.intervals import group_storage
+from engine.intervals import group_storage, jackknife_se
 from engine.similarity.batched import (
     DEFAULT_CHUNK_BYTES,
     SourceSpectrumCache,
@@ -322,8 +322,7 @@ class LayerAccumulator:
             replicates = [out[label][i] for i, g in enumerate(leave_outs) if g is not None]
             if not replicates or None in replicates:
                 continue
-            spread = float(np.std(replicates)) * math.sqrt(len(replicates) - 1)  # SE_jack
-            tolerance = max(REPLICATE_EIGH_ERROR, 0.01 * spread / max(1, len(replicates) - 1))
+            tolerance = max(REPLICATE_EIGH_ERROR, 0.01 * jackknife_se(replicates) / max(1, len(replicates) - 1))
             if from_moments is None or value is None or abs(from_moments - value) > tolerance:
                 for i, g in enumerate(leave_outs):
                     if g is not None:
