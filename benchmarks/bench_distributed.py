@@ -39,7 +39,7 @@ def child(args: argparse.Namespace) -> None:
     from engine.distributed import join_processes
     from engine.intervals import settings_for
     from engine.models import build_model, select_layers
-    from engine.training import evaluate
+    from engine.evaluation import evaluate
 
     processes = join_processes(args.device)
     device = torch.device("cuda", processes.local_rank) if args.device == "cuda" else torch.device("cpu")

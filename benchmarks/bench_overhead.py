@@ -30,7 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.record import read_run  # noqa: E402
 from engine.synthetic import write_shapes_folder  # noqa: E402
-from engine.training import RunConfig, run_training  # noqa: E402
+from engine.run_config import RunConfig  # noqa: E402
+from engine.training import run_training
 
 
 def main() -> None:

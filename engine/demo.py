@@ -50,7 +50,9 @@ from engine.report import (
     reusability_estimate,
     reusability_table,
 )
-from engine.training import Event, RunConfig, quiet, run_training
+from engine.events import Event, quiet
+from engine.run_config import RunConfig
+from engine.training import run_training
 
 TARGETS = ("similar", "task", "white")
 PRIMARY = "pwsm:0.5@positions"

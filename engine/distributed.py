@@ -230,6 +230,21 @@ def join_processes(device: str) -> Processes:
     return processes
 
 
+def current_processes() -> Processes:
+    """This process's place in a process group its program started itself (the monitor in a user's
+    distributed loop, Lightning's or Hugging Face's DDP); a run of one where there is none."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+        return Processes()
+    processes = Processes(rank=dist.get_rank(), world=dist.get_world_size(),
+                          local_rank=int(os.environ.get("LOCAL_RANK", 0)), backend=str(dist.get_backend()))
+    everyone = [None] * processes.world
+    dist.all_gather_object(everyone, (socket.gethostname(), os.getpid()))
+    processes.hosts = [host for host, _ in everyone]
+    processes.pids = [pid for _, pid in everyone]
+    return processes
+
+
 def launch(nproc_per_node: int, cli_args: list[str], run_dir: str) -> None:
     """``ftdyn run --nproc-per-node N``: N processes of ``ftdyn run CLI_ARGS`` on this machine, started
     by torchrun's own launcher (a standalone rendezvous on a free local port). When a process fails,

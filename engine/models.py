@@ -16,6 +16,7 @@ import difflib
 import re
 import warnings
 from collections import OrderedDict
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -313,11 +314,24 @@ def generic_default_layers(model: nn.Module, layers: list[LayerInfo]) -> list[st
     Stages are the direct children of the network and of its trunk (`features`, `trunk_output`,
     `blocks`, …) in the order they run; at each resolution above 1×1 the last stage whose output is a
     feature map (channels first or last) is taken. Normalisation, pooling and reshaping modules only
-    restate a stage's output and are not stages. Token models take every encoder block instead.
+    restate a stage's output and are not stages. Token models take every encoder block instead. A
+    module that wraps one network (its only child with parameters) takes that network's layers.
     """
     tokens = token_block_layers(model, layers)
     if tokens:
         return tokens
+    stages = stage_outputs(model, layers)
+    holders = [(name, child) for name, child in model.named_children() if next(child.parameters(), None) is not None]
+    if not stages and len(holders) == 1:  # a wrapper (a LightningModule, a module adding the loss)
+        name, child = holders[0]
+        inner = [dataclasses.replace(layer, name=layer.name[len(name) + 1:]) for layer in layers
+                 if layer.name.startswith(name + ".")]
+        return [f"{name}.{layer}" for layer in generic_default_layers(child, inner)]
+    return stages
+
+
+def stage_outputs(model: nn.Module, layers: list[LayerInfo]) -> list[str]:
+    """The last stage output at each resolution above 1×1 (see :func:`generic_default_layers`)."""
     candidates = {name for name, _ in model.named_children()}
     stage_container = trunk(model)
     if stage_container is not None:  # its stages stand for it (its output is its last stage's)
@@ -367,29 +381,38 @@ def stage_layers(model_name: str, model: nn.Module) -> list[str]:
     return default_layer_names(model_name, trace_layers(model, native_image_size(model_name, model)), model)
 
 
-def select_layers(model_name: str, model: nn.Module, requested: list[str] | None, image_size: int) -> list[LayerInfo]:
-    """The layers to hook, early → deep; unknown names get a message pointing at `ftdyn layers`."""
+def select_layers(model_name: str, model: nn.Module, requested: list[str] | None, image_size: int,
+                  option: str = "--layers", lister: str | None = None) -> list[LayerInfo]:
+    """The layers to hook, early → deep; unknown names get a message pointing at ``lister`` (`ftdyn
+    layers MODEL`), naming ``option`` as the caller takes it."""
+    lister = lister or f"`ftdyn layers {model_name}`"
     layers = trace_layers(model, image_size)
     by_name = {layer.name: layer for layer in layers}
     names = requested or default_layer_names(model_name, layers, model)
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise FtdynError(f"--layers names {', '.join(repr(n) for n in repeated)} more than once; name each layer once")
+        raise FtdynError(f"{option} names {', '.join(repr(n) for n in repeated)} more than once; name each layer once")
     chosen = []
     for name in names:
         if name not in by_name:
             close = difflib.get_close_matches(name, list(by_name), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise FtdynError(f"{model_name} has no layer '{name}'{hint}; `ftdyn layers {model_name}` lists them")
+            raise FtdynError(f"{model_name} has no layer '{name}'{hint}; {lister} lists them")
         layer = by_name[name]
         if layer.calls != 1:
             raise FtdynError(f"layer '{name}' runs {layer.calls} times per forward pass (a shared module), so its "
-                             f"output is ambiguous; hook the enclosing block instead (`ftdyn layers {model_name}`)")
+                             f"output is ambiguous; hook the enclosing block instead ({lister})")
         if layer.layout is None:
             raise FtdynError(f"layer '{name}' gives {tuple(layer.shape)}, which is not a feature map (c, h, w), "
-                             f"(h, w, c), a token sequence or a vector; `ftdyn layers {model_name}` lists layers that are")
+                             f"(h, w, c), a token sequence or a vector; {lister} lists layers that are")
         chosen.append(layer)
     if not chosen:
-        raise FtdynError(f"found no layer to hook in {model_name}; pass --layers (see `ftdyn layers {model_name}`)")
+        raise FtdynError(f"found no layer to hook in {model_name}; pass {option} (see {lister})")
     order = {layer.name: i for i, layer in enumerate(layers)}
     return sorted(chosen, key=lambda layer: order[layer.name])
+
+
+def source_fingerprint(model: nn.Module) -> float:
+    """A checksum of the source weights, to refuse resuming against a different source model."""
+    with torch.no_grad():
+        return float(sum(p.double().abs().sum() for p in model.state_dict().values() if p.is_floating_point()))

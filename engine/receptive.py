@@ -16,6 +16,7 @@ positive, the input gradient of one unit is non-zero exactly on its receptive fi
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from engine.capture import LayerReached
-from engine.errors import FtdynError
+from engine.errors import FtdynError, exception_line
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,12 @@ class LayerFields:
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
+    """The graph of ``model`` called on images alone: arguments after the first that have defaults
+    (a wrapper's ``labels=None``) are traced at those defaults, as the probe pass calls it."""
+    parameters = list(inspect.signature(model.forward).parameters.values())[1:]
+    fixed = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
     try:
-        return fx.symbolic_trace(model)
+        return fx.symbolic_trace(model, concrete_args=fixed or None)
     except Exception as exc:  # fx raises many types for dynamic control flow
         raise FtdynError(f"cannot trace {type(model).__name__} to compute receptive fields ({exc})") from None
 
@@ -131,8 +136,13 @@ def receptive_fields(model: nn.Module, layers: list[str], image_size: int = 224)
     graph_module.eval()
     # the input lives where the weights do: on a GPU a CPU tensor stops the trace (seen on an H200)
     device = next(iter(model.parameters()), torch.zeros(0)).device
-    ShapeProp(graph_module).propagate(torch.zeros(1, 3, image_size, image_size, device=device))
-    model.train(was_training)
+    try:
+        ShapeProp(graph_module).propagate(torch.zeros(1, 3, image_size, image_size, device=device))
+    except Exception as exc:  # a graph that runs only with more inputs than images
+        raise FtdynError(f"cannot trace {type(model).__name__} to compute receptive fields "
+                         f"({exception_line(exc)[:160]})") from None
+    finally:
+        model.train(was_training)
     wanted = {layer_output_node(graph_module, layer): layer for layer in layers}
     segments: dict[fx.Node, Segments | None] = {}
     fields: dict[str, LayerFields] = {}

@@ -91,27 +91,31 @@ def layer_estimate(record: dict[str, Any], layer: str, measure: str, settings: I
 
 def epoch_summary(record: dict[str, Any]) -> str:
     """'epoch 3: held-out acc 0.812, train acc 0.874  (train 41.0s, analysis 2.2s)': what a training run
-    says of each epoch (torch-free, so the command line says it without importing the trainer)."""
-    train = record["train"]
-    return (f"epoch {record['epoch']}: held-out acc {record['held_out']['accuracy']:.3f}"
-            + (f", train acc {train['accuracy']:.3f}" if train else "")
-            + f"  (train {record['timing']['train_s']:.1f}s, analysis {record['timing']['analysis_s']:.1f}s)")
+    says of each epoch (torch-free, so the command line says it without importing the trainer). A loop
+    with the monitor may record no held-out or train results and no training time: those parts are left out."""
+    train, held, timing = record.get("train"), record.get("held_out"), record.get("timing") or {}
+    results = ([f"held-out acc {held['accuracy']:.3f}"] if held else []) + \
+        ([f"train acc {train['accuracy']:.3f}"] if train else [])
+    seconds = ([f"train {timing['train_s']:.1f}s"] if isinstance(timing.get("train_s"), (int, float)) else []) + \
+        ([f"analysis {timing['analysis_s']:.1f}s"] if isinstance(timing.get("analysis_s"), (int, float)) else [])
+    return (f"epoch {record['epoch']}: " + (", ".join(results) or "measured")
+            + (f"  ({', '.join(seconds)})" if seconds else ""))
 
 
 def accuracy_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
-        epochs = [r for r in run.epochs if r.get("train")]
-        last = epochs[-1] if epochs else None
+        trained = [r for r in run.epochs if r["epoch"] >= 1]
+        last = trained[-1] if trained else None
         config = run.config or {}
         held = [r["held_out"]["accuracy"] for r in run.epochs if r.get("held_out")]
         rows.append({
             "run": run_name(run), "model": config.get("model", {}).get("name"),
             "strategy": config.get("strategy", {}).get("name"),
             "dataset": config.get("dataset", {}).get("root"), "state": run.state,
-            "epochs": f"{last['epoch'] if last else 0}/{(run.status or {}).get('total_epochs', '?')}",
-            "train_accuracy": last["train"]["accuracy"] if last else None,
-            "held_out_accuracy": last["held_out"]["accuracy"] if last else None,
+            "epochs": f"{last['epoch'] if last else 0}/{(run.status or {}).get('total_epochs') or '?'}",
+            "train_accuracy": (last.get("train") or {}).get("accuracy") if last else None,
+            "held_out_accuracy": (last.get("held_out") or {}).get("accuracy") if last else None,
             "best_held_out_accuracy": max(held) if held else None,
         })
     return rows

@@ -19,7 +19,8 @@ from typing import Callable
 
 from engine.record import CONFIG, read_run
 from engine.report import INITS, init_label
-from engine.training import RunConfig, run_training
+from engine.run_config import RunConfig
+from engine.training import run_training
 
 
 def cell_name(model: str, data: str, strategy: str, shuffle: str | None = None, weights: str | None = None,
@@ -68,7 +69,7 @@ def run_barriers(cells: list[RunConfig], on_event: Callable = lambda kind, **inf
     """The loss barrier between the two seeds of every pair (skipped where already computed)."""
     from engine.analyses import result_file
     from engine.analyses.barrier import barrier_tag, run_barrier
-    from engine.training import last_epoch
+    from engine.checkpoints import last_epoch
 
     outcome = []
     for first, second in seed_pairs(cells):

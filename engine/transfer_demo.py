@@ -30,7 +30,7 @@ from engine.demo import DemoSettings, Event, prepare_demo, quiet
 from engine.record import read_run
 from engine.report import INITS, SEED_BARRIERS, transfer_table, unshuffled_row
 from engine.sweep import cell_name, run_barriers, run_sweep
-from engine.training import RunConfig
+from engine.run_config import RunConfig
 
 TARGET = "similar"
 BLOCKS: tuple[str | None, ...] = (None, "16", "8", "4")

@@ -180,7 +180,7 @@ class TrackedRun:
     @property
     def progress(self) -> str:
         epochs = self.epochs
-        total = (self.status or {}).get("total_epochs", "?")
+        total = (self.status or {}).get("total_epochs") or "?"  # a loop with the monitor may not say
         return f"{epochs[-1]['epoch'] if epochs else 0}/{total}"
 
     def timing(self, at: float | None = None) -> tuple[str, str, str]:

@@ -19,7 +19,7 @@ from engine.analyses.runner import EpochAnalyses
 from engine.capture import parse_measures
 from engine.distributed import Processes, join_processes
 from engine.intervals import settings_for
-from engine.training import evaluate
+from engine.evaluation import evaluate
 from engine.visualise import FilterEvidence
 
 PROBE_IMAGES = 11  # odd: the shards differ in size

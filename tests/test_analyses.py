@@ -19,7 +19,7 @@ from engine.analyses.drift import ParameterDrift, layer_segments
 from engine.analyses.interpolation import interpolate, make_splits, reestimate_batchnorm
 from engine.errors import FtdynError
 from engine.record import read_run
-from engine.training import model_state, open_run
+from engine.run_inputs import model_state, open_run
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run-schema1"
 

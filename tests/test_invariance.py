@@ -13,7 +13,7 @@ from engine.analyses.invariance import (CACHE_DIR, InversionSettings, centred_gr
                                         run_invariance)
 from engine.errors import FtdynError
 from engine.similarity import cka_distance
-from engine.training import model_state, open_run
+from engine.run_inputs import model_state, open_run
 
 
 def tiny_model() -> nn.Module:

@@ -183,7 +183,7 @@ def test_out_and_data_must_not_nest(tmp_path, shapes_data, cli, where):
 
 
 def test_runs_beside_train_and_val_are_allowed(tmp_path, shapes_data, cli):
-    from engine.training import RunConfig, check_config
+    from engine.run_config import RunConfig, check_config
 
     data = tmp_path / "data"
     shutil.copytree(shapes_data, data)  # train/ and val/: only they are scanned

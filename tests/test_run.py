@@ -217,7 +217,7 @@ def test_resume_can_extend_a_finished_run(tmp_path, shapes_data, cli):
 @pytest.mark.parametrize("amp,autocast", [(True, "fp16"), (False, "off")])
 def test_a_run_recorded_with_amp_reads_as_autocast(tmp_path, amp, autocast):
     """Runs from before --autocast recorded `amp` (fp16 autocast on CUDA): they reopen and resume."""
-    from engine.training import config_from_saved
+    from engine.run_config import config_from_saved
 
     saved = {"run": {"model": "resnet18", "data": str(tmp_path), "out": str(tmp_path), "amp": amp}}
     config = config_from_saved(tmp_path, saved)

@@ -70,7 +70,8 @@ def test_a_bad_block_size_is_refused_in_one_line_before_anything_is_written(tmp_
 
 
 def test_every_split_and_the_pictures_see_one_recorded_shuffle(tmp_path, shapes_data):
-    from engine.training import RunConfig, Trainer
+    from engine.run_config import RunConfig
+    from engine.training import Trainer
 
     config = RunConfig(model="resnet18", data=str(shapes_data), out=str(tmp_path / "run"), weights="none",
                        image_size=32, batch_size=8, probe_size=9, workers=0, vis=True, vis_k=1,
@@ -92,7 +93,7 @@ def test_every_split_and_the_pictures_see_one_recorded_shuffle(tmp_path, shapes_
 
     first = trainer.held_out.samples[trainer.probe.indices[0]]
     shown = np.asarray(ImageList([first], pixel_transform(32))[0][0])
-    assert np.array_equal(trainer.visualiser.images[0], shuffle.pixels(shown))
+    assert np.array_equal(trainer.monitor.visualiser.images[0], shuffle.pixels(shown))
 
 
 COMMON = ["--models", "resnet18", "--epochs", "1", "--image-size", "32", "--batch-size", "8", "--probe-size", "9",

@@ -65,7 +65,8 @@ def test_surgical_group_names_are_checked(cli, tmp_path, shapes_data):
 
 
 def test_discriminative_rates_per_group_and_linear_warmup(tmp_path, shapes_data):
-    from engine.training import RunConfig, run_training
+    from engine.run_config import RunConfig
+    from engine.training import run_training
 
     seen = []
     config = RunConfig(model="resnet18", weights="none", data=str(shapes_data), out=str(tmp_path / "d"), epochs=2,
@@ -132,7 +133,7 @@ def test_logistic_regression_gradient_and_fit():
 def test_sweep_skips_finished_runs_and_resumes_interrupted_ones(tmp_path, shapes_data, monkeypatch):
     from engine import training
     from engine.sweep import plan_sweep, run_sweep
-    from engine.training import RunConfig
+    from engine.run_config import RunConfig
 
     template = RunConfig(model="", data="", out="", weights="none", epochs=2, batch_size=8, image_size=32,
                          probe_size=9, workers=0, vis=False, train_blocks=["layer4"])

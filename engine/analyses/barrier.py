@@ -29,7 +29,10 @@ from engine.analyses.interpolation import batchnorm_effect, interpolate, load_an
 from engine.errors import FtdynError
 from engine.models import head_name
 from engine.record import SCHEMA_VERSION
-from engine.training import Event, last_epoch, model_state, open_run, quiet, saved_config
+from engine.events import Event, quiet
+from engine.checkpoints import last_epoch
+from engine.run_inputs import model_state, open_run
+from engine.run_config import saved_config
 
 SERIES = ("held_out_loss", "held_out_error", "train_loss", "train_error")
 # An endpoint whose error moves by more than this under BatchNorm re-estimation alone gets a note.
@@ -91,14 +94,14 @@ def run_barrier(first: str, second: str | None = None, points: int = 11, train_i
     epoch_a = last_epoch(run_a) if epoch_a is None else epoch_a
     started = time.perf_counter()
     on_event("phase", name=f"opening {run_a}")
-    trainer = open_run(run_a, on_event, data=data)
-    device = trainer.device
+    inputs = open_run(run_a, on_event, data=data)
+    device = inputs.device
     state_a_run = model_state(run_a, epoch_a, device)
     if second is None:
-        head = head_name(trainer.model)
+        head = head_name(inputs.model)
         state_b = state_a_run
         state_a = {k: (state_b[k] if k == head or k.startswith(head + ".") else v)
-                   for k, v in trainer.source.state_dict().items()}
+                   for k, v in inputs.source.state_dict().items()}
         labels = (f"source backbone (epoch-{epoch_a} head)", f"{run_a.name}@{epoch_a}")
         tag = f"barrier-source-e{epoch_a}"
     else:
@@ -110,17 +113,17 @@ def run_barrier(first: str, second: str | None = None, points: int = 11, train_i
         labels = (f"{run_a.name}@{epoch_a}", f"{run_b.name}@{epoch_b}")
         tag = barrier_tag(run_a, epoch_a, run_b, epoch_b)
     target = result_path(run_a, tag)
-    splits = make_splits(trainer, train_images, bn_batches)
+    splits = make_splits(inputs, train_images, bn_batches)
     endpoints_differ = any(not (state_a[k] == state_b[k]).all() for k in state_a if state_a[k].is_floating_point())
     lambdas = [float(x) for x in np.linspace(0.0, 1.0, points)]
     rows = []
     for i, lam in enumerate(lambdas):
         interior = 0.0 < lam < 1.0
-        rows.append(load_and_evaluate(trainer.model, interpolate(state_a, state_b, lam), splits,
+        rows.append(load_and_evaluate(inputs.model, interpolate(state_a, state_b, lam), splits,
                                       reestimate=interior and endpoints_differ))
         on_event("progress", task="barrier", done=i + 1, total=len(lambdas), info=f"λ = {lam:.2f}")
     series = {name: [row[name] for row in rows] for name in SERIES}
-    checks = {end: batchnorm_effect(trainer.model, state, row, splits, BATCHNORM_NOTE_ERROR)
+    checks = {end: batchnorm_effect(inputs.model, state, row, splits, BATCHNORM_NOTE_ERROR)
               for end, state, row in (("A", state_a, rows[0]), ("B", state_b, rows[-1]))} if endpoints_differ else {}
     result = {
         "schema": SCHEMA_VERSION, "name": "barrier", "display": "curve", "created_at": time.time(),
@@ -131,7 +134,7 @@ def run_barrier(first: str, second: str | None = None, points: int = 11, train_i
         "batchnorm_reestimated": [row["batchnorm_reestimated"] for row in rows],
         "batchnorm_check": checks,
         "notes": [f"{end}: {check['note']}" for end, check in checks.items() if check and check["note"]],
-        "settings": {"points": points, **splits.settings(), "data": trainer.config.data},
+        "settings": {"points": points, **splits.settings(), "data": inputs.config.data},
         "seconds": time.perf_counter() - started,
     }
     write_result(target, result)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,9 +39,12 @@ import torch
 from engine.analyses import refuse_while_written, result_path, write_result
 from engine.analyses.barrier import parse_endpoint
 from engine.analyses.interpolation import batchnorm_effect, load_and_evaluate, make_splits
+from engine.checkpoints import last_epoch
 from engine.errors import FtdynError
+from engine.events import Event, quiet
 from engine.record import SCHEMA_VERSION
-from engine.training import Event, last_epoch, model_state, open_run, quiet, saved_config
+from engine.run_config import saved_config
+from engine.run_inputs import model_state, open_run
 
 DEFAULT_SIGMAS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -74,19 +78,19 @@ def run_criticality(run: str, points: int = 11, epsilon: float = 0.01, noise_dra
     saved_config(run_dir)
     epoch = last_epoch(run_dir) if epoch is None else epoch
     started = time.perf_counter()
-    trainer = open_run(run_dir, on_event, data=data)
-    device = trainer.device
+    inputs = open_run(run_dir, on_event, data=data)
+    device = inputs.device
     final = model_state(run_dir, epoch, device)
-    start = trainer.source.state_dict()
-    groups = {name: params for name, params in trainer.groups.items() if name != "head"}
+    start = inputs.source.state_dict()
+    groups = {name: params for name, params in inputs.groups.items() if name != "head"}
     target = result_path(run_dir, f"criticality-e{epoch}")
-    splits = make_splits(trainer, train_images, bn_batches)
-    final_row = load_and_evaluate(trainer.model, final, splits, reestimate=False, held_out=False)
+    splits = make_splits(inputs, train_images, bn_batches)
+    final_row = load_and_evaluate(inputs.model, final, splits, reestimate=False, held_out=False)
     final_error = final_row["train_error"]
-    check = batchnorm_effect(trainer.model, final, final_row, splits, epsilon, held_out=False)
+    check = batchnorm_effect(inputs.model, final, final_row, splits, epsilon, held_out=False)
     limit = final_error + epsilon
     alphas = [float(a) for a in np.linspace(0.0, 1.0, points)]
-    generator = torch.Generator(device="cpu").manual_seed(trainer.config.seed)
+    generator = torch.Generator(device="cpu").manual_seed(inputs.config.seed)
     work = len(groups) * len(alphas) * (1 + noise_draws * len(sigmas))
     done = 0
     values, summary = [], {}
@@ -96,7 +100,7 @@ def run_criticality(run: str, points: int = 11, epsilon: float = 0.01, noise_dra
         moved = drift > 0
         errors = []
         for alpha in alphas:
-            row = load_and_evaluate(trainer.model, rewound(final, start, names, alpha), splits,
+            row = load_and_evaluate(inputs.model, rewound(final, start, names, alpha), splits,
                                     reestimate=moved and alpha < 1.0, held_out=False)
             errors.append(row["train_error"])
             done += 1
@@ -109,7 +113,7 @@ def run_criticality(run: str, points: int = 11, epsilon: float = 0.01, noise_dra
                     for _ in range(noise_draws):
                         noise = {n: (torch.randn(final[n].shape, generator=generator) * sigma).to(final[n])
                                  for n in names}
-                        draws.append(load_and_evaluate(trainer.model, rewound(final, start, names, alpha, noise),
+                        draws.append(load_and_evaluate(inputs.model, rewound(final, start, names, alpha, noise),
                                                        splits, reestimate=True, held_out=False)["train_error"])
                     done += noise_draws
                     on_event("progress", task="criticality", done=done, total=work,
@@ -127,7 +131,7 @@ def run_criticality(run: str, points: int = 11, epsilon: float = 0.01, noise_dra
         "final_train_error": final_error, "summary": summary, "batchnorm_check": check,
         "notes": [f"final model: {check['note']}"] if check and check["note"] else [],
         "settings": {"epoch": epoch, "points": points, "epsilon": epsilon, "noise_draws": noise_draws,
-                     "sigmas": list(sigmas) if noise_draws else [], **splits.settings(), "data": trainer.config.data},
+                     "sigmas": list(sigmas) if noise_draws else [], **splits.settings(), "data": inputs.config.data},
         "seconds": time.perf_counter() - started,
     }
     write_result(target, result)

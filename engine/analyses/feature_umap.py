@@ -48,8 +48,10 @@ from engine.analyses import refuse_while_written, result_path, write_result
 from engine.capture import capture
 from engine.errors import FtdynError
 from engine.record import SCHEMA_VERSION
-from engine.training import (Event, available_checkpoints, hooked_layers, model_state, open_run, quiet,
-                             require_checkpoints, saved_config)
+from engine.events import Event, quiet
+from engine.checkpoints import available_checkpoints, require_checkpoints
+from engine.run_config import hooked_layers, saved_config
+from engine.run_inputs import model_state, open_run
 from engine.untrusted import safe_file_name
 
 FEATURES = ("pooled", "cls")
@@ -140,11 +142,11 @@ def run_feature_umap(run_dir: str | Path, layer: str, epochs: list[int] | None =
     target = result_path(run_dir, f"umap-{safe_file_name(layer)}" + ("-cls" if features == "cls" else ""))
     started = time.perf_counter()
     on_event("phase", name=f"opening {run_dir}")
-    trainer = open_run(run_dir, on_event, data=data)
-    hooked = trainer.layers[[entry.name for entry in trainer.layers].index(layer)]
+    inputs = open_run(run_dir, on_event, data=data)
+    hooked = inputs.layers[[entry.name for entry in inputs.layers].index(layer)]
     if features == "cls" and not (hooked.layout and hooked.layout.class_token):
         raise FtdynError(f"layer '{layer}' has no class token; use --features pooled")
-    labels = np.array([trainer.held_out.samples[i][1] for i in trainer.probe.indices], dtype=np.int64)
+    labels = np.array([inputs.held_out.samples[i][1] for i in inputs.probe.indices], dtype=np.int64)
     if len(labels) < MIN_IMAGES:
         raise FtdynError(f"the run's probe set has {len(labels)} images; a map needs at least {MIN_IMAGES} "
                          f"(runs take more with --probe-size)")
@@ -156,11 +158,11 @@ def run_feature_umap(run_dir: str | Path, layer: str, epochs: list[int] | None =
                          f"{len(labels) - 1} or fewer")
 
     def features_at(epoch: int) -> np.ndarray:
-        model = trainer.source
+        model = inputs.source
         if epoch:
-            trainer.model.load_state_dict(model_state(run_dir, epoch, trainer.device))
-            model = trainer.model
-        found = probe_features(model, trainer.probe_loader, layer, hooked.layout, features, trainer.device)
+            inputs.model.load_state_dict(model_state(run_dir, epoch, inputs.device))
+            model = inputs.model
+        found = probe_features(model, inputs.probe_loader, layer, hooked.layout, features, inputs.device)
         if not np.isfinite(found).all():
             raise FtdynError(f"layer '{layer}' gives non-finite features at epoch {epoch}; no map was written")
         return found
@@ -189,7 +191,7 @@ def run_feature_umap(run_dir: str | Path, layer: str, epochs: list[int] | None =
         "schema": SCHEMA_VERSION, "name": "umap", "display": "scatter", "created_at": time.time(),
         "title": f"UMAP of {layer} ({features} features), fitted on the source",
         "layer": layer, "features": features, "epochs": wanted, "points": points,
-        "labels": labels.tolist(), "classes": list(trainer.data.classes), "stats": stats, "shift_floor": floor,
+        "labels": labels.tolist(), "classes": list(inputs.data.classes), "stats": stats, "shift_floor": floor,
         "notes": ([] if len(wanted) > 1 else
                   ["only the source was mapped: the run saved no checkpoint (runs keep every epoch with "
                    "--save-every-epoch)"]),

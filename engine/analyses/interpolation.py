@@ -22,7 +22,8 @@ from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, Subset
 
 from engine.data import ImageList
-from engine.training import Trainer, evaluate
+from engine.run_inputs import RunInputs
+from engine.evaluation import evaluate
 
 BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -47,43 +48,43 @@ class Splits:
     seeded subset of its training images (evaluation transform), and the batches BatchNorm
     statistics are re-estimated on."""
 
-    trainer: Trainer
+    inputs: RunInputs
     train_loader: DataLoader
     bn_batches: list[torch.Tensor]
     train_images: int
     bn_images: int
 
     def settings(self) -> dict:
-        return {"held_out_images": len(self.trainer.held_out), "train_images": self.train_images,
+        return {"held_out_images": len(self.inputs.held_out), "train_images": self.train_images,
                 "batchnorm_batches": len(self.bn_batches), "batchnorm_images": self.bn_images,
-                "held_out_split": self.trainer.data.held_out_name}
+                "held_out_split": self.inputs.data.held_out_name}
 
 
-def make_splits(trainer: Trainer, train_images: int, bn_batches: int) -> Splits:
-    config = trainer.config
-    samples = trainer.train_set.samples
-    plain = ImageList(samples, trainer.transform(augment=False))
+def make_splits(inputs: RunInputs, train_images: int, bn_batches: int) -> Splits:
+    config = inputs.config
+    samples = inputs.train_set.samples
+    plain = ImageList(samples, inputs.transform(augment=False))
     order = np.random.default_rng(config.seed).permutation(len(samples))
     chosen = sorted(order[:train_images].tolist()) if 0 < train_images < len(samples) else list(range(len(samples)))
     loader = DataLoader(Subset(plain, chosen), batch_size=config.batch_size, shuffle=False, num_workers=0)
     # BatchNorm batches: training images in a seeded order, at the run's batch size.
     bn_loader = DataLoader(Subset(plain, order.tolist()), batch_size=config.batch_size, shuffle=False, num_workers=0)
     batches = [images for images, _ in zip((b for b, _ in bn_loader), range(bn_batches))]
-    return Splits(trainer, loader, batches, len(chosen), sum(len(b) for b in batches))
+    return Splits(inputs, loader, batches, len(chosen), sum(len(b) for b in batches))
 
 
 def reestimate_batchnorm(model: nn.Module, splits: Splits) -> None:
-    update_bn(splits.bn_batches, model, device=splits.trainer.device)
+    update_bn(splits.bn_batches, model, device=splits.inputs.device)
     model.eval()
 
 
 def evaluate_splits(model: nn.Module, splits: Splits, held_out: bool = True) -> dict[str, float]:
     """Loss and error on the training subset, and on the held-out split unless told not to."""
-    device, autocast_mode = splits.trainer.device, splits.trainer.config.autocast
+    device, autocast_mode = splits.inputs.device, splits.inputs.config.autocast
     out = {}
-    splits_to_run = [("train", splits.train_loader)] + ([("held_out", splits.trainer.eval_loader)] if held_out else [])
+    splits_to_run = [("train", splits.train_loader)] + ([("held_out", splits.inputs.eval_loader)] if held_out else [])
     for name, loader in splits_to_run:
-        result = evaluate(model, loader, device, autocast_mode, channels_last=splits.trainer.config.channels_last)
+        result = evaluate(model, loader, device, autocast_mode, channels_last=splits.inputs.config.channels_last)
         out[f"{name}_loss"] = result["loss"]
         out[f"{name}_error"] = 1.0 - result["accuracy"]
     return out

@@ -53,8 +53,11 @@ from engine.capture import LayerReached
 from engine.data import IMAGENET_MEAN, IMAGENET_STD
 from engine.errors import FtdynError
 from engine.record import SCHEMA_VERSION, write_atomic
-from engine.training import (Event, available_checkpoints, hooked_layers, model_state, open_run, quiet,
-                             require_checkpoints, saved_config, source_fingerprint)
+from engine.events import Event, quiet
+from engine.checkpoints import available_checkpoints, require_checkpoints
+from engine.run_config import hooked_layers, saved_config
+from engine.run_inputs import model_state, open_run
+from engine.models import source_fingerprint
 from engine.untrusted import safe_file_name
 
 CACHE_DIR = "invariance"  # RUN/invariance/inversions-<layer>.pt
@@ -268,15 +271,15 @@ def run_invariance(run_dir: str | Path, layers: list[str] | None = None, epochs:
     require_checkpoints(wanted, checkpoints)
     refuse_while_written(run_dir)  # before the inversions: their cache is the run's too
     started = time.perf_counter()
-    trainer = open_run(run_dir, on_event, data=data)
-    refuse_channel_mixing(trainer.config.shuffle_blocks)
+    inputs = open_run(run_dir, on_event, data=data)
+    refuse_channel_mixing(inputs.config.shuffle_blocks)
     if settings.seed is None:
-        settings = dataclasses.replace(settings, seed=trainer.config.seed)
-    missing = [layer for layer in layers if layer not in [entry.name for entry in trainer.layers]]
+        settings = dataclasses.replace(settings, seed=inputs.config.seed)
+    missing = [layer for layer in layers if layer not in [entry.name for entry in inputs.layers]]
     if missing:
         raise FtdynError(f"'{run_dir}' has a damaged config.json: its layer '{missing[0]}' is not one the run hooks")
-    pixels = probe_pixels(trainer.probe, settings.images)
-    pixels = pixels.to(trainer.device)
+    pixels = probe_pixels(inputs.probe, settings.images)
+    pixels = pixels.to(inputs.device)
     if len(pixels) < 3:
         raise FtdynError(f"STIR needs at least 3 probe images (the run has {len(pixels)})")
 
@@ -284,7 +287,7 @@ def run_invariance(run_dir: str | Path, layers: list[str] | None = None, epochs:
     for layer in layers:
         began = time.perf_counter()
         try:
-            images, error, reused = cached_inversions(run_dir, trainer.source, layer, pixels, settings, on_event)
+            images, error, reused = cached_inversions(run_dir, inputs.source, layer, pixels, settings, on_event)
         except FloatingPointError as exc:
             notes.append(f"{layer}: inversion stopped ({exc}); its STIR is left out")
             source_side[layer] = None
@@ -296,10 +299,10 @@ def run_invariance(run_dir: str | Path, layers: list[str] | None = None, epochs:
             notes.append(f"{layer}: inversions reused from {CACHE_DIR}/ (same source, probe set and settings)")
 
     files, diagonal = [], {layer: [] for layer in layers}
-    source_clean = layer_grams(trainer.source, pixels, layers)  # the same every epoch
+    source_clean = layer_grams(inputs.source, pixels, layers)  # the same every epoch
     for epoch in wanted:
-        tuned = trainer.model
-        tuned.load_state_dict(trainer.source.state_dict() if epoch == 0 else model_state(run_dir, epoch, trainer.device))
+        tuned = inputs.model
+        tuned.load_state_dict(inputs.source.state_dict() if epoch == 0 else model_state(run_dir, epoch, inputs.device))
         tuned.eval()
         began = time.perf_counter()
         kept = stir_matrix(tuned, source_side, pixels, layers)
@@ -315,7 +318,7 @@ def run_invariance(run_dir: str | Path, layers: list[str] | None = None, epochs:
                 except FloatingPointError as exc:
                     notes.append(f"epoch {epoch}, {layer} of the tuned model: inversion stopped ({exc})")
                     tuned_side[layer] = None
-            reverse = [list(row) for row in zip(*stir_matrix(trainer.source, tuned_side, pixels, layers))]
+            reverse = [list(row) for row in zip(*stir_matrix(inputs.source, tuned_side, pixels, layers))]
         for i, layer in enumerate(layers):
             diagonal[layer].append(kept[i][i])
         result = {

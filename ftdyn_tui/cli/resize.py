@@ -35,7 +35,7 @@ def resize_cka(
 
     from engine.errors import FtdynError
     from engine.resize import resize_sensitivity
-    from engine.training import pick_device
+    from engine.run_config import pick_device
 
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console,

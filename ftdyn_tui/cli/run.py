@@ -115,7 +115,8 @@ def run(
     from engine.distributed import launched_by_torchrun
     from engine.errors import FtdynError
     from engine.shuffle import parse_shuffle
-    from engine.training import RunConfig, apply_preset, run_training
+    from engine.run_config import RunConfig, apply_preset
+    from engine.training import run_training
 
     explicit = {name for name, value in (("batch_size", batch_size), ("lr", lr), ("optimizer", optimizer),
                                         ("metrics", metrics)) if value is not None}
@@ -162,7 +163,7 @@ def run(
 def launch_processes(config, resume: bool, nproc_per_node: int) -> None:
     """`ftdyn run --nproc-per-node N`: the settings are checked here, then N processes run it (torchrun)."""
     from engine.distributed import LaunchFailed, launch
-    from engine.training import check_config, check_run_directory, process_batch
+    from engine.run_config import check_config, check_run_directory, process_batch
 
     check_config(config)
     check_run_directory(Path(config.out), resume)
@@ -262,7 +263,7 @@ def resumed_config(out_dir: Path, data: Optional[Path], epochs: Optional[int], d
     --autocast (resuming on another machine) may change."""
     from engine.errors import FtdynError
     from engine.record import CONFIG
-    from engine.training import config_from_saved, saved_config
+    from engine.run_config import config_from_saved, saved_config
 
     if not (out_dir / CONFIG).exists():
         raise FtdynError(f"nothing to resume in '{out_dir}' (no config.json); start it without --resume")

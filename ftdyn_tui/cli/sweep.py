@@ -61,7 +61,7 @@ def sweep(
     from engine.shuffle import parse_shuffle
     from engine.strategies import STRATEGIES
     from engine.sweep import plan_sweep, run_barriers, run_sweep
-    from engine.training import RunConfig
+    from engine.run_config import RunConfig
 
     chosen = split_list(strategies) or ["full"]
     unknown = [s for s in chosen if s not in STRATEGIES]

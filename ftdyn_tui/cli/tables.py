@@ -79,7 +79,7 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 def print_tables(tables: dict[str, list[dict]]) -> None:
     print_table("Table 1 · accuracy",
                 ["run", "model", "strategy", "state", "epochs", "train acc", "held-out acc", "best held-out"],
-                [[r["run"], str(r["model"]), str(r["strategy"]), r["state"], r["epochs"], fmt_number(r["train_accuracy"]),
+                [[r["run"], str(r["model"]), "—" if r["strategy"] is None else str(r["strategy"]), r["state"], r["epochs"], fmt_number(r["train_accuracy"]),
                   fmt_number(r["held_out_accuracy"]), fmt_number(r["best_held_out_accuracy"])]
                  for r in tables["accuracy"]])
     print_table("Table 2 · reusability: mean ± std over epochs 1…T of the mean layer distance"

@@ -23,7 +23,7 @@ def vis(
     """Draw one filter's class- and sample-based images from saved checkpoints into RUN/vis,
     with a montage across epochs (source, 1…T) like the paper's figures."""
     from engine.errors import FtdynError
-    from engine.training import visualise_from_checkpoints
+    from engine.redraw import visualise_from_checkpoints
 
     try:
         drawn = visualise_from_checkpoints(run_dir, layer, filter_index, split_list(classes), parse_epochs(epochs))
