@@ -45,41 +45,53 @@ class Layout:
 
     * ``channels_first`` (n, c, h, w) — convolutional maps;
     * ``channels_last`` (n, h, w, c) — Swin stages, ConvNeXt's inner layers; permuted to (n, c, h, w);
-    * ``tokens`` (n, L, d) — transformer blocks: tokens are the positions. With ``class_token`` the
-      first token is the class token: it is left out of the positions and measured on its own by the
-      ``cls`` view. With ``grid`` (g, g) the (other) tokens are the patch grid, so token maps are
-      pictures; without, a sequence (d, L, 1);
+    * ``tokens`` (n, L, d) — transformer blocks: tokens are the positions. The first ``prefix``
+      tokens precede the patch grid (class, register and distillation tokens) and are left out of
+      the positions; with ``class_token`` the first of them is the class token, measured on its own
+      by the ``cls`` view. With ``grid`` (g, g) the other tokens are the patch grid, so token maps
+      are pictures; without, a sequence (d, L, 1);
     * ``vector`` (n, d) — a 1 × 1 map.
     """
 
     kind: str
     class_token: bool = False
     grid: tuple[int, int] | None = None
+    prefix: int | None = None  # tokens before the grid; None: the class token alone, if there is one
+
+    def __post_init__(self):
+        if self.prefix is None:
+            object.__setattr__(self, "prefix", int(self.class_token))
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "class_token": self.class_token, "grid": list(self.grid) if self.grid else None}
+        return {"kind": self.kind, "class_token": self.class_token, "grid": list(self.grid) if self.grid else None,
+                "prefix_tokens": self.prefix}
 
     @staticmethod
     def from_json(data: dict | None) -> "Layout | None":
+        """Runs recorded before register tokens (no ``prefix_tokens``) had the class token alone."""
         if not data:
             return None
-        grid = data.get("grid")
-        return Layout(data["kind"], bool(data.get("class_token")), tuple(grid) if grid else None)
+        grid, prefix = data.get("grid"), data.get("prefix_tokens")
+        return Layout(data["kind"], bool(data.get("class_token")), tuple(grid) if grid else None,
+                      prefix if isinstance(prefix, int) and not isinstance(prefix, bool) and prefix >= 0 else None)
 
 
 CHANNELS_LAST_MODULES = ("LayerNorm", "Linear", "Permute", "GELU", "MLP")
 
 
-def detect_layout(shape: tuple[int, ...], module_kind: str, model_has_class_token: bool) -> Layout | None:
+def detect_layout(shape: tuple[int, ...], module_kind: str, model_has_class_token: bool,
+                  prefix_tokens: int | None = None) -> Layout | None:
     """The layout of an output of ``shape`` (batch left out, square input), or None when it is not
-    a feature map (e.g. window-partitioned attention tensors, logits are vectors)."""
+    a feature map (e.g. window-partitioned attention tensors, logits are vectors). ``prefix_tokens``:
+    how many tokens the model puts before its patch grid (default: its class token alone)."""
+    prefix = int(model_has_class_token) if prefix_tokens is None else prefix_tokens
     if len(shape) == 1:
         return Layout("vector")
     if len(shape) == 2:
         length = shape[0]
-        if model_has_class_token and length > 1 and math.isqrt(length - 1) ** 2 == length - 1:
-            side = math.isqrt(length - 1)
-            return Layout("tokens", class_token=True, grid=(side, side))
+        if prefix and length > prefix and math.isqrt(length - prefix) ** 2 == length - prefix:
+            side = math.isqrt(length - prefix)
+            return Layout("tokens", class_token=model_has_class_token, grid=(side, side), prefix=prefix)
         side = math.isqrt(length)
         return Layout("tokens", grid=(side, side) if side * side == length else None)
     if len(shape) == 3:
@@ -98,6 +110,14 @@ def infer_layout(output: torch.Tensor) -> Layout:
     return {2: Layout("vector"), 3: Layout("tokens"), 4: Layout("channels_first")}.get(output.ndim) or Layout("none")
 
 
+def layer_output(output) -> torch.Tensor | None:
+    """A module's output as one tensor: itself, or the first element of a tuple (Hugging Face's blocks
+    and stages return (hidden_states, attentions, …)); None for anything else."""
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        output = output[0]
+    return output if isinstance(output, torch.Tensor) else None
+
+
 def as_feature_map(output: torch.Tensor, layout: Layout | None = None) -> torch.Tensor:
     """(n, c, h, w) from a layer output in ``layout``: channels-last permuted, token sequences as
     (n, d, g, g) on their patch grid (class token left out) or (n, d, L, 1), vectors (n, d, 1, 1)."""
@@ -109,7 +129,7 @@ def as_feature_map(output: torch.Tensor, layout: Layout | None = None) -> torch.
     if layout.kind == "vector" and output.ndim == 2:
         return output[:, :, None, None]
     if layout.kind == "tokens" and output.ndim == 3:
-        tokens = output[:, 1:] if layout.class_token else output
+        tokens = output[:, layout.prefix:]
         n, length, d = tokens.shape
         if layout.grid and layout.grid[0] * layout.grid[1] == length:
             return tokens.transpose(1, 2).reshape(n, d, *layout.grid)
@@ -145,7 +165,7 @@ def capture(model: nn.Module, layers: list[str] | dict[str, Layout | None]):
     hooks = []
     for name, layout in layouts.items():
         def hook(_module, _inputs, output, name=name, layout=layout):
-            output = output.detach()
+            output = layer_output(output).detach()
             store[name] = as_feature_map(output, layout).clone()
             token = class_token(output, layout)
             if token is not None:

@@ -28,10 +28,9 @@ from torchvision import transforms
 
 from engine.errors import FtdynError
 from engine.shuffle import BlockShuffle, Shuffle
+from engine.zoos import IMAGENET_MEAN, IMAGENET_STD  # torchvision's networks' normalisation (re-exported)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -83,15 +82,17 @@ class UnreadableImage(FtdynError):
         return f"{what}; it changed after the scan: replace or remove it, then continue with --resume"
 
 
-def image_transform(image_size: int, augment: bool, shuffle: Shuffle | None = None) -> Callable:
+def image_transform(image_size: int, augment: bool, shuffle: Shuffle | None = None,
+                    normalisation: tuple[tuple[float, ...], tuple[float, ...]] = (IMAGENET_MEAN, IMAGENET_STD)
+                    ) -> Callable:
     """Training augmentation is a mild random resized crop and flip; evaluation resizes to a
-    square as the authors did (aspect not kept, no crop), then ImageNet normalisation, then the
-    block shuffle when one is asked for (ANALYSES.md §4: after normalisation)."""
+    square as the authors did (aspect not kept, no crop), then the model's normalisation (mean,
+    std: ImageNet's for torchvision's networks), then the block shuffle when one is asked for
+    (ANALYSES.md §4: after normalisation)."""
     resize = [transforms.RandomResizedCrop(image_size, scale=(0.6, 1.0), antialias=True),
               transforms.RandomHorizontalFlip()] if augment else [transforms.Resize((image_size, image_size), antialias=True)]
     shuffled = [BlockShuffle(shuffle, image_size)] if shuffle is not None else []
-    return transforms.Compose(resize + [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-                              + shuffled)
+    return transforms.Compose(resize + [transforms.ToTensor(), transforms.Normalize(*normalisation)] + shuffled)
 
 
 def pixel_transform(image_size: int) -> Callable:

@@ -1,11 +1,14 @@
-"""torchvision classification models: building them with the user's weights, replacing the head,
-and finding the layers worth hooking (PAPER-NOTES.md §1).
+"""Classification models — torchvision's, timm's (``timm:NAME``) and Hugging Face's (``hf:PATH``;
+engine.zoos) —: building them with the user's weights, replacing the head, and finding the layers
+worth hooking (PAPER-NOTES.md §1).
 
 Default layers reproduce the paper:
 * VGG: the last ReLU of each block (vgg19: features.3, 8, 17, 26, 35 = relu1_2 … relu5_4).
 * ResNet/ResNeXt/Wide-ResNet: the stem ReLU and the output of every stage's last block
   (torchvision's Bottleneck calls one ReLU module three times, so the block output is hooked).
 * DenseNet: the bottleneck ReLU (relu2) of each dense block's last layer and the transition ReLUs.
+* timm networks with a ``feature_info``: the modules it lists (timm's own stage outputs).
+* Transformers (torchvision's, timm's and Hugging Face's ViTs): every encoder block.
 * Any other CNN (the generic rule): at each spatial resolution above 1×1 the model passes through,
   the last activation module that runs once per forward pass.
 """
@@ -24,24 +27,33 @@ import torch
 import torchvision
 from torch import nn
 
-from engine.capture import Layout, detect_layout, feature_map_shape
+from engine.capture import Layout, detect_layout, feature_map_shape, layer_output
 from engine.errors import FtdynError, exception_line
+from engine.zoos import IMAGENET_MEAN, IMAGENET_STD, split_name, zoo_module
+
 
 def classification_models() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
 def check_model_name(name: str) -> str:
+    zoo = zoo_module(name)
+    if zoo is not None:
+        zoo.check(split_name(name)[1])
+        return name
     names = classification_models()
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise FtdynError(f"unknown model '{name}': {hint}any torchvision classification model works "
-                         f"(e.g. resnet50, vgg19, densenet121)")
+                         f"(e.g. resnet50, vgg19, densenet121), or timm:NAME and hf:PATH_OR_NAME")
     return name
 
 
 def weight_names(model_name: str) -> list[str]:
+    zoo = zoo_module(model_name)
+    if zoo is not None:
+        return zoo.weight_names(split_name(model_name)[1])
     try:
         return list(torchvision.models.get_model_weights(model_name).__members__)
     except (ValueError, KeyError):
@@ -83,6 +95,39 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise FtdynError(f"weights file '{path}' does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """A weights file as a state dict: safetensors, or a torch file read without unpickling."""
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        except ModuleNotFoundError:
+            raise FtdynError("reading .safetensors needs safetensors: pip install safetensors") from None
+        except Exception as exc:  # a damaged or foreign file
+            raise FtdynError(f"cannot read weights file '{path}' as safetensors ({exception_line(exc)[:120]})") from None
+    return read_state_dict(path)
+
+
+def check_weights_fit(model: nn.Module, state: dict[str, torch.Tensor], path: Path, label: str) -> None:
+    """Load ``state`` into ``model``: every tensor must fit, except a classifier of another class
+    count (it is replaced anyway); missing or unexpected keys say the file is another architecture's."""
+    head = head_name(model)
+    own = model.state_dict()
+    other_head = {key for key in state if (key == head or key.startswith(head + ".")) and key in own
+                  and state[key].shape != own[key].shape}
+    try:
+        missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in other_head},
+                                                    strict=False)
+    except RuntimeError as exc:  # a tensor of the wrong shape
+        raise FtdynError(f"weights file '{path}' does not fit {label}: {exception_line(exc, last=True)}") from None
+    missing = [key for key in missing if key not in other_head]
+    if missing or unexpected:
+        example = (missing or unexpected)[0]
+        raise FtdynError(f"weights file '{path}' does not fit {label}: {len(missing)} missing and "
+                         f"{len(unexpected)} unexpected keys (e.g. '{example}'); is it for another architecture?")
 
 
 def head_name(model: nn.Module) -> str:
@@ -127,6 +172,9 @@ def architecture(model_name: str, weights=None, image_size: int | None = None, *
     """torchvision's network for ``model_name`` at ``image_size``. ViTs are built for the size (their
     position embeddings are interpolated from pretrained ones, as torchvision does for fine-tuning at
     other resolutions); other networks take any size their layers allow."""
+    zoo = zoo_module(model_name)
+    if zoo is not None:
+        return zoo.architecture(split_name(model_name)[1], image_size)
     options = {**ARCHITECTURE_OPTIONS.get(model_name, {}), **options}
     patch = vit_patch_size(model_name)
     if patch is None or image_size is None:
@@ -165,6 +213,11 @@ def build_model(model_name: str, weights: str | None, num_classes: int, seed: in
     ImageNet's); the backbone must match the architecture exactly.
     """
     check_model_name(model_name)
+    zoo = zoo_module(model_name)
+    if zoo is not None:
+        model, description = zoo.build(split_name(model_name)[1], weights, image_size, num_classes)
+        replace_head(model, num_classes, seed)
+        return model, description
     resolved = resolve_weights(model_name, weights)
     if isinstance(resolved, Path):
         state = read_state_dict(resolved)
@@ -176,15 +229,7 @@ def build_model(model_name: str, weights: str | None, num_classes: int, seed: in
         if vit_patch_size(model_name) and image_size and "encoder.pos_embedding" in state and \
                 state["encoder.pos_embedding"].shape != model.encoder.pos_embedding.shape:
             state = interpolate_vit_state(state, image_size, vit_patch_size(model_name))
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # a tensor of the wrong shape
-            raise FtdynError(f"weights file '{resolved}' does not fit {model_name}: "
-                             f"{exception_line(exc, last=True)}") from None
-        if missing or unexpected:
-            example = (missing or unexpected)[0]
-            raise FtdynError(f"weights file '{resolved}' does not fit {model_name}: {len(missing)} missing and "
-                             f"{len(unexpected)} unexpected keys (e.g. '{example}'); is it for another architecture?")
+        check_weights_fit(model, state, resolved, model_name)
         description = f"file:{resolved}"
     else:
         try:
@@ -212,9 +257,22 @@ class LayerInfo:
     layout: Layout | None = None  # None: not a feature map (cannot be measured)
 
 
-def has_class_token(model: nn.Module) -> bool:
-    """torchvision's ViTs prepend a learned class token to the patch tokens."""
-    return isinstance(getattr(model, "class_token", None), torch.Tensor)
+# Learned tokens a transformer puts before its patch tokens, by parameter name (torchvision:
+# class_token; timm: cls_token, reg_token, dist_token; Hugging Face: cls_token, register_tokens,
+# distillation_token): each holds shape[1] tokens.
+CLASS_TOKENS = ("class_token", "cls_token")
+PREFIX_TOKENS = CLASS_TOKENS + ("reg_token", "register_tokens", "dist_token", "distillation_token")
+
+
+def prefix_tokens(model: nn.Module) -> tuple[bool, int]:
+    """(whether the first token is a class token, how many tokens precede the patch grid)."""
+    class_token, count = False, 0
+    for name, parameter in model.named_parameters():
+        last = name.rpartition(".")[2]
+        if last in PREFIX_TOKENS and parameter.dim() == 3:
+            count += parameter.shape[1]
+            class_token = class_token or last in CLASS_TOKENS
+    return class_token, count
 
 
 def trace_layers(model: nn.Module, image_size: int) -> list[LayerInfo]:
@@ -224,17 +282,18 @@ def trace_layers(model: nn.Module, image_size: int) -> list[LayerInfo]:
 
     def hook_for(name: str, module: nn.Module):
         def hook(_module, _inputs, output):
-            if not isinstance(output, torch.Tensor):
+            output = layer_output(output)
+            if output is None:
                 return
             if name in order:
                 order[name].calls += 1
             else:
                 shape = tuple(output.shape[1:])
                 order[name] = LayerInfo(name, type(module).__name__, shape, 1,
-                                        detect_layout(shape, type(module).__name__, class_token))
+                                        detect_layout(shape, type(module).__name__, class_token, prefix))
         return hook
 
-    class_token = has_class_token(model)
+    class_token, prefix = prefix_tokens(model)
 
     for name, module in model.named_modules():
         if name:
@@ -276,7 +335,20 @@ def default_layer_names(model_name: str, layers: list[LayerInfo], model: nn.Modu
                 if int(match.group(2)) == len(block_layers):
                     chosen.append(layer.name)
         return chosen
-    return generic_default_layers(model, layers)
+    features = timm_feature_layers(model, layers) if split_name(model_name)[0] == "timm" else []
+    return features or generic_default_layers(model, layers)
+
+
+def timm_feature_layers(model: nn.Module, layers: list[LayerInfo]) -> list[str]:
+    """timm's own stage outputs (``feature_info``) that are feature maps run once; transformers take
+    every block (their feature_info lists each one too)."""
+    tokens = token_block_layers(model, layers)
+    if tokens:
+        return tokens
+    by_name = {layer.name: layer for layer in layers}
+    listed = [info.get("module") for info in getattr(model, "feature_info", None) or [] if isinstance(info, dict)]
+    return [name for name in listed if name in by_name and by_name[name].calls == 1 and by_name[name].layout is not None
+            and by_name[name].layout.kind in ("channels_first", "channels_last")]
 
 
 # Modules whose output restates another's (normalised, pooled, reshaped, dropped out): never a stage output.
@@ -315,18 +387,28 @@ def generic_default_layers(model: nn.Module, layers: list[LayerInfo]) -> list[st
     `blocks`, …) in the order they run; at each resolution above 1×1 the last stage whose output is a
     feature map (channels first or last) is taken. Normalisation, pooling and reshaping modules only
     restate a stage's output and are not stages. Token models take every encoder block instead. A
-    module that wraps one network (its only child with parameters) takes that network's layers.
+    module that wraps a network (a child holding most of its parameters) takes that network's
+    layers where they are more.
     """
     tokens = token_block_layers(model, layers)
     if tokens:
         return tokens
     stages = stage_outputs(model, layers)
-    holders = [(name, child) for name, child in model.named_children() if next(child.parameters(), None) is not None]
-    if not stages and len(holders) == 1:  # a wrapper (a LightningModule, a module adding the loss)
-        name, child = holders[0]
-        inner = [dataclasses.replace(layer, name=layer.name[len(name) + 1:]) for layer in layers
-                 if layer.name.startswith(name + ".")]
-        return [f"{name}.{layer}" for layer in generic_default_layers(child, inner)]
+    if len(stages) >= 2:
+        return stages
+    # a network wrapped in others (a LightningModule, a module adding the loss, Hugging Face's
+    # ForImageClassification around its backbone and encoder): the stages of the child that holds
+    # most of the parameters, where it has more
+    holders = [(name, child, sum(p.numel() for p in child.parameters())) for name, child in model.named_children()]
+    holders = [holder for holder in holders if holder[2] > 0]
+    if holders:
+        name, child, held = max(holders, key=lambda holder: holder[2])
+        if held * 2 > sum(p.numel() for p in model.parameters()):
+            inner = [dataclasses.replace(layer, name=layer.name[len(name) + 1:]) for layer in layers
+                     if layer.name.startswith(name + ".")]
+            deeper = [f"{name}.{layer}" for layer in generic_default_layers(child, inner)]
+            if len(deeper) > len(stages):
+                return deeper
     return stages
 
 
@@ -372,8 +454,23 @@ def layer_segments(model: nn.Module, layer_names: list[str], head: str) -> "Orde
 
 
 def native_image_size(model_name: str, model: nn.Module) -> int:
-    """The input size a network is defined at (ViTs are built for one), else its usual ImageNet size."""
+    """The input size a network is defined at (ViTs are built for one), else its usual ImageNet size;
+    a timm or Hugging Face model's from its own config."""
+    zoo = zoo_module(model_name)
+    if zoo is not None:  # a timm transformer built for the run's size keeps it in its patch embedding
+        built = getattr(getattr(model, "patch_embed", None), "img_size", None)
+        return int(built[0]) if isinstance(built, (tuple, list)) else zoo.preprocessing(split_name(model_name)[1]).image_size
     return int(getattr(model, "image_size", 299 if model_name == "inception_v3" else 224))
+
+
+def normalisation(model_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the network's inputs are normalised with: ImageNet's for torchvision's, the
+    model's own config for timm's and Hugging Face's (which differ, e.g. 0.5 for many ViTs)."""
+    zoo = zoo_module(model_name)
+    if zoo is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    preprocessing = zoo.preprocessing(split_name(model_name)[1])
+    return preprocessing.mean, preprocessing.std
 
 
 def stage_layers(model_name: str, model: nn.Module) -> list[str]:

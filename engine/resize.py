@@ -29,7 +29,7 @@ from engine.capture import capture, parse_measures
 from engine.data import IMAGENET_MEAN, IMAGENET_STD, ImageList, load_image_data, probe_indices
 from engine.errors import FtdynError
 from engine.intervals import estimate, settings_for
-from engine.models import build_model, select_layers
+from engine.models import build_model, normalisation, select_layers
 from engine.similarity import LayerAccumulator
 
 METHODS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
@@ -47,11 +47,11 @@ def parse_methods(names: list[str] | None) -> list[str]:
     return chosen
 
 
-def method_transform(method: str, image_size: int):
-    """Square resize with ``method``, then the run's normalisation."""
+def method_transform(method: str, image_size: int, normalisation: tuple = (IMAGENET_MEAN, IMAGENET_STD)):
+    """Square resize with ``method``, then the model's normalisation (ImageNet's for torchvision's)."""
     return transforms.Compose([
         transforms.Lambda(lambda image: image.resize((image_size, image_size), METHODS[method])),
-        transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        transforms.ToTensor(), transforms.Normalize(*normalisation)])
 
 
 @torch.no_grad()
@@ -76,7 +76,7 @@ def resize_sensitivity(model_name: str, weights: str, data: str, image_size: int
     accumulators = {(layer, a, b): LayerAccumulator(measure.view, [measure.metric],
                                                     groups=interval.groups if interval else 1)
                     for layer in layouts for a, b in pairs}
-    lists = {m: ImageList(probe, method_transform(m, image_size)) for m in methods}
+    lists = {m: ImageList(probe, method_transform(m, image_size, normalisation(model_name))) for m in methods}
     for start in range(0, len(probe), batch_size):
         stop = min(len(probe), start + batch_size)
         features = {}

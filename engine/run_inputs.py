@@ -26,7 +26,7 @@ from engine.data import ImageList, image_transform, load_image_data, pixel_trans
 from engine.distributed import Processes
 from engine.errors import FtdynError
 from engine.events import Event, quiet
-from engine.models import build_model, select_layers
+from engine.models import build_model, normalisation, select_layers
 from engine.run_config import RunConfig, config_from_saved, pick_device, saved_config
 from engine.shuffle import BlockShuffle, parse_shuffle
 from engine.strategies import block_groups
@@ -108,7 +108,12 @@ class RunInputs:
 
     def transform(self, augment: bool):
         """The run's image transform: resize (and augmentation), normalisation, block shuffle."""
-        return image_transform(self.config.image_size, augment, self.shuffle)
+        return image_transform(self.config.image_size, augment, self.shuffle, self.normalisation)
+
+    @functools.cached_property
+    def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) of the network's inputs: ImageNet's, or a timm or Hugging Face model's own."""
+        return normalisation(self.config.model)
 
     def probe_pixels(self) -> tuple[np.ndarray, list[int]]:
         """The probe images as shown (the inputs the network saw, before normalisation), and their labels."""

@@ -68,6 +68,7 @@ from engine.strategies import (
     set_train_mode,
     warmup_factor,
 )
+from engine.zoos import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["RunConfig", "Trainer", "run_training"]  # RunConfig: where `ftdyn run`'s settings were always found
 
@@ -213,7 +214,8 @@ class Trainer:
             warnings=inputs.warnings + self.lone_image_warnings, autocast=config.autocast,
             channels_last=config.channels_last, shuffle_blocks=config.shuffle_blocks,
             inversion={"steps": config.invariance_steps, "step_size": config.invariance_step_size,
-                       "images": config.invariance_images, "seed": config.seed},
+                       "images": config.invariance_images, "seed": config.seed,
+                       "normalisation": None if inputs.normalisation == (IMAGENET_MEAN, IMAGENET_STD) else inputs.normalisation},
             describe_failure=lambda exc: failure_message(exc, config.out, self.processes, config.batch_size),
             options={"layers": "--layers", "resume": "--resume", "out": "--out", "probe_size": "--probe-size",
                      "interval_groups": "--interval-groups", "analyses": "--analyses"},
@@ -250,7 +252,8 @@ class Trainer:
             "run": self.config.to_json(),
             "preset_settings": PAPER_PRESET if self.config.preset == "paper" else None,
             "dataset": describe(self.inputs),
-            "model": {"weights": self.inputs.weights_description},
+            "model": {"weights": self.inputs.weights_description,
+                      "normalisation": dict(zip(("mean", "std"), map(list, self.inputs.normalisation)))},
             "strategy": {"name": self.strategy.name, "train_blocks": self.strategy.train_blocks,
                          "layer_decay": self.strategy.layer_decay, "warmup_epochs": self.strategy.warmup_epochs,
                          "frozen_batchnorm": self.plan.frozen_batchnorm,

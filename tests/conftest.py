@@ -2,6 +2,11 @@ import os
 import sys
 from pathlib import Path
 
+# Nothing is downloaded at test time: timm and Hugging Face models are built from configs and local
+# files, and a name that would need the Hub fails at once, as on a machine without the network
+# (huggingface_hub reads this when it is first imported, which is after this file).
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 import pytest
 import textual.constants as textual_constants
 

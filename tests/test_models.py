@@ -144,7 +144,7 @@ def test_vit_runs_end_to_end_with_a_class_token_view(tmp_path, shapes_data, cli)
     assert result.exit_code == 0, result.output
     run = read_run(run_dir)
     layer = run.config["layers"][0]
-    assert layer["layout"] == {"kind": "tokens", "class_token": True, "grid": [1, 1]}
+    assert layer["layout"] == {"kind": "tokens", "class_token": True, "grid": [1, 1], "prefix_tokens": 1}
     last = run.epochs[-1]["layers"]["encoder.layers.encoder_layer_11"]
     assert set(last) == {"positions", "cls"} and last["cls"]["values"]["cka"] > 0
     bad = cli("run", "--data", shapes_data, "--out", tmp_path / "bad", "--epochs", "1", *TINY_RUN,

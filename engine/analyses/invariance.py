@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from engine.analyses import refuse_while_written, result_path, write_result
-from engine.capture import LayerReached
+from engine.capture import LayerReached, layer_output
 from engine.data import IMAGENET_MEAN, IMAGENET_STD
 from engine.errors import FtdynError
 from engine.record import SCHEMA_VERSION, write_atomic
@@ -70,6 +70,8 @@ class InversionSettings:
     step_size: float = 0.5
     images: int = 0  # 0: the whole probe set
     seed: int | None = 0  # None (the command's default): the run's seed, as its live part uses
+    # the (mean, std) the network's inputs are normalised with; None: ImageNet's (torchvision's networks)
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def check(self) -> None:
         if self.steps < 1 or not (self.step_size > 0 and math.isfinite(self.step_size)) or self.images < 0:
@@ -85,15 +87,18 @@ def refuse_channel_mixing(shuffle_blocks: str | None) -> None:
                          "channels, so the images have no pixel space); block shuffles work")
 
 
-def layer_outputs(model: nn.Module, images: torch.Tensor, layers: list[str], keep_graph: bool = False) -> dict:
-    """{layer: its output flattened per image} for pixel-space ``images``; the forward pass stops at
-    the last of ``layers`` in execution order where that is possible."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+def layer_outputs(model: nn.Module, images: torch.Tensor, layers: list[str], keep_graph: bool = False,
+                  normalisation: tuple | None = None) -> dict:
+    """{layer: its output flattened per image} for pixel-space ``images`` (normalised as the network
+    takes them: ``normalisation``, default ImageNet's); the forward pass stops at the last of
+    ``layers`` in execution order where that is possible."""
+    mean, std = (torch.tensor(v, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+                 for v in normalisation or (IMAGENET_MEAN, IMAGENET_STD))
     found: dict[str, torch.Tensor] = {}
 
     def hook(name):
         def store(_module, _inputs, output):
+            output = layer_output(output)
             found[name] = output.flatten(1) if keep_graph else output.detach().flatten(1)
             if len(found) == len(layers):
                 raise LayerReached
@@ -115,13 +120,13 @@ def invert(model: nn.Module, layer: str, targets: torch.Tensor, settings: Invers
     """(X′, each image's best relative error) for pixel-space ``targets`` at ``layer`` of ``model``."""
     model.eval()
     with torch.no_grad():
-        goal = layer_outputs(model, targets, [layer])[layer]
+        goal = layer_outputs(model, targets, [layer], normalisation=settings.normalisation)[layer]
     scale = goal.norm(dim=1).clamp_min(1e-30)
     x = torch.randn(targets.shape, generator=generator, device="cpu").to(targets.device).clamp(0.0, 1.0)
     best, best_error = x.clone(), torch.full((len(x),), math.inf, device=x.device)
     for step in range(settings.steps + 1):
         x.requires_grad_(True)
-        output = layer_outputs(model, x, [layer], keep_graph=True)[layer]
+        output = layer_outputs(model, x, [layer], keep_graph=True, normalisation=settings.normalisation)[layer]
         if not output.requires_grad:
             raise FtdynError(f"layer '{layer}' cannot be inverted: its output does not depend differentiably on "
                              f"the image")
@@ -161,14 +166,13 @@ def gram_cka(a: torch.Tensor, b: torch.Tensor) -> float | None:
     return float((a * b).sum()) / denominator if denominator > 0 else None
 
 
-def probe_pixels(probe, images: int) -> torch.Tensor:
-    """The probe images (a run's probe dataset) in pixel space [0, 1] (the run's normalisation undone),
-    all of them or an evenly spaced ``images`` of them."""
+def probe_pixels(probe, images: int, normalisation: tuple | None = None) -> torch.Tensor:
+    """The probe images (a run's probe dataset) in pixel space [0, 1] (the run's normalisation —
+    ``normalisation``, default ImageNet's — undone), all of them or an evenly spaced ``images`` of them."""
     chosen = list(range(len(probe)))
     if 0 < images < len(chosen):
         chosen = sorted({round(k) for k in np.linspace(0, len(chosen) - 1, images)})
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in normalisation or (IMAGENET_MEAN, IMAGENET_STD))
     pixels = torch.stack([probe[i][0] * std + mean for i in chosen]).clamp(0.0, 1.0)
     return pixels
 
@@ -176,7 +180,8 @@ def probe_pixels(probe, images: int) -> torch.Tensor:
 def inversion_key(source: nn.Module, layer: str, pixels: torch.Tensor, settings: InversionSettings) -> str:
     """What an inversion depends on: the source weights, the probe images' pixels (so a moved data
     folder still matches and a changed image does not), the layer and the settings."""
-    content = {"source": source_fingerprint(source), "layer": layer, **asdict(settings),
+    recorded = {k: v for k, v in asdict(settings).items() if not (k == "normalisation" and v is None)}  # keys as before
+    content = {"source": source_fingerprint(source), "layer": layer, **recorded,
                "probe": hashlib.sha256(pixels.detach().cpu().float().numpy().tobytes()).hexdigest()}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
@@ -225,12 +230,13 @@ def invert_in_batches(model: nn.Module, layer: str, pixels: torch.Tensor, settin
 
 
 @torch.no_grad()
-def layer_grams(model: nn.Module, pixels: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+def layer_grams(model: nn.Module, pixels: torch.Tensor, layers: list[str],
+                normalisation: tuple | None = None) -> dict[str, torch.Tensor]:
     """{layer: centred Gram of its flattened outputs over all ``pixels``}."""
     model.eval()
     outputs: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
     for start in range(0, len(pixels), BATCH):
-        found = layer_outputs(model, pixels[start:start + BATCH], layers)
+        found = layer_outputs(model, pixels[start:start + BATCH], layers, normalisation=normalisation)
         for layer in layers:
             outputs[layer].append(found[layer])  # on the model's device, where the Gram is made
     grams = {}
@@ -240,16 +246,16 @@ def layer_grams(model: nn.Module, pixels: torch.Tensor, layers: list[str]) -> di
 
 
 def stir_matrix(measured: nn.Module, inverted: dict[str, torch.Tensor | None], pixels: torch.Tensor,
-                layers: list[str]) -> list[list[float | None]]:
+                layers: list[str], normalisation: tuple | None = None) -> list[list[float | None]]:
     """[i][j] = STIR(measured at layer j | the model X′ᵢ was inverted through, at layer i)."""
-    clean = layer_grams(measured, pixels, layers)
+    clean = layer_grams(measured, pixels, layers, normalisation)
     rows = []
     for inverted_layer in layers:
         found = inverted.get(inverted_layer)
         if found is None:
             rows.append([None] * len(layers))
             continue
-        moved = layer_grams(measured, found, layers)
+        moved = layer_grams(measured, found, layers, normalisation)
         rows.append([gram_cka(clean[j], moved[j]) for j in layers])
     return rows
 
@@ -278,7 +284,9 @@ def run_invariance(run_dir: str | Path, layers: list[str] | None = None, epochs:
     missing = [layer for layer in layers if layer not in [entry.name for entry in inputs.layers]]
     if missing:
         raise FtdynError(f"'{run_dir}' has a damaged config.json: its layer '{missing[0]}' is not one the run hooks")
-    pixels = probe_pixels(inputs.probe, settings.images)
+    if inputs.normalisation != (IMAGENET_MEAN, IMAGENET_STD):  # a timm or Hugging Face model's own
+        settings = dataclasses.replace(settings, normalisation=inputs.normalisation)
+    pixels = probe_pixels(inputs.probe, settings.images, settings.normalisation)
     pixels = pixels.to(inputs.device)
     if len(pixels) < 3:
         raise FtdynError(f"STIR needs at least 3 probe images (the run has {len(pixels)})")
@@ -299,14 +307,14 @@ def run_invariance(run_dir: str | Path, layers: list[str] | None = None, epochs:
             notes.append(f"{layer}: inversions reused from {CACHE_DIR}/ (same source, probe set and settings)")
 
     files, diagonal = [], {layer: [] for layer in layers}
-    source_clean = layer_grams(inputs.source, pixels, layers)  # the same every epoch
+    source_clean = layer_grams(inputs.source, pixels, layers, settings.normalisation)  # the same every epoch
     for epoch in wanted:
         tuned = inputs.model
         tuned.load_state_dict(inputs.source.state_dict() if epoch == 0 else model_state(run_dir, epoch, inputs.device))
         tuned.eval()
         began = time.perf_counter()
-        kept = stir_matrix(tuned, source_side, pixels, layers)
-        tuned_clean = layer_grams(tuned, pixels, layers)
+        kept = stir_matrix(tuned, source_side, pixels, layers, settings.normalisation)
+        tuned_clean = layer_grams(tuned, pixels, layers, settings.normalisation)
         similar = [[gram_cka(a, b) for b in tuned_clean.values()] for a in source_clean.values()]
         reverse = None
         if both_directions:
@@ -318,7 +326,8 @@ def run_invariance(run_dir: str | Path, layers: list[str] | None = None, epochs:
                 except FloatingPointError as exc:
                     notes.append(f"epoch {epoch}, {layer} of the tuned model: inversion stopped ({exc})")
                     tuned_side[layer] = None
-            reverse = [list(row) for row in zip(*stir_matrix(inputs.source, tuned_side, pixels, layers))]
+            reverse = [list(row) for row in zip(*stir_matrix(inputs.source, tuned_side, pixels, layers,
+                                                               settings.normalisation))]
         for i, layer in enumerate(layers):
             diagonal[layer].append(kept[i][i])
         result = {
@@ -372,7 +381,7 @@ class SharedInvariance:
                  on_event: Event = quiet):
         settings.check()
         self.source, self.layers, self.settings = source, layers, settings
-        self.pixels = probe_pixels(probe, settings.images).to(device)
+        self.pixels = probe_pixels(probe, settings.images, settings.normalisation).to(device)
         self.inverted: dict[str, torch.Tensor | None] = {}
         self.errors: dict[str, float] = {}
         self.notes: list[str] = []
@@ -402,12 +411,12 @@ class SharedInvariance:
     def finish(self) -> dict:
         training = self.model.training
         try:
-            clean = layer_grams(self.model, self.pixels, self.layers)
+            clean = layer_grams(self.model, self.pixels, self.layers, self.settings.normalisation)
             values = {}
             for layer in self.layers:
                 moved = self.inverted.get(layer)
                 values[layer] = None if moved is None else \
-                    gram_cka(clean[layer], layer_grams(self.model, moved, [layer])[layer])
+                    gram_cka(clean[layer], layer_grams(self.model, moved, [layer], self.settings.normalisation)[layer])
         finally:
             self.model.train(training)
         return {"layers": {"stir": values}}

@@ -24,7 +24,7 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Seeds the generated data, the source model and the runs."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     no_tui: bool = typer.Option(False, "--no-tui", help="Print the report instead of opening the TUI."),
-    model: str = typer.Option("resnet18", "--model", help="Any torchvision classifier, pretrained from scratch on "
+    model: str = typer.Option("resnet18", "--model", help="Any torchvision classifier (or timm:NAME, hf:PATH), pretrained from scratch on "
                               "the generated source domain (e.g. vit_b_16: a ViT; minutes per epoch on a CPU, use "
                               "a GPU)."),
     image_size: int = typer.Option(64, "--image-size", min=16, help="Generated image size (ViTs: a multiple of "

@@ -9,13 +9,12 @@ from ftdyn_tui.cli.common import fail, out
 
 
 def layers(
-    model: str = typer.Argument(..., help="torchvision model name"),
+    model: str = typer.Argument(..., help="A torchvision name (resnet50), timm:NAME (timm:convnext_tiny) or "
+                                          "hf:PATH_OR_NAME (a save_pretrained folder or a Hugging Face Hub name)."),
     image_size: int = typer.Option(224, "--image-size", help="Input size used to compute output shapes."),
     all_modules: bool = typer.Option(False, "--all", help="Also list modules whose output is not a feature map."),
 ) -> None:
     """List a model's hookable layers with their output shapes; * marks the defaults."""
-    import torchvision
-
     from engine.errors import FtdynError
     from engine.models import architecture, check_model_name, default_layer_names, trace_layers
 
@@ -27,7 +26,8 @@ def layers(
         fail(str(exc))
     defaults = set(default_layer_names(model, traced, network))
     table = Table(title=f"{model} at {image_size}×{image_size} (* = default; shared modules cannot be hooked; "
-                        f"h,w,c maps are permuted, a class token (+cls) is measured by the cls view)")
+                        f"h,w,c maps are permuted, a class token (+cls) is measured by the cls view, other tokens "
+                        f"before the patch grid (+N) are left out)")
     for column in ("", "layer", "type", "output", "layout", "runs"):
         table.add_column(column)
     for layer in traced:
@@ -54,5 +54,6 @@ def layout_text(layout) -> str:
         return "not a map"
     if layout.kind == "tokens":
         where = f"tokens {layout.grid[0]}×{layout.grid[1]}" if layout.grid else "tokens"
-        return where + (" +cls" if layout.class_token else "")
+        others = layout.prefix - int(layout.class_token)  # register or distillation tokens
+        return where + (" +cls" if layout.class_token else "") + (f" +{others}" if others else "")
     return {"channels_first": "c,h,w", "channels_last": "h,w,c", "vector": "vector"}[layout.kind]

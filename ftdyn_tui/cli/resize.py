@@ -13,7 +13,7 @@ from ftdyn_tui.cli.tables import emit, fmt_number, print_table
 
 
 def resize_cka(
-    model: str = typer.Option(..., "--model", help="A torchvision classifier (see `ftdyn models`)."),
+    model: str = typer.Option(..., "--model", help="A torchvision classifier, timm:NAME or hf:PATH_OR_NAME (see `ftdyn layers`)."),
     data: Path = typer.Option(..., "--data", help="Images as for `ftdyn run`: the probe set comes from its "
                                                   "held-out split, as a run on the same data and seed would pick."),
     weights: str = typer.Option("DEFAULT", "--weights", help="torchvision weight name, a state-dict file, or none."),

@@ -25,9 +25,11 @@ def run(
                                                              "--val-fraction. With --resume: the run's own, unless given."),
     out_dir: Path = typer.Option(..., "--out", help="Run directory to create (the record the TUI and report read)."),
     model: str = typer.Option("resnet50", "--model", help="Any torchvision classification model (vgg19, resnet50, "
-                                                         "densenet121, …)."),
+                                                         "densenet121, …), timm:NAME (timm:convnext_tiny) or "
+                                                         "hf:PATH_OR_NAME (a save_pretrained folder or Hub name)."),
     weights: str = typer.Option("DEFAULT", "--weights", help="torchvision weights name (IMAGENET1K_V1, DEFAULT), a local "
-                                                            "state-dict file, or none."),
+                                                            "state-dict or .safetensors file, or none (timm: DEFAULT "
+                                                            "or a pretrained tag; hf: DEFAULT is the folder's own)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Fine-tuning epochs T (epoch 0 is the untouched "
                                                                       "model) (default: 10; with --resume: the run's)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Training batch size (default: 32)."),

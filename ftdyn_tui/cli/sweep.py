@@ -19,7 +19,7 @@ from ftdyn_tui.cli.progress import TrainingProgress
 
 def sweep(
     out_dir: Path = typer.Option(..., "--out", help="Folder for the grid's run directories."),
-    models: list[str] = typer.Option(..., "--models", help="Models, comma-separated."),
+    models: list[str] = typer.Option(..., "--models", help="Models, comma-separated: torchvision names, timm:NAME, hf:PATH_OR_NAME."),
     datasets: list[str] = typer.Option(..., "--data", help="Dataset folders, comma-separated."),
     strategies: list[str] = typer.Option(["full"], "--strategies", help="Strategies, comma-separated: "
                                          "full, linear-probe, lp-ft, surgical, discriminative, autorgn."),
