@@ -57,7 +57,7 @@ def main() -> None:
                             val_fraction=val_fraction)
         config = RunConfig(model=args.model, data=str(data), out=str(Path(tmp) / "run"), weights="none",
                            epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
-                           probe_size=args.probe_size, device=args.device, workers=0)
+                           probe_size=args.probe_size, device=args.device, workers=0, save_every_epoch=True)
         run_training(config)
         trainer_run = read_run(config.out)
 

@@ -131,8 +131,11 @@ def check_weights_fit(model: nn.Module, state: dict[str, torch.Tensor], path: Pa
 
 
 def head_name(model: nn.Module) -> str:
-    """The classifier: the last nn.Linear in module order (fc, classifier, classifier.6, heads.head…),
+    """The classifier: timm's own (its ``pretrained_cfg``), else the last nn.Linear in module order (fc, classifier, classifier.6, heads.head…),
     or for networks that classify with a 1×1 convolution (SqueezeNet) the last Conv2d."""
+    named = named_classifiers(model)
+    if named:
+        return named[0]
     linear = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if linear:
         return linear[-1]
@@ -142,21 +145,50 @@ def head_name(model: nn.Module) -> str:
     raise FtdynError(f"{type(model).__name__} has no linear or convolutional classifier to replace")
 
 
+def head_names(model: nn.Module) -> list[str]:
+    """Every classifier whose outputs are the logits: timm names its own (several where a network
+    averages a distillation head or per-stage heads into its logits: DeiT distilled, LeViT,
+    EfficientViM); otherwise the one :func:`head_name` finds."""
+    return named_classifiers(model) or [head_name(model)]
+
+
+def named_classifiers(model: nn.Module) -> list[str]:
+    """The classifiers a model names as its own: a timm network's ``pretrained_cfg`` (a name or
+    several); for a Hugging Face classifier, every linear or convolutional module outside its
+    backbone (``base_model_prefix``) that gives ``config.num_labels`` outputs (SwiftFormer and LeViT
+    average a distillation head in); [] for other networks."""
+    modules = dict(model.named_modules())
+    named = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") if hasattr(model, "pretrained_cfg") else None
+    if named:
+        return [name for name in ([named] if isinstance(named, str) else list(named))
+                if isinstance(modules.get(name), (nn.Linear, nn.Conv2d))]
+    labels, backbone = getattr(getattr(model, "config", None), "num_labels", None), getattr(model, "base_model_prefix", "")
+    if not isinstance(labels, int) or not backbone:
+        return []
+    return [name for name, module in modules.items() if name and not (name == backbone or name.startswith(backbone + "."))
+            and ((isinstance(module, nn.Linear) and module.out_features == labels)
+                 or (isinstance(module, nn.Conv2d) and module.out_channels == labels))]
+
+
 def replace_head(model: nn.Module, num_classes: int, seed: int) -> str:
-    """A fresh head of the same kind for the target classes, initialised from ``seed``."""
-    name = head_name(model)
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = getattr(parent, attr)
+    """Fresh heads of the same kind for the target classes, initialised from ``seed`` (the first;
+    further heads of a network with several from seed + 1, …). Returns the first head's name."""
+    names = head_names(model)
     generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    if isinstance(old, nn.Linear):
-        new = nn.Linear(old.in_features, num_classes)
-    else:
-        new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride, old.padding)
-    setattr(parent, attr, new.to(old.weight.device))
+    for offset, name in enumerate(names):
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old = getattr(parent, attr)
+        torch.manual_seed(seed + offset)
+        if isinstance(old, nn.Linear):
+            new = nn.Linear(old.in_features, num_classes)
+        else:
+            new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride, old.padding)
+        setattr(parent, attr, new.to(old.weight.device))
     torch.random.set_rng_state(generator_state)
-    return name
+    if isinstance(getattr(getattr(model, "config", None), "num_labels", None), int):
+        model.config.num_labels = num_classes  # a Hugging Face model's heads are found by it (named_classifiers)
+    return names[0]
 
 
 # Built without auxiliary classifiers: in training mode they would make the network return a tuple.
@@ -432,8 +464,10 @@ def stage_outputs(model: nn.Module, layers: list[LayerInfo]) -> list[str]:
     return sorted(last_by_resolution.values(), key=order.__getitem__)
 
 
-def layer_segments(model: nn.Module, layer_names: list[str], head: str) -> "OrderedDict[str, list[str]]":
-    """Per hooked layer, the parameter names that produce it from the previous hooked layer."""
+def layer_segments(model: nn.Module, layer_names: list[str], head: str | list[str]) -> "OrderedDict[str, list[str]]":
+    """Per hooked layer, the parameter names that produce it from the previous hooked layer (the
+    classifiers ``head`` left out)."""
+    heads = [head] if isinstance(head, str) else head
     modules = [name for name, _ in model.named_modules()]
     position = {name: i for i, name in enumerate(modules)}
 
@@ -444,7 +478,7 @@ def layer_segments(model: nn.Module, layer_names: list[str], head: str) -> "Orde
     segments: OrderedDict[str, list[str]] = OrderedDict((name, []) for name in layer_names)
     for param_name, _ in model.named_parameters():
         owner = param_name.rpartition(".")[0]
-        if owner == head or owner.startswith(head + "."):
+        if any(owner == h or owner.startswith(h + ".") for h in heads):
             continue
         where = position[owner]
         layer = next((name for end, name in ends if end >= where), None)

@@ -36,7 +36,7 @@ from scipy.optimize import minimize
 from torch import nn
 
 from engine.errors import FtdynError
-from engine.models import head_name, layer_segments, stage_layers
+from engine.models import head_name, head_names, layer_segments, stage_layers
 
 STRATEGIES = ("full", "linear-probe", "lp-ft", "surgical", "discriminative", "autorgn")
 BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -77,6 +77,7 @@ def block_groups(model_name: str, model: nn.Module, stages: list[str] | None = N
     layer (``stages``, computed when not given): the parameters that produce that stage's output
     from the previous one (a ViT's encoder blocks, a Swin's or EfficientNet's stages)."""
     head = head_name(model)
+    heads = head_names(model)  # a network that averages several classifiers has them all in "head"
     names = [n for n, _ in model.named_parameters()]
 
     def under(*prefixes: str) -> list[str]:
@@ -101,8 +102,8 @@ def block_groups(model_name: str, model: nn.Module, stages: list[str] | None = N
             extra = [f"features.transition{block}"] if block < 4 else ["features.norm5"]
             groups[f"denseblock{block}"] = under(f"features.denseblock{block}", *extra)
     else:
-        groups.update(layer_segments(model, stages or stage_layers(model_name, model), head))
-    groups["head"] = under(head)
+        groups.update(layer_segments(model, stages or stage_layers(model_name, model), heads))
+    groups["head"] = under(*heads)
     claimed = {n for group in groups.values() for n in group}
     leftover = [n for n in names if n not in claimed]
     if leftover:  # anything unnamed joins the group before the head (e.g. a final norm)

@@ -18,6 +18,7 @@ from engine.models import (
     build_model,
     default_layer_names,
     head_name,
+    head_names,
     native_image_size,
     normalisation,
     select_layers,
@@ -69,8 +70,9 @@ def check_model(name: str, size: int, prefix: int | None) -> torch.nn.Module:
     """Layers, layouts, groups that partition every parameter, a head for 3 classes."""
     model, description = build_model(name, "none", 3, 0, size)
     assert description == "none"
-    head = model.get_submodule(head_name(model))
-    assert head.out_features == 3
+    heads = head_names(model)  # DeiT distilled averages two: both are new, both in the "head" group
+    assert heads[0] == head_name(model) and len(heads) == (2 if "distilled" in name else 1)
+    assert all(model.get_submodule(head).out_features == 3 for head in heads)
     assert torch.is_tensor(model.eval()(torch.zeros(2, 3, size, size))) and model(torch.zeros(2, 3, size, size)).shape == (2, 3)
     layers = trace_layers(model, size)
     by_name = {layer.name: layer for layer in layers}
@@ -89,6 +91,8 @@ def check_model(name: str, size: int, prefix: int | None) -> torch.nn.Module:
     grouped = [n for names in groups.values() for n in names]
     assert sorted(grouped) == sorted(n for n, _ in model.named_parameters())  # every parameter exactly once
     assert list(groups)[-1] == "head" and len(groups) >= 3
+    assert sorted(groups["head"]) == sorted(n for n, _ in model.named_parameters()
+                                            if any(n.startswith(head + ".") for head in heads))
     return model
 
 
