@@ -37,6 +37,7 @@ import numpy as np
 from engine.analyses import (declared_parts, epoch_points, measure_rows, part_interval, read_results,
                              scatter_point, series_matrix)
 from engine.colours import RUN_PALETTE, layer_colour
+from engine.numbers import fmt_number
 from engine.record import VIS_INDEX, RunSnapshot, write_atomic
 from engine.report import (
     accuracy_table,
@@ -282,16 +283,12 @@ def latex(text: Any) -> str:
     return re.sub(r"[\\&%$#_{}~^]", lambda m: LATEX_SPECIAL[m.group()], visible(text, 200))
 
 
-def number(value: Any, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
 def table_files(runs: list[RunSnapshot], out: Path) -> list[Path]:
-    table1 = [[run["run"], run["model"], run["strategy"], number(run["train_accuracy"]),
-               number(run["held_out_accuracy"])] for run in accuracy_table(runs)]
+    table1 = [[run["run"], run["model"], run["strategy"], fmt_number(run["train_accuracy"]),
+               fmt_number(run["held_out_accuracy"])] for run in accuracy_table(runs)]
     reuse = reusability_table(runs)
-    table2 = [[row["run"], row["measure"], f"{number(row['mean'])} ± {number(row['std'])}",
-               "—" if row["low"] is None else f"[{number(row['low'])}, {number(row['high'])}]"] for row in reuse]
+    table2 = [[row["run"], row["measure"], f"{fmt_number(row['mean'])} ± {fmt_number(row['std'])}",
+               "—" if row["low"] is None else f"[{fmt_number(row['low'])}, {fmt_number(row['high'])}]"] for row in reuse]
     level = next((row["level"] for row in reuse if row["level"] is not None), None)
     interval_head = f"{level:.0%} interval of the mean" if level else "interval of the mean"
     tables = {

@@ -312,7 +312,7 @@ class Trainer:
                 from None
         try:
             with self.interrupt:
-                self.epochs(start_epoch)
+                self.run_epochs(start_epoch)
         except BaseException as exc:
             failure = self.monitor.close(exc)
             if failure is None or isinstance(exc, KeyboardInterrupt):  # a defect: its traceback is needed
@@ -321,7 +321,7 @@ class Trainer:
         self.monitor.close()
         return self.dir
 
-    def epochs(self, start_epoch: int | None) -> None:
+    def run_epochs(self, start_epoch: int | None) -> None:
         """Epoch 0 (unless resuming), then every epoch after the last complete one."""
         config = self.config
         if start_epoch is None:
@@ -423,7 +423,8 @@ class Trainer:
             raise NonFiniteLoss(f"loss became {loss.item()} at epoch {epoch}, step {step}; lower --lr or set "
                                 f"--grad-clip (recorded epochs are kept)")
 
-    def evaluate(self) -> tuple[dict[str, float], float]:
+    def held_out_results(self) -> tuple[dict[str, float], float]:
+        """Accuracy and loss on the held-out split, and the seconds it took."""
         start = time.perf_counter()
         result = evaluate(self.model, self.eval_loader, self.device, self.config.autocast, self.processes,
                           self.config.channels_last)
@@ -470,7 +471,7 @@ class Trainer:
         append the record: a kill between the two loses nothing (see :meth:`restore`)."""
         self.on_event("phase", name=f"epoch {epoch}: evaluating and measuring")
         self.processes.broadcast_buffers(self.model)  # one network evaluated and measured: the checkpoint's
-        held_out, eval_seconds = self.evaluate()
+        held_out, eval_seconds = self.held_out_results()
         step_analysis = train.pop("step_analysis_s", 0.0) if train else 0.0
         record = self.monitor.epoch_record(
             self.model, epoch, step=self.global_step, phase=phase, train=train, held_out=held_out,

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from engine.demo import DemoSettings, Event, prepare_demo, quiet
+from engine.numbers import fmt_number
 from engine.record import read_run
 from engine.report import INITS, SEED_BARRIERS, transfer_table, unshuffled_row
 from engine.sweep import cell_name, run_barriers, run_sweep
@@ -86,26 +87,22 @@ class TransferFindings:
 
     def lines(self) -> list[str]:
         mark = lambda ok: "?" if ok is None else ("✓" if ok else "✗")  # noqa: E731
-        per_block = "; ".join(f"{r['block']}: P-T {fmt(r['pt_final_accuracy'])}, RI-T {fmt(r['rit_final_accuracy'])}"
+        per_block = "; ".join(f"{r['block']}: P-T {fmt_number(r['pt_final_accuracy'])}, RI-T {fmt_number(r['rit_final_accuracy'])}"
                               for r in self.rows)
         return [
             f"{mark(self.pretrained_degrades_less)} (i) P-T loses less held-out accuracy than RI-T as blocks shrink: "
-            f"mean drop from unshuffled P-T {fmt(self.drop['P-T'])}, RI-T {fmt(self.drop['RI-T'])} ({per_block}; "
-            f"chance {fmt(self.chance)})",
+            f"mean drop from unshuffled P-T {fmt_number(self.drop['P-T'])}, RI-T {fmt_number(self.drop['RI-T'])} ({per_block}; "
+            f"chance {fmt_number(self.chance)})",
             f"{mark(self.pretrained_same_basin)} (ii) two P-T seeds are closer to one basin than two RI-T seeds: "
-            f"training-loss barrier P-T {fmt(self.barrier['P-T']['train_loss'])}, RI-T "
-            f"{fmt(self.barrier['RI-T']['train_loss'])} (held-out loss: P-T {fmt(self.barrier['P-T']['held_out_loss'])}, "
-            f"RI-T {fmt(self.barrier['RI-T']['held_out_loss'])}; one pair each, no interval)",
+            f"training-loss barrier P-T {fmt_number(self.barrier['P-T']['train_loss'])}, RI-T "
+            f"{fmt_number(self.barrier['RI-T']['train_loss'])} (held-out loss: P-T {fmt_number(self.barrier['P-T']['held_out_loss'])}, "
+            f"RI-T {fmt_number(self.barrier['RI-T']['held_out_loss'])}; one pair each, no interval)",
         ]
 
     def as_json(self) -> dict[str, Any]:
         return {"rows": self.rows, "mean_accuracy_drop": self.drop, "seed_barriers": self.barrier, "chance": self.chance,
                 "pretrained_degrades_less": self.pretrained_degrades_less,
                 "pretrained_same_basin": self.pretrained_same_basin}
-
-
-def fmt(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3f}"
 
 
 def transfer_findings(run_dirs: list[Path]) -> TransferFindings:

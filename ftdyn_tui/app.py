@@ -23,6 +23,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static
 from textual_plotext import PlotextPlot
 
+from engine.numbers import fmt_number
 from engine.record import recorded_warnings, write_atomic
 from engine.untrusted import MESSAGE_LIMIT, visible
 from ftdyn_tui.picture import HalfcellPicture
@@ -85,10 +86,6 @@ STATE_STYLE = {"running": "green", "finished": "bold", "failed": "red", "interru
 def plain(value: object, style: str = "") -> Text:
     """A string from a run directory as a widget's content: never markup, control characters visible."""
     return Text(visible(value), style=style)
-
-
-def fmt(value: float | None, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def graphics_note(mode: str) -> str | None:
@@ -197,7 +194,7 @@ class RunsScreen(Screen):
                 shown.append(" damaged", "yellow")
             table.add_row("●" if run.path in self.marked else "", plain(run.name), shown,
                           plain(run.model_name), plain(run.dataset_name), plain(run.strategy), plain(run.progress),
-                          fmt(run.best_accuracy), *run.timing(), key=str(run.path))
+                          fmt_number(run.best_accuracy), *run.timing(), key=str(run.path))
         if runs:
             table.move_cursor(row=min(keep, len(runs) - 1))
         self.query_one("#message", Static).update(self.message_text(runs))
@@ -862,7 +859,7 @@ class FilterScreen(Screen):
         # read here, when the layer or the run changed, not on every key
         self.maps = layer_maps(self.tracked.results, self.current_layer) if self.current_layer else []
         for row in rows:
-            table.add_row(str(row.index), fmt(row.distance), plain(row.chosen_by or ""), str(row.images),
+            table.add_row(str(row.index), fmt_number(row.distance), plain(row.chosen_by or ""), str(row.images),
                           key=str(row.index))
         table.border_title = plain(f"{self.current_layer} · {measure or 'not ranked'} · "
                                    f"dead {dead if dead is not None else '?'}")

@@ -48,6 +48,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from engine.errors import FtdynError
 from engine.untrusted import number_or_none, read_plain
 
 RESULTS_DIR = "analyses"  # RUN/analyses/<name>-<tag>.json: post-hoc results
@@ -163,6 +164,16 @@ def result_file(run_dir: Path, tag: str) -> Path:
     if folder.is_symlink():
         raise FtdynError(f"'{folder}' is a link; ftdyn writes results only inside the run directory")
     return folder / f"{tag}.json"
+
+
+def parse_endpoint(text: str) -> tuple[Path, int | None]:
+    """'RUN' or 'RUN@epoch' → (run directory, epoch or None for the newest checkpoint)."""
+    path, at, epoch = text.rpartition("@")
+    if at and epoch.isdigit():
+        return Path(path), int(epoch)
+    if at and epoch:
+        raise FtdynError(f"'{text}': the part after @ must be an epoch number (RUN@5)")
+    return Path(text), None
 
 
 def result_path(run_dir: Path, tag: str) -> Path:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.analyses import refuse_while_written, result_path, write_result
+from engine.analyses import parse_endpoint, refuse_while_written, result_path, write_result
 from engine.analyses.interpolation import batchnorm_effect, interpolate, load_and_evaluate, make_splits
 from engine.errors import FtdynError
 from engine.models import head_name
@@ -37,16 +37,6 @@ from engine.run_config import saved_config
 SERIES = ("held_out_loss", "held_out_error", "train_loss", "train_error")
 # An endpoint whose error moves by more than this under BatchNorm re-estimation alone gets a note.
 BATCHNORM_NOTE_ERROR = 0.02
-
-
-def parse_endpoint(text: str) -> tuple[Path, int | None]:
-    """'RUN' or 'RUN@epoch' → (run directory, epoch or None for the newest checkpoint)."""
-    path, at, epoch = text.rpartition("@")
-    if at and epoch.isdigit():
-        return Path(path), int(epoch)
-    if at and epoch:
-        raise FtdynError(f"'{text}': the part after @ must be an epoch number (RUN@5)")
-    return Path(text), None
 
 
 def barrier(lambdas: list[float], values: list[float]) -> float:

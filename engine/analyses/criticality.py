@@ -36,8 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.analyses import refuse_while_written, result_path, write_result
-from engine.analyses.barrier import parse_endpoint
+from engine.analyses import parse_endpoint, refuse_while_written, result_path, write_result
 from engine.analyses.interpolation import batchnorm_effect, load_and_evaluate, make_splits
 from engine.checkpoints import last_epoch
 from engine.errors import FtdynError

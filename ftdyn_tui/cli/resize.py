@@ -7,9 +7,10 @@ from typing import Optional
 
 import typer
 
+from engine.numbers import fmt_number
 from ftdyn_tui.cli.common import console, fail, out, split_list
 from ftdyn_tui.cli.options import ReportFormat
-from ftdyn_tui.cli.tables import emit, fmt_number, print_table
+from ftdyn_tui.cli.tables import emit, print_table
 
 
 def resize_cka(

@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.table import Table
 from rich.text import Text
 
+from engine.numbers import fmt_number
 from engine.untrusted import visible
 from ftdyn_tui.cli.common import fail, out, say
 from ftdyn_tui.cli.options import ReportFormat
@@ -60,10 +61,6 @@ def write_tables(fmt: ReportFormat, tables: dict[str, list[dict]], folder: Path)
     except OSError as exc:
         fail(f"cannot write the report into '{folder}' ({exc.strerror}); choose another --out")
     say("wrote", "green", f"{', '.join(files)} into {folder}")
-
-
-def fmt_number(value, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
