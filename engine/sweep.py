@@ -68,7 +68,7 @@ def seed_pairs(cells: list[RunConfig]) -> list[tuple[RunConfig, RunConfig]]:
 def run_barriers(cells: list[RunConfig], on_event: Callable = lambda kind, **info: None) -> list[tuple[str, str]]:
     """The loss barrier between the two seeds of every pair (skipped where already computed)."""
     from engine.analyses import result_file
-    from engine.analyses.barrier import barrier_tag, run_barrier
+    from engine.posthoc.barrier import barrier_tag, run_barrier
     from engine.checkpoints import last_epoch
 
     outcome = []

@@ -13,10 +13,10 @@ from torch import nn
 
 from conftest import TINY_RUN
 from engine.analyses import declared_parts, part_value, read_results
-from engine.analyses.barrier import barrier, run_barrier
-from engine.analyses.criticality import run_criticality
+from engine.posthoc.barrier import barrier, run_barrier
+from engine.posthoc.criticality import run_criticality
 from engine.analyses.drift import ParameterDrift, layer_segments
-from engine.analyses.interpolation import interpolate, make_splits, reestimate_batchnorm
+from engine.posthoc.interpolation import interpolate, make_splits, reestimate_batchnorm
 from engine.errors import FtdynError
 from engine.record import read_run
 from engine.run_inputs import model_state, open_run

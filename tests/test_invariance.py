@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.analyses.invariance import (CACHE_DIR, InversionSettings, centred_gram, gram_cka, invert, layer_outputs,
-                                        run_invariance)
+from engine.analyses.invariance import CACHE_DIR, InversionSettings, centred_gram, gram_cka, invert, layer_outputs
+from engine.posthoc.invariance import run_invariance
 from engine.errors import FtdynError
 from engine.similarity import cka_distance
 from engine.run_inputs import model_state, open_run

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.analyses.feature_umap import map_shift, neighbour_agreement, probe_features, run_feature_umap
+from engine.posthoc.feature_umap import map_shift, neighbour_agreement, probe_features, run_feature_umap
 from engine.errors import FtdynError
 from engine.run_inputs import model_state, open_run
 from run_factory import CLASSES, write_fake_map, write_fake_run

@@ -5,7 +5,8 @@ An analysis is a *part*. Each part says five things, and nothing else in ftdyn n
 1. **name** — what `--analyses` selects and what the run record calls it (`distance`, `drift`, …).
 2. **when** — ``"epoch"``: at the end of every epoch (and every ``--every-steps`` N steps) from
    the live source and tuned models; ``"posthoc"``: afterwards, from checkpoints, by a command
-   (`ftdyn transfer barrier`, `ftdyn transfer criticality`, `ftdyn umap`).
+   (`ftdyn transfer barrier`, `ftdyn transfer criticality`, `ftdyn umap`, `ftdyn invariance`;
+   their code is in :mod:`engine.posthoc`).
 3. **what it needs** — an epoch part that sets ``uses_probe`` receives every hooked layer's paired
    activations (source, tuned) batch by batch from *one* forward pass over the probe set, shared
    by every part and by the visualisations; a part that does not (parameter drift) is not sent them.

@@ -4,7 +4,9 @@ Epoch parts are found, not listed: every class in a module of this package with 
 is one (with ``name``, ``summary``, ``default`` and a ``build(context)`` class method taking the
 :class:`PartContext`), so a new analysis is one new file. They run and are listed in name order.
 Post-hoc parts run afterwards from a run's checkpoints, each by its own command (`ftdyn transfer …`,
-`ftdyn umap`).
+`ftdyn umap`, `ftdyn invariance`); their code lives in :mod:`engine.posthoc`, outside this package,
+because discovery imports every module here and a post-hoc command imports the run's settings,
+which ask this module for their defaults.
 """
 
 from __future__ import annotations

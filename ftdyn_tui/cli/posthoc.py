@@ -36,7 +36,7 @@ def transfer_barrier(
     """Loss and error along θ(λ) = (1 − λ)·A + λ·B on the held-out and training splits, and the barrier
     max_λ [value(λ) − straight line between the endpoints]. Both endpoints must be the same architecture
     trained on the same classes. Written to A/analyses/barrier-*.json."""
-    from engine.analyses.barrier import run_barrier
+    from engine.posthoc.barrier import run_barrier
 
     result, path = run_posthoc(lambda on_event: run_barrier(first, second, points, train_images, bn_batches,
                                                       str(data) if data else None, on_event))
@@ -61,7 +61,7 @@ def transfer_criticality(
     """Rewind one block group at a time to (1 − α)·θ⁰ + α·θᵀ, every other module final: train error per
     module and α (a module × α heatmap), the smallest α within ε of the final error, and with
     --noise-draws the criticality μ. Written to RUN/analyses/criticality-e*.json."""
-    from engine.analyses.criticality import DEFAULT_SIGMAS, run_criticality
+    from engine.posthoc.criticality import DEFAULT_SIGMAS, run_criticality
 
     try:
         grid = tuple(float(v) for v in split_list(sigmas)) if sigmas else DEFAULT_SIGMAS
@@ -92,7 +92,7 @@ def umap(
     same map, so epochs share axes. Prints how far the images moved on the map and whether classes
     are neighbours there and in the features themselves. Written to RUN/analyses/umap-<layer>.json;
     the TUI draws it (filters screen, `u`) and `ftdyn figures` makes it a figure."""
-    from engine.analyses.feature_umap import run_feature_umap
+    from engine.posthoc.feature_umap import run_feature_umap
 
     result, path = run_posthoc(lambda on_event: run_feature_umap(
         run_dir, layer, parse_epochs(epochs), features, neighbours, min_dist, metric, seed,
@@ -123,7 +123,8 @@ def invariance(
     source layer i) says how far the tuned model cannot tell those inversions from the images — the
     source's invariances it kept — for every (i, j), with CKA beside it. Written to
     RUN/analyses/invariance-e<epoch>.json and invariance-diagonal.json; the TUI and `ftdyn report` show them."""
-    from engine.analyses.invariance import InversionSettings, run_invariance
+    from engine.analyses.invariance import InversionSettings
+    from engine.posthoc.invariance import run_invariance
 
     settings = InversionSettings(steps=steps, step_size=step_size, images=images, seed=seed)
     result, path = run_posthoc(lambda on_event: first_and_last(run_invariance(

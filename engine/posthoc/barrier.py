@@ -6,7 +6,7 @@ al. 2020): do two solutions lie in one basin?
 
 on the held-out split (as every epoch was evaluated) and on a seeded subset of the training
 images (evaluation transform). BatchNorm statistics are re-estimated between the endpoints
-(:mod:`engine.analyses.interpolation`). Neyshabur et al.'s released code plots these curves
+(:mod:`engine.posthoc.interpolation`). Neyshabur et al.'s released code plots these curves
 (50 points for DomainNet, 20 for CheXpert, on the test split) and states no scalar; the barrier
 above is Frankle et al.'s, on the curve we record whole.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.analyses import parse_endpoint, refuse_while_written, result_path, write_result
-from engine.analyses.interpolation import batchnorm_effect, interpolate, load_and_evaluate, make_splits
+from engine.posthoc.interpolation import batchnorm_effect, interpolate, load_and_evaluate, make_splits
 from engine.errors import FtdynError
 from engine.models import head_name
 from engine.record import SCHEMA_VERSION

@@ -22,7 +22,7 @@ Rewind one module m towards its start while every other module keeps its final v
 
 Train error is measured on a seeded subset of the training images (evaluation transform);
 BatchNorm statistics are re-estimated wherever the rewound (or noisy) weights differ from the
-final ones (:mod:`engine.analyses.interpolation`). Only parameters are rewound; the head is left
+final ones (:mod:`engine.posthoc.interpolation`). Only parameters are rewound; the head is left
 out (it has no θ⁰). The result goes to ``RUN/analyses/criticality-e<t>.json`` (display: matrix,
 module × α).
 """
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from engine.analyses import parse_endpoint, refuse_while_written, result_path, write_result
-from engine.analyses.interpolation import batchnorm_effect, load_and_evaluate, make_splits
+from engine.posthoc.interpolation import batchnorm_effect, load_and_evaluate, make_splits
 from engine.checkpoints import last_epoch
 from engine.errors import FtdynError
 from engine.events import Event, quiet
