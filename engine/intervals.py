@@ -36,8 +36,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-DEFAULT_GROUPS = 10
-DEFAULT_LEVEL = 0.90
+from engine.defaults import INTERVAL_GROUPS, INTERVAL_LEVEL
+
+DEFAULT_GROUPS = INTERVAL_GROUPS
+DEFAULT_LEVEL = INTERVAL_LEVEL
 MODES = ("auto", "all", "off")
 # Below this many samples (rows) per feature, the bias of every measure but cka-debiased is not first
 # order and the bias-corrected intervals still undercover (benchmarks/bench_coverage.py: 0.6–0.85 at

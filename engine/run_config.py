@@ -14,6 +14,7 @@ import torch
 from engine.analyses import declared_parts
 from engine.analyses.parts import default_epoch_parts
 from engine.data import scanned_folders
+from engine.defaults import METRICS
 from engine.errors import FtdynError
 from engine.intervals import DEFAULT_GROUPS, DEFAULT_LEVEL, IntervalSettings
 from engine.record import CONFIG, RunFormatError, RunReader, config_problem, setting_fits
@@ -47,7 +48,7 @@ class RunConfig:
     augment: bool = False
     layers: list[str] | None = None
     probe_size: int = 256
-    metrics: list[str] = field(default_factory=lambda: ["pwsm", "procrustes", "cka"])
+    metrics: list[str] = field(default_factory=lambda: list(METRICS))
     view: str = "positions"
     alpha: float = 0.5
     every_steps: int = 0

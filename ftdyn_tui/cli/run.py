@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 from rich.text import Text
 
+from engine.defaults import INTERVAL_GROUPS, INTERVAL_LEVEL, METRICS
 from engine.errors import stop_exit_code
 from ftdyn_tui.cli.common import console, fail, open_tui, parse_epochs, say, split_list
 from ftdyn_tui.cli.options import (
@@ -44,12 +45,12 @@ def run(
     probe_size: int = typer.Option(256, "--probe-size", min=2, help="Held-out images, stratified by class and fixed by "
                                                                    "seed, on which distances are measured."),
     metrics: Optional[list[str]] = typer.Option(None, "--metrics", help="pwsm[:α], procrustes, cka, each optionally "
-                                                                       "@view (default: pwsm,procrustes,cka)."),
+                                                                       f"@view (default: {','.join(METRICS)})."),
     view: str = typer.Option("positions", "--view", help="positions, pooled, flat, filter, filter-map or cls (docs/METRICS.md)."),
     alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="PWSM α for a plain 'pwsm' metric."),
     intervals: IntervalMode = typer.Option(IntervalMode.auto, "--intervals", help=INTERVALS_HELP),
-    interval_groups: int = typer.Option(10, "--interval-groups", min=2, help=INTERVAL_GROUPS_HELP),
-    interval_level: float = typer.Option(0.9, "--interval-level", help=INTERVAL_LEVEL_HELP),
+    interval_groups: int = typer.Option(INTERVAL_GROUPS, "--interval-groups", min=2, help=INTERVAL_GROUPS_HELP),
+    interval_level: float = typer.Option(INTERVAL_LEVEL, "--interval-level", help=INTERVAL_LEVEL_HELP),
     every_steps: int = typer.Option(0, "--every-steps", min=0, help="Also measure every N training steps (0: per epoch only)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     autocast: Optional[Autocast] = typer.Option(None, "--autocast", help="Forward passes in bfloat16 or float16 "
@@ -133,7 +134,7 @@ def run(
                 batch_size=batch_size or 32, lr=lr if lr is not None else 1e-4,
                 optimizer=(optimizer or Optimizer.adam).value, weight_decay=weight_decay, grad_clip=grad_clip,
                 image_size=image_size, augment=augment, layers=split_list(layers), probe_size=probe_size,
-                metrics=split_list(metrics) or ["pwsm", "procrustes", "cka"], view=view, alpha=alpha,
+                metrics=split_list(metrics) or list(METRICS), view=view, alpha=alpha,
                 every_steps=every_steps, device=device, autocast=(autocast or Autocast.off).value, channels_last=channels_last,
                 compile=compile_model, workers=workers, seed=seed,
                 val_fraction=val_fraction, save_every_epoch=save_every_epoch, preset=preset.value if preset else None,

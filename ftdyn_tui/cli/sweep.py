@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 from rich.text import Text
 
+from engine.defaults import INTERVAL_GROUPS, INTERVAL_LEVEL, METRICS
 from engine.errors import stop_exit_code
 from engine.untrusted import visible
 from ftdyn_tui.cli.common import console, fail, say, split_list
@@ -47,8 +48,8 @@ def sweep(
     shuffle_seed: int = typer.Option(0, "--shuffle-seed", help="Seed of the block permutation, one for the grid."),
     analyses: Optional[list[str]] = typer.Option(None, "--analyses", help=ANALYSES_HELP),
     intervals: IntervalMode = typer.Option(IntervalMode.auto, "--intervals", help=INTERVALS_HELP),
-    interval_groups: int = typer.Option(10, "--interval-groups", min=2, help=INTERVAL_GROUPS_HELP),
-    interval_level: float = typer.Option(0.9, "--interval-level", help=INTERVAL_LEVEL_HELP),
+    interval_groups: int = typer.Option(INTERVAL_GROUPS, "--interval-groups", min=2, help=INTERVAL_GROUPS_HELP),
+    interval_level: float = typer.Option(INTERVAL_LEVEL, "--interval-level", help=INTERVAL_LEVEL_HELP),
 ) -> None:
     """Run models × datasets × strategies (× block shuffles × initialisations × seeds) one after
     another; run it again to resume. Compare them with `ftdyn report DIR`.
@@ -81,7 +82,7 @@ def sweep(
         fail(f"--seeds takes whole numbers, e.g. 0,1 (got {','.join(split_list(seeds))})")
     template = RunConfig(model="", data="", out="", epochs=epochs, batch_size=batch_size, lr=lr,
                          optimizer=optimizer.value, image_size=image_size, probe_size=probe_size,
-                         metrics=split_list(metrics) or ["pwsm", "procrustes", "cka"], view=view,
+                         metrics=split_list(metrics) or list(METRICS), view=view,
                          train_blocks=split_list(train_blocks) or [], layer_decay=layer_decay,
                          warmup_epochs=warmup_epochs, vis=vis, device=device, workers=workers,
                          shuffle_seed=shuffle_seed, intervals=intervals.value, interval_groups=interval_groups,
