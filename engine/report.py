@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from engine.analyses import (declared_parts, dig, epoch_points, measure_rows, part_value, read_results,
-                             scatter_class, scatter_point)
+from engine.analyses import declared_parts, dig, measure_rows, part_value, read_results
 from engine.intervals import Estimate, IntervalSettings, derived, estimate, paired_difference
 from engine.record import RunSnapshot, recorded_warnings
+from engine.results import ShownTable, shown_tables, tables_by_name
 from engine.untrusted import number_or_none
 
 
@@ -301,96 +301,11 @@ def series_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
     return rows
 
 
-def posthoc_tables(results: list[tuple[str, dict[str, Any]]], with_points: bool = False) -> dict[str, list[dict[str, Any]]]:
-    """Post-hoc results (RUN/analyses/*.json) as tables: barrier curves and numbers, criticality
-    rewinding curves and per-module summaries, UMAP movement per epoch (with ``with_points`` every
-    mapped point too: probe images × epochs rows, for `ftdyn umap --format csv`)."""
-    tables: dict[str, list[dict[str, Any]]] = {"barrier": [], "barrier_curve": [], "criticality": [],
-                                                "criticality_curve": [], "umap": [], "umap_points": [],
-                                                "invariance": [], "invariance_inversion": []}
-    for run, result in results:
-        if result.get("name") == "barrier":
-            ends = result.get("endpoints", {})
-            tables["barrier"].append({"run": run, "A": ends.get("A"), "B": ends.get("B"), **{
-                f"barrier_{k}": v for k, v in result.get("barriers", {}).items()}})
-            for i, lam in enumerate(result.get("x", [])):
-                tables["barrier_curve"].append({"run": run, "A": ends.get("A"), "B": ends.get("B"), "lambda": lam, **{
-                    k: v[i] for k, v in result.get("series", {}).items()},
-                    "batchnorm_reestimated": result.get("batchnorm_reestimated", [None] * (i + 1))[i]})
-        elif result.get("name") == "criticality":
-            settings = result.get("settings", {})
-            for module, summary in result.get("summary", {}).items():
-                tables["criticality"].append({"run": run, "epoch": settings.get("epoch"), "module": module,
-                                              "alpha_min": summary.get("alpha_min"), "drift": summary.get("drift"),
-                                              "mu": summary.get("mu"), "epsilon": settings.get("epsilon"),
-                                              "final_train_error": result.get("final_train_error")})
-            for module, errors in zip(result.get("rows", []), result.get("values", [])):
-                for alpha, error in zip(result.get("columns", []), errors):
-                    tables["criticality_curve"].append({"run": run, "module": module, "alpha": alpha,
-                                                        "train_error": error})
-        elif result.get("name") == "invariance" and result.get("display") == "matrix":
-            tables["invariance"] += invariance_rows(run, result)
-        elif result.get("name") == "invariance" and isinstance(result.get("inversion_error"), dict):
-            for layer, error in result["inversion_error"].items():
-                seconds = dig(result, "inversion_seconds", layer)
-                tables["invariance_inversion"].append({
-                    "run": run, "layer": str(layer), "median_error": number_or_none(dig(error, "median")),
-                    "max_error": number_or_none(dig(error, "max")), "seconds": number_or_none(seconds)})
-        elif result.get("name") == "umap":
-            tables["umap"] += umap_rows(run, result)
-            if with_points:
-                tables["umap_points"] += umap_point_rows(run, result)
-    return tables
-
-
-def invariance_rows(run: str, result: dict[str, Any]) -> list[dict[str, Any]]:
-    """STIR between source layer i and tuned layer j at one epoch, both ways where measured, and CKA."""
-    rows, columns = result.get("rows"), result.get("columns")
-    if not isinstance(rows, list) or not isinstance(columns, list):
-        return []
-
-    def cell(name: str, i: int, j: int) -> float | None:
-        matrix = result.get(name)
-        row = matrix[i] if isinstance(matrix, list) and i < len(matrix) and isinstance(matrix[i], list) else []
-        return number_or_none(row[j]) if j < len(row) else None
-
-    epoch = number_or_none(result.get("epoch"))
-    values = result.get("values") if isinstance(result.get("values"), list) else []
-    rows = rows[:len(values)]  # only cells the file holds values for: a list of names alone makes no rows
-    return [{"run": run, "epoch": None if epoch is None else int(epoch), "source_layer": str(a), "tuned_layer": str(b),
-             "stir_tuned_given_source": cell("values", i, j), "stir_source_given_tuned": cell("reverse", i, j),
-             "cka": cell("cka", i, j)}
-            for i, a in enumerate(rows)
-            for j, b in enumerate(columns[:len(values[i]) if isinstance(values[i], list) else 0])]
-
-
-def umap_rows(run: str, result: dict[str, Any]) -> list[dict[str, Any]]:
-    """A UMAP result's numbers per epoch (only numbers are taken from the file's statistics: the row's
-    run and epoch are ours, never the file's to overwrite)."""
-    rows = []
-    for epoch in sorted(epoch_points(result)):
-        stats = dig(result, "stats", str(epoch))
-        stats = stats if isinstance(stats, dict) else {}
-        rows.append({"run": run, "layer": str(result.get("layer")), "features": str(result.get("features")),
-                     "epoch": epoch, "shift": number_or_none(stats.get("shift")),
-                     "shift_floor": number_or_none(result.get("shift_floor")),
-                     "neighbours_map": number_or_none(stats.get("neighbours_map")),
-                     "neighbours_features": number_or_none(stats.get("neighbours_features"))})
-    return rows
-
-
-def umap_point_rows(run: str, result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every point of a UMAP result that is two numbers: run, layer, epoch, image, class, x, y."""
-    labels = result.get("labels") if isinstance(result.get("labels"), list) else []
-    rows = []
-    for epoch, points in sorted(epoch_points(result).items()):
-        for image, (point, label) in enumerate(zip(points, labels)):
-            xy = scatter_point(point)
-            if xy is not None:
-                rows.append({"run": run, "layer": str(result.get("layer")), "features": str(result.get("features")),
-                             "epoch": epoch, "image": image, "class": scatter_class(result, label),
-                             "x": xy[0], "y": xy[1]})
-    return rows
+def posthoc_results(runs: list[RunSnapshot]) -> list[ShownTable]:
+    """Every post-hoc result of the runs as the tables its declaration gives (engine.results), each
+    run's oldest first; detail tables (every point of a map) are left to the command that wrote them."""
+    return [table for run in runs for result in read_results(run.path) if "problem" not in result
+            for table in shown_tables(run_name(run), result)]
 
 
 # Epochs to target: the first epoch whose held-out accuracy reaches this share of the better of the
@@ -488,8 +403,7 @@ def transfer_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
 
 
 def build_report(runs: list[RunSnapshot]) -> dict[str, list[dict[str, Any]]]:
-    posthoc = posthoc_tables([(run_name(run), result) for run in runs for result in read_results(run.path)
-                              if "problem" not in result])
+    posthoc = tables_by_name(posthoc_results(runs))
     return {"accuracy": accuracy_table(runs), "reusability": reusability_table(runs),
             "correlation": correlation_table(runs), "strategies": strategy_table(runs), "layers": layer_table(runs),
             "series": series_table(runs), "transfer": transfer_table(runs), "warnings": warning_table(runs),

@@ -23,8 +23,10 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static
 from textual_plotext import PlotextPlot
 
+from engine.colours import layer_colour
 from engine.numbers import fmt_number
 from engine.record import recorded_warnings, write_atomic
+from engine.results import result_label, result_lines
 from engine.untrusted import MESSAGE_LIMIT, visible
 from ftdyn_tui.picture import HalfcellPicture
 
@@ -52,7 +54,6 @@ from ftdyn_tui.model import (
     learning_rate_series,
     legend_text,
     MAP_KEY_CLASSES,
-    layer_colour,
     layer_maps,
     log_lines,
     load_picture,
@@ -67,8 +68,6 @@ from ftdyn_tui.model import (
     path_lines,
     positive_only,
     processes_lines,
-    result_label,
-    result_summary,
     reusability_rows,
     smooth,
     stepped,
@@ -143,7 +142,7 @@ class RunsScreen(Screen):
         Binding("enter", "open_dynamics", "Curves"),
         Binding("space", "mark", "Mark for overlay"),
         Binding("f", "open_filters", "Filters"),
-        Binding("t", "open_results", "Transfer"),
+        Binding("t", "open_results", "Results"),
         Binding("c", "open_config", "Config/diff", show=False),
         Binding("s", "toggle_panel('system')", "System"),
         Binding("l", "toggle_panel('log')", "Log"),
@@ -385,7 +384,7 @@ class DynamicsScreen(Screen):
         Binding("x", "toggle_x", "x: epoch/step"),
         Binding("e", "export", "Export CSV"),
         Binding("f", "open_filters", "Filters"),
-        Binding("t", "open_results", "Transfer"),
+        Binding("t", "open_results", "Results"),
         Binding("g", "toggle_legend", "Legend"),
         Binding("i", "toggle_bands", "Intervals"),
         Binding("y", "next_side_plot", "Acc/loss/lr"),
@@ -1018,7 +1017,8 @@ class ResultsScreen(Screen):
             self.query_one("#result-plot").display = self.query_one("#result-matrix").display = False
             self.query_one("#result-text", Static).update(plain(
                 f"No post-hoc analyses in {self.tracked.path} yet. `ftdyn transfer barrier RUN [RUN2]`, "
-                f"`ftdyn transfer criticality RUN` and `ftdyn umap RUN --layer L` write them into RUN/analyses/."))
+                f"`ftdyn transfer criticality RUN`, `ftdyn umap RUN --layer L` and `ftdyn invariance RUN` write them "
+                f"into RUN/analyses/."))
             return
         self.show(0)
 
@@ -1072,7 +1072,7 @@ class ResultsScreen(Screen):
                                        np.array(result.get("values") or [[]], dtype=np.float64),
                                        max(40, self.size.width - 44), title=str(result.get("title", "")),
                                        unit=str(result.get("value_label", ""))))
-        self.query_one("#result-text", Static).update(Text("\n".join(visible(line) for line in result_summary(result))))
+        self.query_one("#result-text", Static).update(Text("\n".join(visible(line) for line in result_lines(result))))
 
 
 # ------------------------------------------------------------------------------------------------

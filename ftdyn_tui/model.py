@@ -21,8 +21,9 @@ import numpy as np
 from engine.untrusted import RunFormatError, inside, number_or_none, read_plain, safe_file_name, visible
 from engine.analyses import (declared_parts, dig, epoch_points, measure_rows, part_interval, part_value,
                              read_results, scatter_class, scatter_point, series_matrix)
-from engine.colours import RUN_PALETTE, Colour, layer_colour
+from engine.colours import RUN_PALETTE, Colour
 from engine.intervals import IntervalSettings
+from engine.results import shown_tables, shown_value
 from engine.system import read_samples, tail_bytes, tail_objects
 from engine.record import (
     EVENTS,
@@ -787,46 +788,11 @@ def transfer_result(run: "TrackedRun", peers: list["TrackedRun"]) -> dict[str, A
             "title": "final held-out accuracy against block size (no shuffle = image size)",
             "x_label": "block size (px)", "x": [pixels(r) for r in rows],
             "series": {init: [r[f"{key}_final_accuracy"] for r in rows] for init, key in INITS.items()},
-            "barriers": {f"{init} seeds, {name.replace('_', ' ')}": unshuffled[f"{key}_barrier_{name}"]
-                         for init, key in INITS.items() for name in SEED_BARRIERS if unshuffled is not None}}
-
-
-def result_label(result: dict[str, Any]) -> str:
-    """One line naming a result in a list: what it is and between what."""
-    if result.get("problem"):
-        return visible(f"{result.get('file')}: {result['problem']}")
-    ends = result.get("endpoints")
-    if isinstance(ends, dict):
-        return visible(f"{result.get('name')}: {ends.get('A')} → {ends.get('B')}")
-    if result.get("name") == "transfer":
-        return "transfer: accuracy against block size (P-T, RI-T)"
-    settings = result.get("settings")
-    epoch = settings.get("epoch") if isinstance(settings, dict) else None
-    return visible(f"{result.get('name')}" + (f" @ epoch {epoch}" if epoch is not None else ""))
-
-
-def result_summary(result: dict[str, Any]) -> list[str]:
-    """What a result says in numbers, a line each (barriers, smallest α per module, notes)."""
-    lines = []
-    for name, value in (result.get("barriers") or {}).items():
-        lines.append(f"barrier {name.replace('_', ' ')}: {value:.4f}" if isinstance(value, (int, float))
-                     else f"barrier {name}: —")
-    if result.get("summary"):
-        epsilon = (result.get("settings") or {}).get("epsilon")
-        final = result.get("final_train_error")
-        if isinstance(final, (int, float)):
-            lines.append(f"final train error {final:.3f}; smallest α with error ≤ final + ε (ε = {epsilon}):")
-        for module, summary in result["summary"].items():
-            alpha, mu = (summary or {}).get("alpha_min"), (summary or {}).get("mu")
-            lines.append(f"  {module}: α {'—' if alpha is None else f'{alpha:.2f}'}"
-                         + ("" if mu is None else f"  μ {mu:.3g}"))
-    settings = result.get("settings") or {}
-    if settings:
-        lines.append("settings: " + ", ".join(f"{k} {v}" for k, v in settings.items() if not isinstance(v, list)))
-    if result.get("display") == "scatter":
-        lines += [map_numbers(result, epoch) for epoch in map_epochs(result)]
-    lines += [f"note: {note}" for note in result.get("notes", [])]
-    return lines
+            "show": {"label": "transfer: accuracy against block size (P-T, RI-T)", "tables": [
+                {"name": "transfer_curve", "kind": "curve", "x": "block_size"},
+                {"name": "transfer_barriers", "kind": "numbers", "title": "loss barrier between two seeds",
+                 "values": {f"{init} seeds, {name.replace('_', ' ')}": unshuffled[f"{key}_barrier_{name}"]
+                            for init, key in INITS.items() for name in SEED_BARRIERS if unshuffled is not None}}]}}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -896,18 +862,10 @@ def map_limits(result: dict[str, Any]) -> tuple[tuple[float, float], tuple[float
 
 
 def map_numbers(result: dict[str, Any], epoch: int) -> str:
-    """What the map at ``epoch`` says in numbers: how far images moved, whether classes are neighbours."""
-    stats = dig(result, "stats", str(epoch))
-    stats = stats if isinstance(stats, dict) else {}
-    k = dig(result, "settings", "k")
-    k = int(k) if number_or_none(k) is not None and 0 < k < 1000 else 5
-    shift, in_map, in_features = (number_or_none(stats.get(key)) for key in
-                                  ("shift", "neighbours_map", "neighbours_features"))
-    floor = number_or_none(result.get("shift_floor"))
-    numbers = ([f"move {shift:.3f} × source radius" + (f" (UMAP's own noise {floor:.3f})" if floor is not None
-                                                         else "")] if shift is not None else []) + \
-              ([f"{k}-NN class agreement: map {in_map:.2f}"] if in_map is not None else []) + \
-              ([f"features {in_features:.2f}"] if in_features is not None else [])
+    """What the map at ``epoch`` says in numbers, as its declaration's per-epoch table gives them."""
+    numbers = [f"{table.header(c)} {shown_value(row[c])}" for table in shown_tables("", result)
+               if table.kind == "epochs" for row in table.rows if row["epoch"] == epoch
+               for c in table.columns if row.get(c) is not None]
     return visible(f"epoch {epoch}: " + (", ".join(numbers) or "no numbers recorded"), 200)
 
 

@@ -271,7 +271,8 @@ def redmean(a, b) -> float:
 def test_overlay_colours_follow_first_appearance_and_never_collide(tmp_path):
     from itertools import combinations
 
-    from ftdyn_tui.model import RUN_PALETTE, Workspace, layer_colour, overlay_styles
+    from engine.colours import RUN_PALETTE, layer_colour
+    from ftdyn_tui.model import Workspace, overlay_styles
 
     root = tmp_path / "runs"
     for i in range(11):

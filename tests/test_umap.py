@@ -144,9 +144,9 @@ async def test_filter_view_shows_the_layers_map_and_steps_through_epochs(tmp_pat
         await pilot.press("u")
         assert screen.map_shown and screen.query_one("#map").display and screen.map_epoch == 5
         caption = str(screen.query_one("#caption").render())
-        assert "UMAP of block0" in caption and "epoch 5: move 0.500" in caption and "features 0.75" in caption
+        assert "UMAP of block0" in caption and "epoch 5: move (source radii) 0.500" in caption and "features 0.750" in caption
         await pilot.press("left")
-        assert screen.map_epoch == 2 and "epoch 2: move 0.200" in str(screen.query_one("#caption").render())
+        assert screen.map_epoch == 2 and "epoch 2: move (source radii) 0.200" in str(screen.query_one("#caption").render())
         await pilot.press("left", "left")
         assert screen.map_epoch == 0
         screen.query_one("#layers").highlighted = 1  # a layer with no map: says how to make one
@@ -166,7 +166,7 @@ async def test_filter_view_shows_the_layers_map_and_steps_through_epochs(tmp_pat
         assert isinstance(results, ResultsScreen) and results.query_one("#result-plot").display
         assert results.map_epoch == 5
         await pilot.press("left")
-        assert results.map_epoch == 2 and "epoch 2: move 0.200" in str(results.query_one("#result-text").render())
+        assert results.map_epoch == 2 and "epoch 2: move (source radii) 0.200" in str(results.query_one("#result-text").render())
 
 
 def test_figures_draw_a_map_per_umap_result(tmp_path):

@@ -18,6 +18,7 @@ from run_factory import write_fake_run
 from engine.record import VIS_INDEX, find_runs, read_run, read_vis_index
 from engine.untrusted import inside, safe_file_name, visible
 from ftdyn_tui.app import DynamicsScreen, FilterScreen, RunsScreen, create_app
+from engine.results import result_label, result_lines, shown_tables
 from ftdyn_tui.model import (
     TrackedRun,
     Workspace,
@@ -27,8 +28,6 @@ from ftdyn_tui.model import (
     filter_images,
     filter_rows,
     load_picture,
-    result_label,
-    result_summary,
     reusability_rows,
     transfer_result,
 )
@@ -446,7 +445,8 @@ def read_vis_index_safely(path: Path) -> None:
 def result_summary_safely(result: dict) -> None:
     """The results screen draws a result inside a guard that names a result it cannot draw."""
     try:
-        result_summary(result)
+        result_lines(result)
+        shown_tables("run", result, with_detail=True)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError):
         pass
 

@@ -16,7 +16,8 @@ An analysis is a *part*. Each part says five things, and nothing else in ftdyn n
    result file (post-hoc parts), tells the TUI and ``ftdyn report`` how to draw it with no code of
    their own: ``series`` (a value per row and measure, every epoch: curves and a row × epoch
    heatmap), ``curve`` (y series over one x axis), ``matrix`` (a row × column heatmap) or ``scatter``
-   (2-D points per epoch with a class each: the UMAP of features).
+   (2-D points per epoch with a class each: the UMAP of features); a post-hoc result adds ``show``,
+   the tables it holds (:mod:`engine.results`, docs/RUN-DIRECTORY.md).
 
 An epoch part is a class with ``name``, ``when = "epoch"``, ``section``, ``uses_probe``, ``default``
 (on unless `--analyses` says otherwise), a one-line ``summary``, a ``build(context)`` class method
@@ -39,6 +40,10 @@ recorded before parts existed read unchanged; their declaration says so (``"layo
 To add an analysis: write ``engine/analyses/<name>.py`` with its definition (ANALYSES.md section)
 in the docstring and a class as above — nothing else: :mod:`engine.analyses.parts` finds it,
 `--analyses` accepts it, and the loop, the record, the TUI and the report need no change.
+To add a post-hoc analysis: write ``engine/posthoc/<name>.py`` (a function that reopens the run
+through :class:`engine.run_inputs.RunInputs` and writes its result with :func:`write_result`,
+``show`` included) and its command in ``ftdyn_tui/cli/posthoc.py``; the report, the figures and the
+app show it from its file (tests/test_results.py adds one in a throw-away module).
 
 This module imports no torch: the TUI reads declarations and sections through it.
 """

@@ -29,6 +29,7 @@ from engine.posthoc.interpolation import batchnorm_effect, interpolate, load_and
 from engine.errors import FtdynError
 from engine.models import head_name
 from engine.record import SCHEMA_VERSION
+from engine.posthoc.shown import barrier_shown
 from engine.events import Event, quiet
 from engine.checkpoints import last_epoch
 from engine.run_inputs import model_state, open_run
@@ -127,5 +128,6 @@ def run_barrier(first: str, second: str | None = None, points: int = 11, train_i
         "settings": {"points": points, **splits.settings(), "data": inputs.config.data},
         "seconds": time.perf_counter() - started,
     }
+    result["show"] = barrier_shown(result)
     write_result(target, result)
     return result, target

@@ -42,6 +42,7 @@ from engine.checkpoints import last_epoch
 from engine.errors import FtdynError
 from engine.events import Event, quiet
 from engine.record import SCHEMA_VERSION
+from engine.posthoc.shown import criticality_shown
 from engine.run_config import saved_config
 from engine.run_inputs import model_state, open_run
 
@@ -133,5 +134,6 @@ def run_criticality(run: str, points: int = 11, epsilon: float = 0.01, noise_dra
                      "sigmas": list(sigmas) if noise_draws else [], **splits.settings(), "data": inputs.config.data},
         "seconds": time.perf_counter() - started,
     }
+    result["show"] = criticality_shown(result)
     write_result(target, result)
     return result, target

@@ -48,6 +48,7 @@ from engine.analyses import refuse_while_written, result_path, write_result
 from engine.capture import capture
 from engine.errors import FtdynError
 from engine.record import SCHEMA_VERSION
+from engine.posthoc.shown import umap_shown
 from engine.events import Event, quiet
 from engine.checkpoints import available_checkpoints, require_checkpoints
 from engine.run_config import hooked_layers, saved_config
@@ -199,5 +200,6 @@ def run_feature_umap(run_dir: str | Path, layer: str, epochs: list[int] | None =
                      "seed": seed, "probe_images": len(labels), "k": NEIGHBOUR_VOTE, "fitted_on": "source"},
         "seconds": time.perf_counter() - started,
     }
+    result["show"] = umap_shown(result)
     write_result(target, result)
     return result, target

@@ -27,6 +27,7 @@ from engine.data import IMAGENET_MEAN, IMAGENET_STD
 from engine.errors import FtdynError
 from engine.events import Event, quiet
 from engine.record import SCHEMA_VERSION
+from engine.posthoc.shown import invariance_shown
 from engine.run_config import hooked_layers, saved_config
 from engine.run_inputs import model_state, open_run
 
@@ -112,6 +113,7 @@ def run_invariance(run_dir: str | Path, layers: list[str] | None = None, epochs:
             "seconds": time.perf_counter() - began,
         }
         target = result_path(run_dir, f"invariance-e{epoch}")
+        result["show"] = invariance_shown(result)
         write_result(target, result)
         files.append(target)
         on_event("progress", task="invariance", done=wanted.index(epoch) + 1, total=len(wanted), info=f"epoch {epoch}")
@@ -124,5 +126,6 @@ def run_invariance(run_dir: str | Path, layers: list[str] | None = None, epochs:
         "seconds": time.perf_counter() - started,
     }
     target = result_path(run_dir, "invariance-diagonal")
+    summary["show"] = invariance_shown(summary)
     write_result(target, summary)
     return summary, files + [target]

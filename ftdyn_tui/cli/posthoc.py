@@ -131,11 +131,10 @@ def invariance(
         run_dir, split_list(layers), parse_epochs(epochs), settings, both_directions,
         str(data) if data else None, on_event)))
     from engine.analyses import read_results
-    from engine.report import posthoc_tables
 
     chosen = {f"invariance-e{epoch}.json" for epoch in result["x"]} | {path.name}
     written = [r for r in read_results(run_dir) if r.get("file") in chosen]  # this call's, not older ones
-    emit(fmt, posthoc_tables([(run_dir.name, r) for r in written]), print_posthoc, as_json=result)
+    emit_shown(fmt, run_dir.name, written, result, with_detail=False)
 
 
 def first_and_last(found: tuple[dict, list[Path]]) -> tuple[dict, Path]:
@@ -163,6 +162,13 @@ def run_posthoc(work) -> tuple[dict, Path]:
 
 
 def emit_posthoc(result: dict, path: Path, fmt: "ReportFormat") -> None:
-    from engine.report import posthoc_tables
+    emit_shown(fmt, path.parent.parent.name, [result], result, with_detail=True)
 
-    emit(fmt, posthoc_tables([(path.parent.parent.name, result)], with_points=True), print_posthoc, as_json=result)
+
+def emit_shown(fmt: "ReportFormat", run: str, results: list[dict], as_json: dict, with_detail: bool) -> None:
+    """What a post-hoc command wrote, as its declaration shows it: CSV and terminal tables from the
+    declared tables (with the detail ones, such as every point of a map), JSON the result itself."""
+    from engine.results import shown_tables, tables_by_name
+
+    shown = [table for result in results for table in shown_tables(run, result, with_detail)]
+    emit(fmt, tables_by_name(shown), lambda _: print_posthoc(shown), as_json=as_json)

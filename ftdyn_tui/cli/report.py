@@ -25,13 +25,13 @@ def report(
     last epoch, as a paired difference); the runs' warnings about their own measures."""
     if out_dir is not None and fmt == ReportFormat.table:
         fail("--out writes files: add --format csv (one file per table) or --format json")
-    from engine.report import build_report
+    from engine.report import build_report, posthoc_results
 
     readable = readable_runs(runs, "report")
     if out_dir is not None:
         write_tables(fmt, build_report(readable), out_dir)
     else:
-        emit(fmt, build_report(readable), print_tables)
+        emit(fmt, build_report(readable), lambda tables: print_tables(tables, posthoc_results(readable)))
 
 
 def readable_runs(paths: list[Path], purpose: str) -> list:

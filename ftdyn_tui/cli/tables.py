@@ -73,7 +73,7 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     out.print(table)
 
 
-def print_tables(tables: dict[str, list[dict]]) -> None:
+def print_tables(tables: dict[str, list[dict]], posthoc: list) -> None:
     print_table("Table 1 · accuracy",
                 ["run", "model", "strategy", "state", "epochs", "train acc", "held-out acc", "best held-out"],
                 [[r["run"], str(r["model"]), "—" if r["strategy"] is None else str(r["strategy"]), r["state"], r["epochs"], fmt_number(r["train_accuracy"]),
@@ -108,7 +108,7 @@ def print_tables(tables: dict[str, list[dict]]) -> None:
     if tables["series"]:
         print_by_epoch("Other analyses by epoch (drift: ‖θᵗ − θ⁰‖ per module; BatchNorm statistics left out)",
                        ["run", "analysis", "measure", "module"], tables["series"], ("run", "analysis", "measure", "row"))
-    print_posthoc(tables)
+    print_posthoc(posthoc)
 
 
 def print_transfer(rows: list[dict]) -> None:
@@ -166,76 +166,39 @@ def print_by_epoch(title: str, columns: list[str], rows: list[dict], keys: tuple
                 [[*map(str, key), *[series.get(e, "—") for e in epochs]] for key, series in wide.items()])
 
 
-def print_posthoc(tables: dict[str, list[dict]]) -> None:
-    """Barrier numbers with their curves drawn, and criticality as a module × α table."""
-    if tables.get("barrier"):
-        names = ("held_out_loss", "held_out_error", "train_loss", "train_error")
-        print_table("Loss barrier: max over λ of the value above the line between the endpoints",
-                    ["run", "A", "B", *[n.replace("_", " ") for n in names]],
-                    [[r["run"], str(r["A"]), str(r["B"]), *[fmt_number(r.get(f"barrier_{n}")) for n in names]]
-                     for r in tables["barrier"]])
-        curves: dict[tuple, list[dict]] = {}
-        for row in tables["barrier_curve"]:
-            curves.setdefault((row["run"], row["A"], row["B"]), []).append(row)
-        for (run, a, b), rows in curves.items():
-            out.print(curve_text(visible(f"{run}: A = {a} → B = {b}"), [r["lambda"] for r in rows],
-                                 {n.replace("_", " "): [r[n] for r in rows] for n in names}, "λ"))
-    if tables.get("criticality"):
-        from ftdyn_tui.model import heatmap_text
-
-        grid: dict[str, dict[str, dict[float, float]]] = {}
-        for row in tables["criticality_curve"]:
-            grid.setdefault(row["run"], {}).setdefault(row["module"], {})[row["alpha"]] = row["train_error"]
-        for run, modules in grid.items():
-            alphas = sorted({a for values in modules.values() for a in values})
-            matrix = [[values.get(a, float("nan")) for a in alphas] for values in modules.values()]
-            out.print(heatmap_text(list(modules), [f"{a:.2g}" for a in alphas], matrix, width=min(out.width, 100),
-                                   title=f"{visible(run)}: train error after rewinding one module to (1 − α)·θ⁰ + α·θᵀ "
-                                         f"(columns: α)", unit="train error"))
-        print_table("Module criticality", ["run", "module", "smallest α within ε", "ε", "μ", "‖θᵀ − θ⁰‖"],
-                    [[r["run"], r["module"], fmt_number(r["alpha_min"], 2), str(r["epsilon"]), fmt_number(r["mu"], 3),
-                      fmt_number(r["drift"], 3)] for r in tables["criticality"]])
-    if tables.get("umap"):
-        print_umap(tables["umap"])
-    if tables.get("invariance"):
-        print_invariance(tables["invariance"], tables.get("invariance_inversion", []))
-
-
-def print_invariance(rows: list[dict], inversions: list[dict]) -> None:
-    """Per run and epoch: STIR(tuned j | source i) as a heatmap, its diagonal beside CKA; the inversions' errors."""
+def print_posthoc(shown: list) -> None:
+    """Post-hoc results as their declarations say (engine.results): tables of the same name as one
+    terminal table over every run, curves as plots, matrices as heatmaps, each under its result."""
+    from engine.results import shown_value
     from ftdyn_tui.model import heatmap_text
 
-    grids: dict[tuple, list[dict]] = {}
-    for row in rows:
-        grids.setdefault((row["run"], row["epoch"]), []).append(row)
-    for (run, epoch), cells in grids.items():
-        sources = list(dict.fromkeys(r["source_layer"] for r in cells))
-        tuned = list(dict.fromkeys(r["tuned_layer"] for r in cells))
-        value = {(r["source_layer"], r["tuned_layer"]): r["stir_tuned_given_source"] for r in cells}
-        matrix = [[value.get((a, b)) if value.get((a, b)) is not None else float("nan") for b in tuned] for a in sources]
-        out.print(heatmap_text(sources, tuned, matrix, width=min(out.width, 100),
-                               title=f"{visible(run)} @ epoch {epoch}: STIR(tuned layer j | source layer i) — rows i "
-                                     f"(inverted through the source), columns j", unit="STIR"))
-        print_table(f"{run} @ epoch {epoch}: each layer with itself",
-                    ["layer", "STIR(tuned | source)", "STIR(source | tuned)", "CKA"],
-                    [[r["source_layer"], fmt_number(r["stir_tuned_given_source"]),
-                      fmt_number(r["stir_source_given_tuned"]), fmt_number(r["cka"])]
-                     for r in cells if r["source_layer"] == r["tuned_layer"]])
-    if inversions:
-        print_table("Inversions through the source: relative error ‖f(x′) − f(x)‖ / ‖f(x)‖ of the best iterate",
-                    ["run", "layer", "median", "max", "seconds (— reused)"],
-                    [[r["run"], r["layer"], fmt_number(r["median_error"]), fmt_number(r["max_error"]),
-                      fmt_number(r["seconds"], 1)] for r in inversions])
+    printed: set[str] = set()
+    for table in shown:
+        heading = visible(f"{table.run}{''.join(f' · {k} {v}' for k, v in table.keys.items())}: {table.title}", 300)
+        if table.kind == "curve" and table.rows:
+            x = table.axes[0]
+            out.print(curve_text(heading, [row[x] for row in table.rows],
+                                 {table.header(c): [row.get(c) for row in table.rows] for c in table.drawn},
+                                 table.header(x)))
+        elif table.kind == "matrix" and table.rows:
+            row_axis, column_axis = table.axes
+            rows = list(dict.fromkeys(r[row_axis] for r in table.rows))
+            columns = list(dict.fromkeys(r[column_axis] for r in table.rows))
+            value = {(r[row_axis], r[column_axis]): r[table.drawn[0]] for r in table.rows}
+            matrix = [[float("nan") if value.get((a, b)) is None else value[(a, b)] for b in columns] for a in rows]
+            out.print(heatmap_text([str(r) for r in rows], [column_label(c) for c in columns], matrix,
+                                   width=min(out.width, 100), title=heading, unit=table.header(table.drawn[0])))
+        elif table.kind != "points" and table.name not in printed:
+            printed.add(table.name)
+            same = [t for t in shown if t.name == table.name]
+            keys = list(dict.fromkeys(k for t in same for k in t.keys))
+            names = ["run", *keys, *table.axes, *table.columns]
+            print_table(visible(table.title, 300), [table.header(n) for n in names],
+                        [[shown_value(row.get(n)) for n in names] for t in same for row in t.rows])
 
 
-def print_umap(rows: list[dict]) -> None:
-    print_table("UMAP fitted on the source: images' median move (× the source map's RMS radius; UMAP's own "
-                "placement noise beside it) and the share whose 5 nearest neighbours have their class, on the map "
-                "and in the features",
-                ["run", "layer", "features", "epoch", "move", "UMAP noise", "neighbours (map)", "neighbours (features)"],
-                [[r["run"], r["layer"], r["features"], str(r["epoch"]), fmt_number(r.get("shift")),
-                  fmt_number(r.get("shift_floor")), fmt_number(r.get("neighbours_map")),
-                  fmt_number(r.get("neighbours_features"))] for r in rows])
+def column_label(value) -> str:
+    return f"{value:.2g}" if isinstance(value, float) else str(value)
 
 
 def curve_text(title: str, xs: list[float], series: dict[str, list[float]], x_label: str,
