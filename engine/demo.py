@@ -155,7 +155,7 @@ def valid_source(weights: Path, meta: Path) -> bool:
         return False
 
 
-def source_model(settings: DemoSettings, data: dict[str, Path], seed: int, device: str,
+def source_weights(settings: DemoSettings, data: dict[str, Path], seed: int, device: str,
                  on_event: Event = quiet) -> Path:
     """The pretrained source model's state dict, trained on the source domain the first time."""
     weights, meta = cached_source(settings, seed)
@@ -199,7 +199,7 @@ def prepare_demo(out: Path, settings: DemoSettings, seed: int, device: str, on_e
     """The demo's directory, generated domains and cached source model: (data folders, weights)."""
     prepare_out(out)
     data = prepare_data(settings, seed, on_event)
-    weights = source_model(settings, data, seed, device, on_event)
+    weights = source_weights(settings, data, seed, device, on_event)
     write_json_atomic(out / "demo.json", {"settings": dataclasses.asdict(settings), "seed": seed, **recorded,
                                           "source_weights": str(weights)})
     return data, weights

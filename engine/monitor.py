@@ -26,44 +26,30 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import errno
 import functools
-import re
-import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Subset
 
 from engine.analyses.parts import PartContext, build_epoch_parts, epoch_parts, parse_analyses
 from engine.analyses.runner import EpochAnalyses
-from engine.capture import feature_map_shape, parse_measures
-from engine.data import UnreadableImage
-from engine.distributed import PEER_STOPPED, Processes, current_processes
+from engine.capture import parse_measures
+from engine.distributed import Processes, current_processes
 from engine.errors import FtdynError, Stopped, exception_line
 from engine.events import Event, quiet
-from engine.intervals import (
-    MOMENT_VIEWS,
-    ROWS_PER_FEATURE_TO_COVER,
-    IntervalSettings,
-    groups_within_memory,
-    moment_bytes,
-    settings_for,
-)
+from engine.failures import failure_message
 from engine.models import LayerInfo, head_name, select_layers, source_fingerprint
-from engine.receptive import patch_fields, receptive_fields
+from engine.probe_checks import check_measures, interval_settings
+from engine.probe_set import display_pixels, probe_dataset, probe_image_size
 from engine.record import NoWriter, RunFormatError, RunReader, RunWriter
 from engine.report import epoch_summary
-from engine.run_config import RunConfig, check_run_directory, recorded_estimate
-from engine.run_lock import RunLock
-from engine.similarity.debiased import DEBIASED
-from engine.similarity.metrics import DegenerateWhiteningError, DegenerateWhiteningWarning
-from engine.similarity.views import check_metrics_for_view, replicate_metrics, view_shape
+from engine.run_config import RunConfig, check_run_directory
+from engine.run_lock import RunClaim
 from engine.strategies import block_groups
-from engine.visualise import FilterEvidence, Visualiser, VisSettings, parse_named_filters
+from engine.visualise import FilterEvidence, Visualiser, filter_visualiser, per_filter_changes
 
 
 def run_defaults() -> dict[str, Any]:
@@ -163,9 +149,11 @@ class Monitor:
         self.measures = parse_measures(self.settings["metrics"], self.settings["view"], self.settings["alpha"])
         parts = parse_analyses(self.settings["analyses"])
         if "distance" in parts:
-            self.check_measures()
+            check_measures(self.layers, self.measures, len(self.probe_set), self.model_name, self.warn)
         self.groups = client.get("groups") or block_groups(self.model_name, self.source)
-        self.intervals = self.interval_settings()
+        self.intervals, self.intervals_short = interval_settings(
+            self.layers, self.measures, len(self.probe_set), self.settings, self.options, self.warn, self.on_event,
+            self.dir if self.resume else None)
         class_token_layers = tuple(layer.name for layer in self.layers if layer.layout and layer.layout.class_token)
         context = PartContext(source=self.source, groups=self.groups, head=head_name(self.source),
                               layer_names=[layer.name for layer in self.layers], measures=self.measures,
@@ -216,99 +204,6 @@ class Monitor:
                 raise FtdynError(f"the '{name}' analysis cannot yet be split over processes; run it with one "
                                  f"process or leave it out of {self.options['analyses']}")
         return names if self.processes.leader else [name for name in names if parts[name].uses_probe]
-
-    def check_measures(self) -> None:
-        """Refuse a degenerate PWSM α = 0 before anything is written, with the probe size it would see;
-        small α there is allowed and kept in ``run_warnings`` (recorded in config.json as ``warnings``)."""
-        n = len(self.probe_set)
-        if any(m.view == "cls" for m in self.measures) and not any(
-                layer.layout and layer.layout.class_token for layer in self.layers):
-            raise FtdynError(f"the 'cls' view measures a class token, and no hooked layer of {self.model_name} has "
-                             f"one (ViTs do); choose another view")
-        for layer in self.layers:
-            shape = (n, *feature_map_shape(layer.shape, layer.layout))
-            for measure in self.measures:
-                if measure.view == "cls" and not (layer.layout and layer.layout.class_token):
-                    continue
-                try:
-                    with warnings.catch_warnings(record=True) as caught:
-                        warnings.simplefilter("always", DegenerateWhiteningWarning)
-                        check_metrics_for_view([measure.metric], measure.view, shape)
-                except DegenerateWhiteningError as exc:
-                    raise FtdynError(f"layer {layer.name}: {exc}") from None
-                for warning in caught:  # small α in the degenerate regime: allowed, recorded and shown
-                    if issubclass(warning.category, DegenerateWhiteningWarning):
-                        self.warn(f"layer {layer.name}, {measure.label}: {warning.message}")
-
-    def interval_settings(self) -> IntervalSettings | None:
-        """The jackknife's settings; fewer groups than asked for when per-group c×c moments of the
-        widest streamed layer would not fit MOMENT_GROUPS_BYTES (said once, recorded in config.json)."""
-        s = self.settings
-        try:
-            settings = settings_for(s["interval_groups"], s["interval_level"], s["intervals"])
-        except ValueError as exc:
-            raise FtdynError(str(exc)) from None
-        if settings is None:
-            return None
-        groups, why = settings.groups, ""
-        if {m.view for m in self.measures} & set(MOMENT_VIEWS):
-            widest = max(feature_map_shape(layer.shape, layer.layout)[0] for layer in self.layers)
-            if groups_within_memory(groups, widest) < groups:
-                groups = groups_within_memory(groups, widest)
-                why = (f"per-group moments of the {widest}-channel layer take {moment_bytes(widest) / 2**21:.0f} MiB "
-                       f"a group in float32")
-        n = len(self.probe_set)
-        if n < groups:  # an empty group would replicate the full value and shrink the interval
-            groups, why = n, f"the probe set has {n} images"
-        if groups < 2:
-            self.on_event("warning", text=f"intervals: off ({why}; a jackknife needs 2 groups)")
-            return None
-        if groups < settings.groups:
-            self.on_event("warning", text=f"intervals: {groups} image groups instead of {settings.groups} ({why}); "
-                                          f"the t quantile of the interval accounts for it")
-            settings = settings_for(groups, s["interval_level"], s["intervals"])
-        if self.resume:  # a run recorded before bias correction keeps recording as it began
-            settings = dataclasses.replace(settings, estimate=recorded_estimate(self.dir))
-        self.warn_replicates_without_whitening(settings)
-        self.warn_intervals_that_may_not_cover(settings)
-        return settings
-
-    def warn_intervals_that_may_not_cover(self, settings: IntervalSettings) -> None:
-        """Where a layer has few samples per feature on a view, the plug-in bias is not first-order and
-        its bias-corrected interval still undercovers (METRICS.md, "Intervals that cover"): said before
-        training, once per layer and view, and recorded with the run's warnings."""
-        n = len(self.probe_set)
-        for layer in self.layers:
-            c, h, w = feature_map_shape(layer.shape, layer.layout)
-            for view in dict.fromkeys(m.view for m in self.measures if settings.covers(m.view)):
-                affected = [m.label for m in self.measures if m.view == view and m.metric.name != DEBIASED]
-                if view not in MOMENT_VIEWS or not affected or (view == "cls" and not (
-                        layer.layout and layer.layout.class_token)):
-                    continue
-                rows, features = view_shape(view, n, c, h, w)
-                if rows < ROWS_PER_FEATURE_TO_COVER * features:
-                    self.intervals_short.setdefault(view, []).append(layer.name)
-                    self.warn(f"layer {layer.name}, {view}: {rows} samples for {features} features (fewer than "
-                              f"{ROWS_PER_FEATURE_TO_COVER} a feature): the bias correction is first-order, and "
-                              f"intervals of {', '.join(affected)} covered 0.6–0.85 instead of {settings.level:g} "
-                              f"in simulation there; more probe images ({self.options['probe_size']}), "
-                              f"or cka-debiased")
-
-    def warn_replicates_without_whitening(self, settings: IntervalSettings) -> None:
-        """PWSM α = 0 that is defined on the whole probe set but not once a group is left out has no
-        interval (replicate_metrics): said before training and recorded with the run's warnings."""
-        n = len(self.probe_set)
-        kept = n - -(-n // settings.groups)  # the smallest replicate
-        for layer in self.layers:
-            shape = (kept, *feature_map_shape(layer.shape, layer.layout))
-            for measure in self.measures:
-                if not settings.covers(measure.view) or (measure.view == "cls" and not (
-                        layer.layout and layer.layout.class_token)):
-                    continue
-                if not replicate_metrics([measure.metric], measure.view, shape):
-                    self.warn(f"layer {layer.name}, {measure.label}: no interval — with a group of probe images left "
-                              f"out, full whitening (α = 0) is degenerate there; use more probe images, fewer "
-                              f"{self.options['interval_groups']} or α > 0")
 
     @functools.cached_property
     def labels(self) -> list[int] | None:
@@ -580,55 +475,6 @@ class Monitor:
         return {"last_epoch": self.last_epoch}
 
 
-class RunClaim:
-    """The run directory taken for writing: created where missing, its writer lock held (a second
-    writer is refused in one line); released, a folder that was created and holds nothing is removed."""
-
-    def __init__(self, run_dir: Path, on_event: Event = quiet, instead: str = "choose another --out"):
-        self.created = not run_dir.exists()
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise FtdynError(f"cannot create the run directory '{run_dir}' ({exc.strerror}); {instead}") from None
-        self.lock = RunLock(run_dir)
-        warning = self.lock.acquire(instead=instead)
-        if warning:
-            on_event("warning", text=warning)
-
-    def release(self) -> None:
-        self.lock.release(remove_empty_folder=self.created)
-
-
-def filter_visualiser(run_dir: Path, model: nn.Module, layers: list[LayerInfo], image_size: int, images: np.ndarray,
-                      labels: list[int], classes: list[str], settings: dict[str, Any],
-                      on_event: Event = quiet) -> tuple[Visualiser, dict[str, str]]:
-    """The filter visualisations of ``layers`` over the probe ``images`` (n, s, s, 3) uint8, and per layer
-    how class-based images locate a unit: exact receptive fields for convolutional maps; where none
-    is defined (tokens, after attention, or a network torch.fx cannot trace) the patch each position
-    starts from, said once as a warning and recorded in the config (``vis_fields``)."""
-    try:
-        named = parse_named_filters(settings["vis_filters"])
-    except ValueError as exc:
-        raise FtdynError(str(exc)) from None
-    maps = [layer.name for layer in layers if layer.layout and layer.layout.kind == "channels_first"]
-    fields = {}
-    if maps:
-        try:
-            fields = receptive_fields(model, maps, image_size)
-        except FtdynError as exc:
-            on_event("warning", text=f"no exact receptive fields ({exc}); class-based images show the "
-                                     f"patch each position starts from")
-    shapes = {layer.name: feature_map_shape(layer.shape, layer.layout) for layer in layers if layer.name not in fields}
-    kinds = {name: "receptive field" for name in fields} | {name: "patch origin" for name in shapes}
-    fields.update(patch_fields(shapes, image_size))
-    filters = {layer.name: feature_map_shape(layer.shape, layer.layout)[0] for layer in layers}
-    try:
-        return Visualiser(run_dir, fields, filters, images, labels, classes, VisSettings(
-            top_k=settings["vis_k"], random_k=settings["vis_k"], named=named, seed=settings["seed"])), kinds
-    except ValueError as exc:
-        raise FtdynError(str(exc)) from None
-
-
 def recorded(on_event: Event, writer) -> Event:
     """``on_event``, with what a viewer should read later (phases, warnings, epoch summaries) also
     written to the run's event log (RUN/events.jsonl), which the app's log panel follows."""
@@ -639,133 +485,6 @@ def recorded(on_event: Event, writer) -> Event:
             writer.log_event(kind, text)
         on_event(kind, **info)
     return event
-
-
-def failure_message(exc: BaseException, out: str | Path, processes: Processes | None = None,
-                    batch_size: int | None = None, resume: str = "--resume") -> str | None:
-    """A failure of the environment (memory, disk, a file, another process) worded as what happened and
-    what to do; None for anything else (a defect, whose traceback is needed). Recorded epochs are
-    always kept. ``batch_size``: the loop's (`ftdyn run` suggests half of it)."""
-    kept = f"recorded epochs are kept, continue with {resume}"
-    if processes is not None and processes.distributed and collective_failure(exc):
-        # gloo and NCCL prefix their messages with their source file: '[…/pair.cc:545] Read error …'
-        said = re.sub(r"^\[[^\]]*\]\s*", "", exception_line(exc)).split(". ")[0]
-        return f"{PEER_STOPPED} ({type(exc).__name__}: {said[:160]}); {kept}"
-    if isinstance(exc, UnreadableImage):
-        return exc.one_line()
-    if isinstance(exc, FtdynError):
-        return str(exc)
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        if batch_size is None:
-            return f"CUDA out of memory; try a smaller batch (or fewer probe images); {kept}"
-        return (f"CUDA out of memory at batch size {batch_size}; try --batch-size "
-                f"{max(1, batch_size // 2)} (or a smaller --probe-size / --image-size); {kept}")
-    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
-            "DefaultCPUAllocator" in str(exc) or "not enough memory" in str(exc))):
-        if batch_size is None:
-            return f"out of memory (CPU RAM); try a smaller batch or fewer probe images; {kept}"
-        return (f"out of memory (CPU RAM) at batch size {batch_size}; try a smaller --batch-size, "
-                f"--probe-size, --image-size or --workers; {kept}")
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        where = f" writing '{exc.filename}'" if exc.filename else ""
-        return f"disk full{where} ({exc.strerror}); free space under '{out}', then {kept}"
-    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
-        return f"'{out}' is on a read-only file system; remount it writable, then {kept}"
-    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
-        return f"permission denied{f' on {exc.filename!r}' if exc.filename else ''}; fix its permissions, then {kept}"
-    return None
-
-
-def collective_failure(exc: BaseException) -> bool:
-    """A collective operation that failed because a peer went away (its connection closed)."""
-    if isinstance(exc, torch.distributed.DistError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(
-        sign in text for sign in ("connection closed by peer", "connection reset by peer", "broken pipe"))
-
-
-def per_filter_changes(layers: dict[str, dict]) -> dict[str, np.ndarray]:
-    """Per layer, how far each filter moved: the first filter-view measure's per-filter distances, else
-    the per-filter angle the `positions` view gives for free (METRICS.md, "Ranking filters")."""
-    changes = {}
-    for layer, views in layers.items():
-        for _, entry in sorted(views.items(), key=lambda item: item[0] not in ("filter", "filter-map")):
-            if entry.get("per_filter"):
-                first = next(iter(entry["per_filter"].values()))
-                changes[layer] = np.array([np.nan if v is None else v for v in first], dtype=np.float64)
-                break
-    return changes
-
-
-# -- what a user's loop hands over ---------------------------------------------------------------------
-
-class Unlabelled(Dataset):
-    """Images without labels, as (image, -1) pairs: the probe pass reads images only."""
-
-    def __init__(self, images):
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int):
-        return self.images[index], -1
-
-
-def probe_dataset(probe) -> tuple[Dataset, bool]:
-    """The probe set as a map-style dataset of (image, label) pairs, and whether it has labels."""
-    if isinstance(probe, DataLoader):  # passed once and kept, in order: a probe set is small
-        batches = list(probe)
-        if not batches:
-            raise FtdynError("the probe DataLoader gave no images")
-        if isinstance(batches[0], (tuple, list)):
-            probe = (torch.cat([b[0] for b in batches]), torch.cat([torch.as_tensor(b[1]) for b in batches]))
-        else:
-            probe = torch.cat(batches)
-    if isinstance(probe, torch.Tensor):
-        dataset, labelled = Unlabelled(probe), False
-    elif isinstance(probe, (tuple, list)) and len(probe) == 2 and isinstance(probe[0], torch.Tensor):
-        images, labels = probe[0], torch.as_tensor(probe[1])
-        if len(labels) != len(images):
-            raise FtdynError(f"the probe has {len(images)} images but {len(labels)} labels")
-        dataset, labelled = TensorDataset(images, labels), True
-    elif isinstance(probe, Dataset) and hasattr(probe, "__len__"):
-        if len(probe) == 0:
-            raise FtdynError("the probe set has no images")
-        first = probe[0]
-        labelled = isinstance(first, (tuple, list)) and len(first) >= 2
-        dataset = probe if labelled else Unlabelled(probe)
-    else:
-        raise FtdynError(f"the probe must be a tensor of images, a pair (images, labels), a Dataset or a "
-                         f"DataLoader, not {type(probe).__name__}")
-    if len(dataset) == 0:
-        raise FtdynError("the probe set has no images")
-    return dataset, labelled
-
-
-def probe_image_size(dataset: Dataset) -> int:
-    image = dataset[0][0]
-    if not isinstance(image, torch.Tensor) or image.dim() != 3:
-        raise FtdynError(f"probe images must be tensors (channels, height, width), not "
-                         f"{tuple(getattr(image, 'shape', ())) or type(image).__name__}")
-    if image.shape[1] != image.shape[2]:
-        raise FtdynError(f"probe images are {image.shape[1]}×{image.shape[2]}; the monitor takes square images "
-                         f"(resize or crop them)")
-    return int(image.shape[1])
-
-
-def display_pixels(dataset: Dataset) -> np.ndarray:
-    """The probe images as pictures (n, s, s, 3) uint8: each image's values stretched to 0–255 (the
-    loop's normalisation is not known here)."""
-    pictures = []
-    for index in range(len(dataset)):
-        image = dataset[index][0].detach().float().cpu()
-        image = image.expand(3, *image.shape[1:]) if image.shape[0] == 1 else image[:3]
-        low, high = image.min(), image.max()
-        scaled = (image - low) / (high - low) if high > low else torch.zeros_like(image)
-        pictures.append((scaled.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-    return np.stack(pictures)
 
 
 def plain_module(model: nn.Module) -> nn.Module:

@@ -5,7 +5,8 @@
     RUN/records.jsonl       one JSON object per line, appended and fsync'd per record
     RUN/checkpoints/        last.pt, best.pt, optionally epoch-NNN.pt
     RUN/vis/                per-filter images, listed in vis/index.jsonl (appended like records)
-    RUN/analyses/           post-hoc results (loss barrier, module criticality), one JSON file each
+    RUN/analyses/           post-hoc results (loss barrier, criticality, UMAP, STIR), one JSON file each,
+                            shown by the declaration inside it (engine.results)
     RUN/skipped_files.txt   unreadable data files that were skipped
     RUN/train.log           output of a detached run
     RUN/events.jsonl        what the run said: phases, warnings, epoch summaries (appended)

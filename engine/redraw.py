@@ -11,7 +11,7 @@ from engine.checkpoints import available_checkpoints, load_checkpoint, require_c
 from engine.errors import FtdynError
 from engine.events import Event, quiet
 from engine.models import LayerInfo
-from engine.monitor import filter_visualiser
+from engine.visualise import filter_visualiser
 from engine.run_config import hooked_layers, saved_config
 from engine.run_inputs import RunInputs, open_run
 from engine.run_lock import RunLock

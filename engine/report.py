@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.analyses import declared_parts, dig, measure_rows, part_value, read_results
+from engine.analyses import declared_parts, dig, measure_rows, part_value, read_results, series_matrix
 from engine.intervals import Estimate, IntervalSettings, derived, estimate, paired_difference
 from engine.record import RunSnapshot, recorded_warnings
 from engine.results import ShownTable, shown_tables, tables_by_name
@@ -40,12 +40,12 @@ def layer_names(run: RunSnapshot) -> list[str]:
     return [layer["name"] for layer in (run.config or {}).get("layers", [])]
 
 
-def layer_value(record: dict[str, Any], layer: str, measure: str) -> float | None:
-    metric, _, view = measure.rpartition("@")
-    return number_or_none(dig(record, "layers", layer, view, "values", metric))
-
-
 DISTANCE_SECTION = {"section": "layers", "layout": "layers"}  # where feature distances are in a record
+
+
+def layer_value(record: dict[str, Any], layer: str, measure: str) -> float | None:
+    """The layer distance on every probe image (the plug-in value the jackknife starts from)."""
+    return part_value(record, DISTANCE_SECTION, measure, layer, plug_in=True)
 
 
 def shown_value(record: dict[str, Any], layer: str, measure: str) -> float | None:
@@ -132,14 +132,8 @@ def distance_matrix(epochs: list[dict[str, Any]], layers: list[str], measure: st
     """(epochs × layers) layer distances of ``measure`` as shown (:func:`shown_value`), or with
     ``plug_in`` the values on every probe image, which the jackknife's statistics start from; NaN
     where a layer had no live filter."""
-    read = layer_value if plug_in else shown_value
-    matrix = np.full((len(epochs), len(layers)), np.nan)
-    for i, record in enumerate(epochs):
-        for j, layer in enumerate(layers):
-            value = read(record, layer, measure)
-            if value is not None:
-                matrix[i, j] = value
-    return matrix
+    part = {**DISTANCE_SECTION, "rows": {measure.rpartition("@")[2]: list(layers)}}
+    return series_matrix(epochs, part, measure, plug_in)
 
 
 def reusability(epoch_numbers: np.ndarray, matrix: np.ndarray) -> tuple[float | None, float | None, int]:

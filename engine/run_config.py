@@ -16,7 +16,7 @@ from engine.analyses.parts import default_epoch_parts
 from engine.data import scanned_folders
 from engine.defaults import METRICS
 from engine.errors import FtdynError
-from engine.intervals import DEFAULT_GROUPS, DEFAULT_LEVEL, IntervalSettings
+from engine.intervals import DEFAULT_GROUPS, DEFAULT_LEVEL, IntervalSettings, settings_for
 from engine.record import CONFIG, RunFormatError, RunReader, config_problem, setting_fits
 from engine.untrusted import visible
 
@@ -135,11 +135,10 @@ def check_config(config: RunConfig) -> None:
     if any(out == folder or out.is_relative_to(folder) for folder in map(Path.resolve, scanned_folders(data))):
         raise FtdynError(f"--out '{config.out}' is inside --data '{config.data}': the next scan would take the run's "
                          f"checkpoints/ and vis/ for classes; put runs outside the data folder")
-    if not isinstance(config.interval_groups, int) or config.interval_groups < 2:
-        raise FtdynError(f"--interval-groups must be an integer ≥ 2 (got {config.interval_groups}); "
-                         f"--intervals off turns intervals off")
-    if not 0 < config.interval_level < 1:
-        raise FtdynError(f"--interval-level must lie strictly between 0 and 1 (got {config.interval_level}), e.g. 0.9")
+    try:  # the intervals' own check, also for --intervals off: a resumed run may turn them on
+        settings_for(config.interval_groups, config.interval_level, "auto")
+    except ValueError as exc:
+        raise FtdynError(str(exc)) from None
     if data.is_relative_to(out):
         raise FtdynError(f"--data '{config.data}' is inside --out '{config.out}'; put runs and data in separate folders")
     if out.exists() and not out.is_dir():

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from engine.errors import FtdynError
+from engine.events import Event, quiet
 from engine.untrusted import CLOEXEC, NOFOLLOW, RunFormatError, open_plain
 
 LOCK = ".writer.lock"
@@ -167,3 +168,22 @@ def writer_alive(run_dir: str | Path) -> bool | None:
         return False
     finally:
         os.close(fd)
+
+
+class RunClaim:
+    """The run directory taken for writing: created where missing, its writer lock held (a second
+    writer is refused in one line); released, a folder that was created and holds nothing is removed."""
+
+    def __init__(self, run_dir: Path, on_event: Event = quiet, instead: str = "choose another --out"):
+        self.created = not run_dir.exists()
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FtdynError(f"cannot create the run directory '{run_dir}' ({exc.strerror}); {instead}") from None
+        self.lock = RunLock(run_dir)
+        warning = self.lock.acquire(instead=instead)
+        if warning:
+            on_event("warning", text=warning)
+
+    def release(self) -> None:
+        self.lock.release(remove_empty_folder=self.created)

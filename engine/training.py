@@ -38,7 +38,9 @@ from engine.errors import FtdynError, Stopped, exception_line
 from engine.evaluation import evaluate
 from engine.events import Event, quiet
 from engine.models import trace_layers
-from engine.monitor import Monitor, RunClaim, failure_message, recorded
+from engine.failures import failure_message
+from engine.monitor import Monitor, recorded
+from engine.run_lock import RunClaim
 from engine.record import NoWriter, RunWriter, write_atomic
 from engine.run_config import (
     LR_RULE,

@@ -29,13 +29,21 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
-from engine.receptive import LayerFields
+from engine.capture import feature_map_shape
+from engine.errors import FtdynError
+from engine.events import Event, quiet
+from engine.receptive import LayerFields, patch_fields, receptive_fields
 from engine.record import VIS_INDEX, append_lines, read_vis_index, write_atomic
+
+if TYPE_CHECKING:
+    from engine.models import LayerInfo
 
 PAD_COLOUR = np.array([124, 116, 104], dtype=np.float64)  # ImageNet mean: zero after normalisation
 HEATMAP_ALPHA = 0.55
@@ -363,3 +371,48 @@ class Visualiser:
             rows = [row for row in rows if any(p.exists() for p in row)]
             if rows:
                 write_atomic(folder / name, png_bytes(montage(rows)))
+
+
+# -- the filter visualisations of a run's layers (the monitor's and `ftdyn vis`'s) --------------------
+
+def filter_visualiser(run_dir: Path, model: nn.Module, layers: "list[LayerInfo]", image_size: int, images: np.ndarray,
+                      labels: list[int], classes: list[str], settings: dict[str, Any],
+                      on_event: Event = quiet) -> tuple[Visualiser, dict[str, str]]:
+    """The filter visualisations of ``layers`` over the probe ``images`` (n, s, s, 3) uint8, and per layer
+    how class-based images locate a unit: exact receptive fields for convolutional maps; where none
+    is defined (tokens, after attention, or a network torch.fx cannot trace) the patch each position
+    starts from, said once as a warning and recorded in the config (``vis_fields``)."""
+    try:
+        named = parse_named_filters(settings["vis_filters"])
+    except ValueError as exc:
+        raise FtdynError(str(exc)) from None
+    maps = [layer.name for layer in layers if layer.layout and layer.layout.kind == "channels_first"]
+    fields = {}
+    if maps:
+        try:
+            fields = receptive_fields(model, maps, image_size)
+        except FtdynError as exc:
+            on_event("warning", text=f"no exact receptive fields ({exc}); class-based images show the "
+                                     f"patch each position starts from")
+    shapes = {layer.name: feature_map_shape(layer.shape, layer.layout) for layer in layers if layer.name not in fields}
+    kinds = {name: "receptive field" for name in fields} | {name: "patch origin" for name in shapes}
+    fields.update(patch_fields(shapes, image_size))
+    filters = {layer.name: feature_map_shape(layer.shape, layer.layout)[0] for layer in layers}
+    try:
+        return Visualiser(run_dir, fields, filters, images, labels, classes, VisSettings(
+            top_k=settings["vis_k"], random_k=settings["vis_k"], named=named, seed=settings["seed"])), kinds
+    except ValueError as exc:
+        raise FtdynError(str(exc)) from None
+
+
+def per_filter_changes(layers: dict[str, dict]) -> dict[str, np.ndarray]:
+    """Per layer, how far each filter moved: the first filter-view measure's per-filter distances, else
+    the per-filter angle the `positions` view gives for free (METRICS.md, "Ranking filters")."""
+    changes = {}
+    for layer, views in layers.items():
+        for _, entry in sorted(views.items(), key=lambda item: item[0] not in ("filter", "filter-map")):
+            if entry.get("per_filter"):
+                first = next(iter(entry["per_filter"].values()))
+                changes[layer] = np.array([np.nan if v is None else v for v in first], dtype=np.float64)
+                break
+    return changes

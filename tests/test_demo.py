@@ -11,7 +11,7 @@ from engine import demo as demo_module
 import numpy as np
 
 from engine.demo import (PRIMARY, SECOND, DemoSettings, cached_source, depth_trend, findings, intervals_short,
-                         prepare_data, series_agreement, source_model)
+                         prepare_data, series_agreement, source_weights)
 from engine.record import read_run
 from engine.domains import DOMAINS, LAYOUTS, NEW_SHAPES, SHAPES, write_domain
 from engine.errors import FtdynError
@@ -45,23 +45,23 @@ def test_domains_are_deterministic_image_folders(tmp_path):
         write_domain(tmp_path / "d", "white", 9, 1, 32, seed=0)
 
 
-def test_source_model_is_cached_verified_and_rebuilt(cache):
+def test_source_weights_are_cached_verified_and_rebuilt(cache):
     settings = dataclasses.replace(SMALL, image_size=32, source_per_class=24, source_epochs=1, target_per_class=4)
     data = prepare_data(settings, seed=0)
     events = []
     record = lambda kind, **info: events.append((kind, info))  # noqa: E731
-    first = source_model(settings, data, 0, "cpu", record)
+    first = source_weights(settings, data, 0, "cpu", record)
     assert any("pretraining" in info.get("name", "") for kind, info in events)
     meta = json.loads(first.with_suffix(".json").read_text())
     assert meta["sha256"] and first.exists()
 
     events.clear()
-    assert source_model(settings, data, 0, "cpu", record) == first
+    assert source_weights(settings, data, 0, "cpu", record) == first
     assert not any("pretraining" in info.get("name", "") for _, info in events)  # reused, not retrained
 
     first.write_bytes(first.read_bytes()[:-100] + b"x" * 100)  # corrupt the cached file
     events.clear()
-    rebuilt = source_model(settings, data, 0, "cpu", record)
+    rebuilt = source_weights(settings, data, 0, "cpu", record)
     assert any(kind == "warning" and "corrupt" in info["text"] for kind, info in events)
     assert json.loads(rebuilt.with_suffix(".json").read_text())["sha256"] == demo_module.file_sha256(rebuilt)
 

@@ -86,14 +86,15 @@ def measure_rows(part: dict[str, Any], measure: str) -> list[str]:
     return list((part.get("rows") or {}).get(measure.rpartition("@")[2], []))
 
 
-def part_value(record: dict[str, Any], part: dict[str, Any], measure: str, row: str) -> float | None:
+def part_value(record: dict[str, Any], part: dict[str, Any], measure: str, row: str,
+               plug_in: bool = False) -> float | None:
     """One value of a series part in one record as shown — a feature distance's bias-corrected estimate
-    where the run recorded one (engine.intervals), else its plug-in value — or None where it was not
-    measured."""
+    where the run recorded one (engine.intervals), else (or with ``plug_in``) its plug-in value on every
+    probe image — or None where it was not measured."""
     metric, _, view = measure.rpartition("@")
     section = part.get("section", part.get("name", ""))
     if part.get("layout") == "layers":
-        value = dig(record, section, row, view, "estimate", metric)
+        value = None if plug_in else dig(record, section, row, view, "estimate", metric)
         if number_or_none(value) is None:
             value = dig(record, section, row, view, "values", metric)
     else:
@@ -148,15 +149,17 @@ def scatter_class(result: dict[str, Any], label: Any) -> str:
     return str(classes[label]) if isinstance(label, int) and 0 <= label < len(classes) else str(label)
 
 
-def series_matrix(records: list[dict[str, Any]], part: dict[str, Any], measure: str) -> "np.ndarray":
-    """(records × rows) values of one measure of a series part; NaN where nothing was measured."""
+def series_matrix(records: list[dict[str, Any]], part: dict[str, Any], measure: str,
+                  plug_in: bool = False) -> "np.ndarray":
+    """(records × rows) values of one measure of a series part (:func:`part_value`); NaN where nothing
+    was measured."""
     import numpy as np
 
     rows = measure_rows(part, measure)
     matrix = np.full((len(records), len(rows)), np.nan)
     for i, record in enumerate(records):
         for j, row in enumerate(rows):
-            value = part_value(record, part, measure, row)
+            value = part_value(record, part, measure, row, plug_in)
             if value is not None:
                 matrix[i, j] = value
     return matrix

@@ -19,7 +19,10 @@ from typing import Any
 
 from engine.errors import FtdynError
 
-POSTHOC_PARTS = {  # name → the command that computes it
+# Post-hoc analyses that --analyses may be asked for by mistake: name → the command that computes it.
+# Shared invariance is both: its epoch part (STIR per layer, `--analyses invariance`) is found like any
+# other, and `ftdyn invariance` computes the full matrices afterwards (engine.posthoc.invariance).
+POSTHOC_PARTS = {
     "barrier": "ftdyn transfer barrier",  # loss and error along the line between two models, and the barrier
     "criticality": "ftdyn transfer criticality",  # rewinding one block group at a time
     "umap": "ftdyn umap",  # a layer's probe features on one UMAP fitted on the source
