@@ -1,4 +1,4 @@
-"""Time and peak memory of reading a run with many step records: `ftdyn report`, and the app's model.
+"""Time and peak memory of reading a run with many step records: `ftdyn report`, and the app's workspace.
 
 A run is the real one of tests/fixtures/run-steps (resnet18, distance and drift, --every-steps 2: two
 epoch records, one 24.6 kB step record) with its step record repeated 1k, 10k, 100k times between
@@ -43,7 +43,7 @@ sys.stderr.write(done.stderr.decode(errors="replace")[-300:])
 
 COMMANDS = {
     "report": "import sys; from ftdyn_tui.cli import main; sys.argv = ['ftdyn', 'report', sys.argv[1]]; main()",
-    "app": ("import sys; from pathlib import Path; from ftdyn_tui.model import Workspace, part_series\n"
+    "app": ("import sys; from pathlib import Path; from ftdyn_tui.workspace import Workspace, part_series\n"
             "workspace = Workspace([Path(sys.argv[1])]); workspace.poll(); run = workspace.ordered()[0]\n"
             "assert not run.problem, run.problem\n"
             "part_series(run, 'distance', 'cka@positions', 'layer4.1', 'step')"),

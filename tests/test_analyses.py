@@ -308,7 +308,9 @@ def test_schema1_run_reads_unchanged(cli):
 async def test_tui_cycles_analyses_and_draws_a_heatmap(trained):
     from textual.widgets import Static
 
-    from ftdyn_tui.app import DynamicsScreen, ResultsScreen, create_app
+    from ftdyn_tui.app import create_app
+    from ftdyn_tui.screens.dynamics import DynamicsScreen
+    from ftdyn_tui.screens.results import ResultsScreen
 
     full, _ = trained
     run_barrier(f"{full}@1", f"{full}@2", points=3)

@@ -92,7 +92,9 @@ def test_readme_examples_leave_finished_runs_the_report_reads(examples, loop, cl
 
 
 async def test_the_app_opens_a_monitored_run(examples):
-    from ftdyn_tui.app import DynamicsScreen, RunsScreen, create_app
+    from ftdyn_tui.app import create_app
+    from ftdyn_tui.screens.dynamics import DynamicsScreen
+    from ftdyn_tui.screens.runs import RunsScreen
 
     app = create_app([examples])
     async with app.run_test(size=(100, 30)) as pilot:

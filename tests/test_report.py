@@ -5,7 +5,8 @@ import pytest
 
 from engine.record import read_run
 from engine.report import build_report, pearson
-from ftdyn_tui.model import TrackedRun, correlation_rows, reusability_rows
+from ftdyn_tui.series import correlation_rows, reusability_rows
+from ftdyn_tui.workspace import TrackedRun
 from run_factory import epoch_record, write_fake_run
 
 

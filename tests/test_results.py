@@ -95,7 +95,8 @@ def test_a_result_type_nothing_knows_appears_in_figures_and_the_app(tmp_path, cl
     assert result.exit_code == 0, result.output
     assert {"spectrum-spec_run-0.pdf", "spectrum-spec_run-1.pdf"} <= {p.name for p in out.iterdir()}
 
-    from ftdyn_tui.app import ResultsScreen, create_app
+    from ftdyn_tui.app import create_app
+    from ftdyn_tui.screens.results import ResultsScreen
 
     async def look():
         app = create_app([run], poll_seconds=60)

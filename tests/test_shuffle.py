@@ -138,7 +138,8 @@ def test_transfer_sweep_grid_and_report(transfer_grid, cli):
 
 
 async def test_the_app_plots_accuracy_against_block_size(transfer_grid):
-    from ftdyn_tui.app import ResultsScreen, create_app
+    from ftdyn_tui.app import create_app
+    from ftdyn_tui.screens.results import ResultsScreen
 
     app = create_app([transfer_grid], poll_seconds=60)
     async with app.run_test(size=(120, 40)) as pilot:

@@ -73,8 +73,10 @@ def test_figures_keep_a_run_with_damaged_lines_and_record_them(tmp_path, cli):
 
 
 async def test_the_app_draws_a_damaged_run_and_marks_it(tmp_path):
-    from ftdyn_tui.app import DynamicsScreen, RunsScreen, create_app
-    from ftdyn_tui.model import Workspace, part_series
+    from ftdyn_tui.app import create_app
+    from ftdyn_tui.screens.dynamics import DynamicsScreen
+    from ftdyn_tui.screens.runs import RunsScreen
+    from ftdyn_tui.workspace import Workspace, part_series
 
     run = damaged_run(tmp_path / "runs")
     with open(run / VIS_INDEX, "ab") as f:  # a damaged image index entry too: skipped, named
@@ -209,7 +211,7 @@ def test_the_app_keeps_only_what_it_draws_of_step_records(tmp_path, monkeypatch)
     """Step records of a real run, many of them: the app keeps at most STEP_RECORDS_DRAWN, each cut to
     the values it draws, and draws the same values as from the whole record."""
     from engine.analyses import part_value
-    from ftdyn_tui import model
+    from ftdyn_tui import workspace as model
 
     monkeypatch.setattr(model, "STEP_RECORDS_DRAWN", 16)
     run = tmp_path / "run"
@@ -276,7 +278,7 @@ def peak_rss_mib(code: str, run: Path) -> float:
 
 
 REPORT = "import sys; from ftdyn_tui.cli import main; sys.argv = ['ftdyn', 'report', sys.argv[1]]; main()"
-APP = ("import sys; from pathlib import Path; from ftdyn_tui.model import Workspace, part_series\n"
+APP = ("import sys; from pathlib import Path; from ftdyn_tui.workspace import Workspace, part_series\n"
        "workspace = Workspace([Path(sys.argv[1])]); workspace.poll(); run = workspace.ordered()[0]\n"
        "assert not run.problem and len(run.epochs) == 2, run.problem\n"
        "assert part_series(run, 'distance', 'cka@positions', 'layer4.1', 'step')[0]")

@@ -89,3 +89,35 @@ def test_epoch_parts_are_found_without_loading_a_run_or_the_trainer():
             "if m in sys.modules]; assert not loaded, loaded")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ENGINE.parent)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+TUI = ENGINE.parent / "ftdyn_tui"
+# ftdyn_tui's modules that draw with Textual: the app, its screens, their shared widgets, the half-block
+# pictures, and the command (which starts the app)
+TEXTUAL_MODULES = {"__init__", "app", "widgets", "picture"}
+
+
+def test_what_the_screens_show_is_computed_without_textual_or_torch():
+    """The modules the screens draw from (workspace, series, filters, maps, render, host, transfer, …)
+    import neither Textual nor torch, at any level, nor a screen, the app or its widgets: screens import
+    them, never the reverse."""
+    ui_free = [path for path in TUI.glob("*.py") if path.stem not in TEXTUAL_MODULES]
+    assert {"workspace", "series", "filters", "maps", "render", "host", "transfer"} <= {p.stem for p in ui_free}
+    found = {}
+    for path in ui_free:
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+                names |= {f"{node.module}.{alias.name}" for alias in node.names}
+            elif isinstance(node, ast.Import):
+                names |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level:
+                names.add(f"relative import from {'.' * node.level}{node.module or ''}")
+        bad = sorted(name for name in names if name.split(".")[0] in ("textual", "textual_plotext", "textual_image",
+                                                                      "torch", "torchvision")
+                     or name.startswith(("ftdyn_tui.app", "ftdyn_tui.screens", "ftdyn_tui.widgets", "ftdyn_tui.cli",
+                                         "relative import")))
+        if bad:
+            found[path.name] = bad
+    assert not found, found

@@ -10,8 +10,12 @@ import pytest
 
 import textual_image.widget  # noqa: F401  (textual-image queries the terminal on import: before any app)
 from run_factory import backdate_heartbeat, epoch_record, layer_names, write_fake_map, write_fake_run
-from ftdyn_tui.app import DynamicsScreen, FilterScreen, HelpScreen, RunsScreen, create_app
-from ftdyn_tui.model import smooth
+from ftdyn_tui.app import create_app
+from ftdyn_tui.screens.dynamics import DynamicsScreen
+from ftdyn_tui.screens.filters import FilterScreen
+from ftdyn_tui.screens.help import HelpScreen
+from ftdyn_tui.screens.runs import RunsScreen
+from ftdyn_tui.series import smooth
 
 SIZE = (100, 30)
 
@@ -27,7 +31,7 @@ def runs_dir(tmp_path):
 
 
 def test_importing_the_tui_leaves_torch_out():
-    code = "import sys, ftdyn_tui.app, ftdyn_tui.cli, ftdyn_tui.model; print('torch' in sys.modules)"
+    code = "import sys, ftdyn_tui.app, ftdyn_tui.cli, ftdyn_tui.workspace; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -236,7 +240,7 @@ def panel_runs(tmp_path, monkeypatch):
     "sampled … ago" and the events' times read the same on every machine."""
     from types import SimpleNamespace
 
-    import ftdyn_tui.model as model
+    import ftdyn_tui.host as model
     from engine.record import EVENTS, append_lines
     from engine.system import SYSTEM
 
@@ -272,7 +276,8 @@ def test_overlay_colours_follow_first_appearance_and_never_collide(tmp_path):
     from itertools import combinations
 
     from engine.colours import RUN_PALETTE, layer_colour
-    from ftdyn_tui.model import Workspace, overlay_styles
+    from ftdyn_tui.series import overlay_styles
+    from ftdyn_tui.workspace import Workspace
 
     root = tmp_path / "runs"
     for i in range(11):
@@ -372,7 +377,7 @@ async def test_keys_that_cannot_act_say_why(tmp_path):
 def test_graphics_note_only_where_the_terminal_did_not_answer(monkeypatch):
     from textual_image import renderable
 
-    from ftdyn_tui.app import graphics_note
+    from ftdyn_tui.widgets import graphics_note
 
     monkeypatch.setattr(renderable, "is_tty", True)
     monkeypatch.setattr(renderable, "Image", renderable.HalfcellImage)  # the terminal answered neither query
@@ -388,7 +393,7 @@ def test_runs_show_elapsed_eta_and_speed(tmp_path):
     import json
 
     from run_factory import STARTED_AT
-    from ftdyn_tui.model import TrackedRun, duration
+    from ftdyn_tui.workspace import TrackedRun, duration
 
     writer = write_fake_run(tmp_path / "live", epochs=2, total=8, state="running", vis=False)
     config = json.loads((tmp_path / "live" / "config.json").read_text())
@@ -421,7 +426,7 @@ async def test_a_followed_run_that_ends_is_announced_with_the_bell(tmp_path):
 
 
 async def test_curves_at_80_by_24_keep_title_ticks_and_key_and_read_values(runs_dir):
-    from ftdyn_tui.model import integer_ticks
+    from ftdyn_tui.render import integer_ticks
 
     assert integer_ticks(0, 5, 20) == [0, 1, 2, 3, 4, 5] and integer_ticks(0, 100, 6) == list(range(0, 101, 17))
     app = create_app([runs_dir])
@@ -454,8 +459,8 @@ async def test_curves_at_80_by_24_keep_title_ticks_and_key_and_read_values(runs_
 
 
 async def test_config_view_and_the_diff_of_two_marked_runs(runs_dir):
-    from ftdyn_tui.app import ConfigScreen
-    from ftdyn_tui.model import config_diff, flatten_config
+    from ftdyn_tui.screens.config import ConfigScreen
+    from ftdyn_tui.workspace import config_diff, flatten_config
 
     app = create_app([runs_dir])
     async with app.run_test(size=SIZE) as pilot:
@@ -478,7 +483,7 @@ def test_pictures_on_16_colour_terminals_are_dithered_onto_those_colours():
     import numpy as np
     from PIL import Image
 
-    from ftdyn_tui.model import ANSI16, for_terminal
+    from ftdyn_tui.filters import ANSI16, for_terminal
 
     ramp = np.tile(np.linspace(30, 220, 32)[None, :, None], (32, 1, 3)).astype(np.uint8)  # a grey ramp
     ramp[..., 0] = np.clip(ramp[..., 0].astype(int) + 20, 0, 255)  # slightly warm
@@ -516,7 +521,7 @@ def test_halfcell_pictures_keep_the_shape_and_put_two_pixels_in_a_cell():
 
 
 def test_a_long_path_breaks_after_separators_only():
-    from ftdyn_tui.model import path_lines
+    from ftdyn_tui.filters import path_lines
 
     path = "/home/me/runs/alpha/vis/layer4.1/f0003/class-001-e003.png"
     shown = path_lines(path, width=20)
@@ -622,7 +627,8 @@ async def test_system_and_log_panels_follow_the_highlighted_run(tmp_path):
 
 async def test_heatmap_marks_layers_that_did_not_move_beyond_noise(tmp_path):
     from engine.record import append_lines
-    from ftdyn_tui.model import TrackedRun, unmoved_marks
+    from ftdyn_tui.render import unmoved_marks
+    from ftdyn_tui.workspace import TrackedRun
     from run_factory import epoch_record
 
     write_fake_run(tmp_path / "honest", epochs=3, intervals=True)

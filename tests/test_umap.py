@@ -110,7 +110,7 @@ def test_umap_command_prints_csv_and_refuses_bad_input_in_one_line(trained, cli)
 
 
 def test_map_points_leave_damaged_points_out(tmp_path):
-    from ftdyn_tui.model import map_epochs, map_limits, map_numbers, map_points, stepped
+    from ftdyn_tui.maps import map_epochs, map_limits, map_numbers, map_points, stepped
 
     result = write_fake_map(tmp_path)
     result["points"]["5"][0] = ["x", None]
@@ -131,7 +131,9 @@ def test_map_points_leave_damaged_points_out(tmp_path):
 
 
 async def test_filter_view_shows_the_layers_map_and_steps_through_epochs(tmp_path):
-    from ftdyn_tui.app import FilterScreen, ResultsScreen, create_app
+    from ftdyn_tui.app import create_app
+    from ftdyn_tui.screens.filters import FilterScreen
+    from ftdyn_tui.screens.results import ResultsScreen
 
     write_fake_run(tmp_path / "alpha")
     write_fake_map(tmp_path / "alpha")

@@ -17,20 +17,15 @@ import textual_image.widget  # noqa: F401  (textual-image queries the terminal o
 from run_factory import write_fake_run
 from engine.record import VIS_INDEX, find_runs, read_run, read_vis_index
 from engine.untrusted import inside, safe_file_name, visible
-from ftdyn_tui.app import DynamicsScreen, FilterScreen, RunsScreen, create_app
+from ftdyn_tui.app import create_app
+from ftdyn_tui.screens.dynamics import DynamicsScreen
+from ftdyn_tui.screens.filters import FilterScreen
+from ftdyn_tui.screens.runs import RunsScreen
 from engine.results import result_label, result_lines, shown_tables
-from ftdyn_tui.model import (
-    TrackedRun,
-    Workspace,
-    correlation_rows,
-    export_csv,
-    export_path,
-    filter_images,
-    filter_rows,
-    load_picture,
-    reusability_rows,
-    transfer_result,
-)
+from ftdyn_tui.filters import filter_images, filter_rows, load_picture
+from ftdyn_tui.series import correlation_rows, export_csv, export_path, reusability_rows
+from ftdyn_tui.transfer import transfer_result
+from ftdyn_tui.workspace import TrackedRun, Workspace
 
 HOSTILE = "[/x][bold]\x1b]52;c;ZXZpbA==\x07\x1b[2J\x1b]0;pwned\x07\u202eevil"
 SIZE = (100, 30)

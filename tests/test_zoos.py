@@ -244,7 +244,9 @@ def test_ftdyn_run_on_a_zoo_model_then_report_and_layers(zoo, zoo_runs, cli):
 
 
 async def test_the_app_opens_zoo_runs(zoo_runs):
-    from ftdyn_tui.app import DynamicsScreen, RunsScreen, create_app
+    from ftdyn_tui.app import create_app
+    from ftdyn_tui.screens.dynamics import DynamicsScreen
+    from ftdyn_tui.screens.runs import RunsScreen
 
     app = create_app([zoo_runs[0]])
     async with app.run_test(size=(100, 30)) as pilot:

@@ -51,7 +51,7 @@ def resize_cka(
 
 
 def print_resize(result: dict) -> None:
-    from ftdyn_tui.model import heatmap_text
+    from ftdyn_tui.render import heatmap_text
 
     pairs = [(a, b) for i, a in enumerate(result["methods"]) for b in result["methods"][i + 1:]]
     cells = {(r["layer"], r["a"], r["b"]): r for r in result["rows"]}

@@ -170,7 +170,7 @@ def print_posthoc(shown: list) -> None:
     """Post-hoc results as their declarations say (engine.results): tables of the same name as one
     terminal table over every run, curves as plots, matrices as heatmaps, each under its result."""
     from engine.results import shown_value
-    from ftdyn_tui.model import heatmap_text
+    from ftdyn_tui.render import heatmap_text
 
     printed: set[str] = set()
     for table in shown:
@@ -210,7 +210,7 @@ def curve_text(title: str, xs: list[float], series: dict[str, list[float]], x_la
     plt.clear_figure()
     plt.plotsize(width, height)
     plt.theme("clear")
-    from ftdyn_tui.model import CURVE_COLOURS
+    from ftdyn_tui.render import CURVE_COLOURS
 
     for (name, ys), colour in zip(series.items(), CURVE_COLOURS):
         points = [(x, y) for x, y in zip(xs, ys) if y is not None]
