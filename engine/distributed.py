@@ -310,7 +310,10 @@ def record_end(run_dir: str, state: str, message: str, over_peer_stopped: bool =
     """After every process has ended: ``state`` and ``message`` into a status that still says running
     (rank 0 was killed before it could record the end) or, with ``over_peer_stopped``, that names no cause
     but the loss of another process. Never into the status of a writer that is alive (another run's)."""
-    from engine.record import STATUS, RunFormatError, mark_stopped, read_json, status_problem
+    from engine.record import mark_stopped
+    from engine.record_checks import status_problem
+    from engine.run_files import STATUS, read_json
+    from engine.untrusted import RunFormatError
     from engine.run_lock import writer_alive
 
     try:

@@ -17,7 +17,8 @@ from engine.data import scanned_folders
 from engine.defaults import METRICS
 from engine.errors import FtdynError
 from engine.intervals import DEFAULT_GROUPS, DEFAULT_LEVEL, IntervalSettings, settings_for
-from engine.record import CONFIG, RunFormatError, RunReader, config_problem, setting_fits
+from engine.record import CONFIG, RunFormatError, RunReader
+from engine.record_checks import config_problem, setting_fits
 from engine.untrusted import visible
 
 

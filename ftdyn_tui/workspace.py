@@ -18,15 +18,9 @@ import numpy as np
 
 from engine.untrusted import number_or_none
 from engine.analyses import declared_parts, dig, measure_rows, part_value, read_results, series_matrix
-from engine.record import (
-    VIS_INDEX,
-    JsonlFollower,
-    RunReader,
-    RunSnapshot,
-    effective_state,
-    find_runs,
-    vis_entry_problem,
-)
+from engine.jsonl import JsonlFollower
+from engine.record import VIS_INDEX, RunReader, RunSnapshot, effective_state, find_runs
+from engine.record_checks import vis_entry_problem
 
 # The step records a followed run keeps for drawing, at most: thinned evenly beyond (the stride doubles),
 # so between half this and this many, evenly spread, are drawn on the step axis — more than the columns of

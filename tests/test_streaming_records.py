@@ -16,7 +16,8 @@ import pytest
 
 import textual_image.widget  # noqa: F401  (textual-image queries the terminal on import: before any app)
 from run_factory import write_fake_run
-from engine.record import RECORDS, VIS_INDEX, JsonlFollower, RunFormatError, RunReader, read_run
+from engine.jsonl import JsonlFollower
+from engine.record import RECORDS, VIS_INDEX, RunFormatError, RunReader, read_run
 
 REPO = Path(__file__).resolve().parent.parent
 REAL_RUN = Path(__file__).parent / "fixtures" / "run-steps"  # a real 1-epoch run, --every-steps 2: a 24.6 kB step record
@@ -141,8 +142,8 @@ def test_the_resume_reader_still_refuses_a_damaged_line(tmp_path):
 def test_lines_across_chunks_and_a_line_too_long_to_hold(tmp_path, monkeypatch):
     """Chunks of 7 bytes: every line spans several, and reads as whole; a line over MAX_LINE is skipped
     without being held; many damaged lines are named up to MAX_NOTES, the rest counted."""
-    monkeypatch.setattr("engine.record.READ_CHUNK", 7)
-    monkeypatch.setattr("engine.record.MAX_LINE", 200)
+    monkeypatch.setattr("engine.jsonl.READ_CHUNK", 7)
+    monkeypatch.setattr("engine.jsonl.MAX_LINE", 200)
     records = [{"kind": "epoch", "epoch": e, "pad": "x" * (13 * e)} for e in range(12)]
     lines = [json.dumps(r).encode() + b"\n" for r in records]
     lines.insert(5, b'{"kind": "epoch", "epoch": 99, "pad": "' + b"y" * 400 + b'"}\n')

@@ -343,7 +343,7 @@ def damaged_line(rng: random.Random) -> bytes:
 def expected_reading(data: bytes) -> tuple[list[int], list[int]]:
     """What a viewer should read of a record file, worked out line by line apart from the reader: the
     epochs of the records it keeps, and the numbers of the lines it skips as damaged."""
-    from engine.record import record_problem
+    from engine.record_checks import record_problem
 
     epochs, damaged = [], []
     for number, line in enumerate(data.split(b"\n")[:-1], 1):  # the part after the last "\n": not yet a line
@@ -364,7 +364,8 @@ def expected_reading(data: bytes) -> tuple[list[int], list[int]]:
 def test_fuzz_damaged_lines_are_skipped_named_and_the_rest_read(tmp_path):
     """Damaged lines anywhere in the record (and a partial one at its end): the report's reader and the
     app keep the run, read every other record, and name exactly the damaged lines — never their content."""
-    from engine.record import MAX_NOTES, RECORDS
+    from engine.jsonl import MAX_NOTES
+    from engine.record import RECORDS
     from engine.report import build_report
     from ftdyn_tui.cli import report_problem
 

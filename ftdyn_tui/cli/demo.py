@@ -41,7 +41,7 @@ def demo(
 
     from engine.demo import DemoSettings, findings, run_demo
     from engine.record import read_run, write_json_atomic
-    from engine.report import build_report
+    from engine.report import build_report, posthoc_results
 
     if transfer:
         return demo_transfer(out_dir, DemoSettings(model=model, image_size=image_size), seed, device, epochs)
@@ -56,7 +56,8 @@ def demo(
     if not no_tui and sys.stdin.isatty() and sys.stdout.isatty():
         open_tui([out_dir], ImageMode.halfcell)
     else:
-        print_tables(build_report([read_run(path) for path in runs]))
+        snapshots = [read_run(path) for path in runs]
+        print_tables(build_report(snapshots), posthoc_results(snapshots))
     out.print("[bold]The paper's findings on this demo[/]")
     for line in result.lines():
         out.print(line, highlight=False)
