@@ -7,6 +7,16 @@ from pathlib import Path
 # (huggingface_hub reads this when it is first imported, which is after this file).
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+# The suite runs in one worker per core (pytest-xdist, pyproject's addopts): each worker, and every
+# process a test starts, computes on one thread, so that workers do not fight over the cores. Set
+# before torch is first imported, which reads it then.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # A worker is started with the terminal's size in COLUMNS and LINES, which Rich would fix its width
+    # to when the command line is imported; tests that ask for a width set COLUMNS themselves.
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
+
 import pytest
 import textual.constants as textual_constants
 

@@ -18,8 +18,9 @@ def engine_modules() -> dict[str, Path]:
     return found
 
 
-def imported(path: Path, modules: dict[str, Path]) -> set[str]:
-    """Every engine module ``path`` imports, at any level (module body or function)."""
+def imported_names(path: Path) -> set[str]:
+    """Every name ``path`` imports, at any level (module body or function): modules and module.name;
+    a relative import as 'relative import from .x'."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -27,7 +28,14 @@ def imported(path: Path, modules: dict[str, Path]) -> set[str]:
             names |= {f"{node.module}.{alias.name}" for alias in node.names}
         elif isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
-    return {name for name in names if name in modules}
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            names.add(f"relative import from {'.' * node.level}{node.module or ''}")
+    return names
+
+
+def imported(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every engine module ``path`` imports, at any level."""
+    return {name for name in imported_names(path) if name in modules}
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -105,15 +113,7 @@ def test_what_the_screens_show_is_computed_without_textual_or_torch():
     assert {"workspace", "series", "filters", "maps", "render", "host", "transfer"} <= {p.stem for p in ui_free}
     found = {}
     for path in ui_free:
-        names = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names.add(node.module)
-                names |= {f"{node.module}.{alias.name}" for alias in node.names}
-            elif isinstance(node, ast.Import):
-                names |= {alias.name for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level:
-                names.add(f"relative import from {'.' * node.level}{node.module or ''}")
+        names = imported_names(path)
         bad = sorted(name for name in names if name.split(".")[0] in ("textual", "textual_plotext", "textual_image",
                                                                       "torch", "torchvision")
                      or name.startswith(("ftdyn_tui.app", "ftdyn_tui.screens", "ftdyn_tui.widgets", "ftdyn_tui.cli",
