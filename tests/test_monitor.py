@@ -21,6 +21,9 @@ from engine import Monitor
 from engine.errors import FtdynError
 from engine.record import read_run
 
+# one worker runs this file: its module-scoped runs are recorded once (pytest-xdist, --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("monitor")
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 

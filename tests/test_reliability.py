@@ -23,6 +23,9 @@ from engine.run_lock import LOCK, RunLock, RunLocked, lock_scope, writer_alive
 from test_bad_input import assert_clean_error, run
 from test_run import run_command, wait_for
 
+# one worker runs this file: its module-scoped runs are recorded once (pytest-xdist, --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("reliability")
+
 
 def epochs_recorded(run_dir: Path) -> list[int]:
     return [r["epoch"] for r in read_run(run_dir).epochs]

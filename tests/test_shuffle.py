@@ -14,6 +14,9 @@ from engine.data import image_transform
 from engine.shuffle import PIXEL, BlockShuffle, Shuffle, parse_shuffle
 from engine.record import read_run
 
+# one worker runs this file: its module-scoped runs are recorded once (pytest-xdist, --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("shuffle")
+
 
 def arange_image(size: int = 16) -> torch.Tensor:
     return torch.arange(3 * size * size, dtype=torch.float32).reshape(3, size, size)

@@ -19,6 +19,9 @@ from run_factory import write_fake_run
 from engine.jsonl import JsonlFollower
 from engine.record import RECORDS, VIS_INDEX, RunFormatError, RunReader, read_run
 
+# one worker runs this file: its module-scoped runs are recorded once (pytest-xdist, --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("streaming_records")
+
 REPO = Path(__file__).resolve().parent.parent
 REAL_RUN = Path(__file__).parent / "fixtures" / "run-steps"  # a real 1-epoch run, --every-steps 2: a 24.6 kB step record
 HOSTILE = b"\x1b]0;pwned\x07\x1b[2J[bold]"

@@ -27,6 +27,9 @@ from engine.models import (
 from engine.record import read_run
 from engine.strategies import block_groups
 
+# one worker runs this file: its module-scoped runs are recorded once (pytest-xdist, --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("zoos")
+
 SIZE = 32
 
 # one small member per family: (name, image size, prefix tokens before the patch grid or None for a CNN)
