@@ -396,8 +396,10 @@ def transfer_table(runs: list[RunSnapshot]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (str(r["model"]), str(r["data"]), str(r["strategy"]), block_order(r["block"])))
 
 
-def build_report(runs: list[RunSnapshot]) -> dict[str, list[dict[str, Any]]]:
-    posthoc = tables_by_name(posthoc_results(runs))
+def build_report(runs: list[RunSnapshot], posthoc: list[ShownTable] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Every table of the runs; ``posthoc``: their post-hoc results where the caller has read them
+    already (:func:`posthoc_results`), so that they are read once."""
+    posthoc = tables_by_name(posthoc_results(runs) if posthoc is None else posthoc)
     return {"accuracy": accuracy_table(runs), "reusability": reusability_table(runs),
             "correlation": correlation_table(runs), "strategies": strategy_table(runs), "layers": layer_table(runs),
             "series": series_table(runs), "transfer": transfer_table(runs), "warnings": warning_table(runs),

@@ -57,7 +57,8 @@ def demo(
         open_tui([out_dir], ImageMode.halfcell)
     else:
         snapshots = [read_run(path) for path in runs]
-        print_tables(build_report(snapshots), posthoc_results(snapshots))
+        shown = posthoc_results(snapshots)
+        print_tables(build_report(snapshots, shown), shown)
     out.print("[bold]The paper's findings on this demo[/]")
     for line in result.lines():
         out.print(line, highlight=False)

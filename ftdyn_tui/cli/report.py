@@ -31,7 +31,8 @@ def report(
     if out_dir is not None:
         write_tables(fmt, build_report(readable), out_dir)
     else:
-        emit(fmt, build_report(readable), lambda tables: print_tables(tables, posthoc_results(readable)))
+        shown = posthoc_results(readable)
+        emit(fmt, build_report(readable, shown), lambda tables: print_tables(tables, shown))
 
 
 def readable_runs(paths: list[Path], purpose: str) -> list:
