@@ -44,7 +44,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.analyses import dig, epoch_points, scatter_class, scatter_point
+from engine.analyses import epoch_points, scatter_class, scatter_point
 from engine.numbers import fmt_number
 from engine.untrusted import number_or_none, visible
 
@@ -64,7 +64,6 @@ class ShownTable:
     columns: list[str]  # the values
     labels: dict[str, str] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
-    detail: bool = False
     drawn: list[str] = field(default_factory=list)  # what a terminal draws: a curve's series, a matrix's value
 
     def header(self, column: str) -> str:
@@ -106,8 +105,7 @@ def shown_tables(run: str, result: dict[str, Any], with_detail: bool = False) ->
                            title=str(spec.get("title") or show.get("label") or result.get("title") or spec["name"]),
                            axes=[], columns=[str(c) for c in spec.get("columns") or [] if isinstance(c, str)],
                            labels={str(k): str(v) for k, v in (spec.get("labels") or {}).items()}
-                           if isinstance(spec.get("labels"), dict) else {},
-                           detail=bool(spec.get("detail")))
+                           if isinstance(spec.get("labels"), dict) else {})
         FILL[spec["kind"]](table, spec, result)
         table.rows = [{"run": run, **keys, **row} for row in table.rows]
         found.append(table)
@@ -187,13 +185,11 @@ def fill_rows(table: ShownTable, spec: dict[str, Any], result: dict[str, Any]) -
 
 
 def fill_epochs(table: ShownTable, spec: dict[str, Any], result: dict[str, Any]) -> None:
-    stats = result.get("stats") if isinstance(result.get("stats"), dict) else {}
+    stats = epoch_points(result, "stats", dict)
     fixed = spec.get("values") if isinstance(spec.get("values"), dict) else {}
     table.axes = ["epoch"]
-    for epoch in sorted(epoch_points(result) or {int(k): [] for k in stats if isinstance(k, str) and k.isdigit()
-                                                    and len(k) < 10 and str(int(k)) == k}):
-        found = dig(result, "stats", str(epoch))
-        found = found if isinstance(found, dict) else {}
+    for epoch in sorted(epoch_points(result) or stats):  # the epochs a map places, else those with numbers
+        found = stats.get(epoch, {})
         table.rows.append({"epoch": epoch, **{c: plain(found[c] if c in found else fixed.get(c)) for c in table.columns}})
 
 

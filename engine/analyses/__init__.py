@@ -124,15 +124,16 @@ def dig(value: Any, *keys: str) -> Any:
     return value
 
 
-def epoch_points(result: dict[str, Any]) -> dict[int, list]:
-    """A scatter result's epoch → its points (``result["points"]``), for the keys that are plain epoch
-    numbers ('5', not '05' or '²') holding lists; a damaged result gives what it can, never an error."""
-    points = result.get("points")
+def epoch_points(result: dict[str, Any], key: str = "points", kind: type = list) -> dict[int, Any]:
+    """A scatter result's epoch → its points (``result["points"]``; with ``key`` and ``kind`` another
+    per-epoch field, such as ``stats`` holding objects), for the keys that are plain epoch numbers ('5',
+    not '05' or '²') holding a ``kind``; a damaged result gives what it can, never an error."""
+    points = result.get(key)
     if not isinstance(points, dict):
         return {}
     return {int(k): v for k, v in points.items()
             if isinstance(k, str) and k.isascii() and k.isdigit() and len(k) < 10 and str(int(k)) == k
-            and isinstance(v, list)}
+            and isinstance(v, kind)}
 
 
 def scatter_point(point: Any) -> tuple[float, float] | None:
